@@ -1,0 +1,549 @@
+"""The BIWI corpus layout: clip names, splits, validation and loading.
+
+Layout (see docs/data.md):
+
+    ROOT/wav/<clip>.wav                 any rate / channels
+    ROOT/vertices_npy/<clip>.npy        [frames, V*3] float, head motion removed
+    ROOT/templates.pkl | templates.npz  {subject: [V, 3]}
+    ROOT/regions/lve.txt, fdd.txt       lip and upper-face vertex indices
+    ROOT/head_pose/<clip>.npz           rotation [frames, 3, 3], translation [frames, 3]   (ours)
+    ROOT/emotion_labels.csv             clip, then one column per emotion category         (ours)
+    ROOT/neutral_vertices_npy/<clip>.npy  frame-aligned neutral face of an emotional clip   (ours)
+    ROOT/corpus.json                    optional: {"fps": 25, ...}
+
+Clip names are `F2_e01` (emotional) and `F2_01` (its neutral counterpart). Vertex count, emotion
+categories and frame rate come from the data, never from constants.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from sdetalk_jax import audio
+from sdetalk_jax.data.safe_pickle import load_templates
+
+DEFAULT_FPS = 25.0
+EMOTION_LABELS_FILE = "emotion_labels.csv"
+_CLIP_NAME = re.compile(r"^(?P<subject>[A-Za-z]+\d+)_(?P<emotional>e?)(?P<sentence>\d+)$")
+
+
+class DataError(ValueError):
+    """The corpus cannot be used; the message says what is missing and where to read more."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipName:
+    subject: str
+    sentence: int
+    emotional: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.subject}_{'e' if self.emotional else ''}{self.sentence:02d}"
+
+    @property
+    def counterpart(self) -> str:
+        """The same sentence by the same subject in the other recording condition."""
+        return dataclasses.replace(self, emotional=not self.emotional).name
+
+
+def parse_clip_name(name: str) -> ClipName | None:
+    match = _CLIP_NAME.match(name)
+    if match is None:
+        return None
+    return ClipName(match["subject"], int(match["sentence"]), bool(match["emotional"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """Which (subject, sentence) pairs form each split. Defaults follow FaceFormer / CodeTalker."""
+
+    train_subjects: tuple[str, ...] = ("F2", "F3", "F4", "M3", "M4", "M5")
+    unseen_subjects: tuple[str, ...] = ("F1", "F5", "F6", "F7", "F8", "M1", "M2", "M6")
+    train_sentences: tuple[int, int] = (1, 32)
+    val_sentences: tuple[int, int] = (33, 36)
+    test_sentences: tuple[int, int] = (37, 40)
+    # Whether neutral recordings (F2_01) are clips of their own or only counterparts.
+    include_neutral: bool = True
+
+    @classmethod
+    def from_config(cls, config) -> SplitSpec:
+        """From a mapping/ConfigDict with any subset of the field names."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in dict(config).items():
+            if key not in fields:
+                raise ValueError(f"unknown split field '{key}' (known: {sorted(fields)})")
+            values[key] = value if isinstance(value, bool) else tuple(value)
+        return cls(**values)
+
+    def split_of(self, clip: ClipName) -> str | None:
+        if not clip.emotional and not self.include_neutral:
+            return None
+
+        def within(bounds):
+            return bounds[0] <= clip.sentence <= bounds[1]
+
+        if clip.subject in self.train_subjects:
+            if within(self.train_sentences):
+                return "train"
+            if within(self.val_sentences):
+                return "val"
+            if within(self.test_sentences):
+                return "test-a"
+        elif clip.subject in self.unseen_subjects and within(self.test_sentences):
+            return "test-b"
+        return None
+
+
+SPLITS = ("train", "val", "test-a", "test-b")
+
+
+# --------------------------------------------------------------------------------------------------
+# Problems and clip records
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()}: {self.path}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """One usable clip: paths and what the checks learnt about it. Arrays are loaded on demand."""
+
+    name: str
+    subject: str
+    sentence: int
+    emotional: bool
+    split: str | None
+    num_frames: int
+    audio_path: str
+    vertices_path: str
+    head_pose_path: str | None
+    neutral_vertices_path: str | None
+    emotion: np.ndarray | None
+    counterpart: str | None  # name of the other-condition clip when it exists
+    audio_seconds: float
+
+
+@dataclasses.dataclass
+class Corpus:
+    root: str
+    fps: float
+    templates: dict[str, np.ndarray]
+    emotion_categories: tuple[str, ...]
+    lip_vertices: np.ndarray | None
+    upper_face_vertices: np.ndarray | None
+    clips: list[Clip]
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({clip.subject for clip in self.clips})
+
+    @property
+    def num_vertices(self) -> int:
+        return next(iter(self.templates.values())).shape[0]
+
+    def split(self, name: str) -> list[Clip]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split '{name}' (known: {', '.join(SPLITS)})")
+        return [clip for clip in self.clips if clip.split == name]
+
+    def clip(self, name: str) -> Clip:
+        for clip in self.clips:
+            if clip.name == name:
+                return clip
+        raise KeyError(f"no usable clip named '{name}' in {self.root}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the pieces
+
+
+def read_fps(root: str) -> float:
+    path = os.path.join(root, "corpus.json")
+    if not os.path.exists(path):
+        return DEFAULT_FPS
+    with open(path) as handle:
+        return float(json.load(handle).get("fps", DEFAULT_FPS))
+
+
+def find_templates(root: str) -> str | None:
+    for name in ("templates.npz", "templates.pkl"):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def read_region(path: str, num_vertices: int | None) -> np.ndarray:
+    """Vertex indices from a whitespace- or comma-separated text file."""
+    with open(path) as handle:
+        tokens = handle.read().replace(",", " ").split()
+    try:
+        indices = np.array([int(float(t)) for t in tokens], dtype=np.int64)
+    except ValueError as err:
+        raise ValueError(f"{path}: vertex indices must be integers ({err})") from err
+    if indices.size == 0:
+        raise ValueError(f"{path}: no vertex indices")
+    if num_vertices is not None and (indices.min() < 0 or indices.max() >= num_vertices):
+        raise ValueError(
+            f"{path}: indices must lie in [0, {num_vertices}), got [{indices.min()}, {indices.max()}]"
+        )
+    return indices
+
+
+def read_emotion_labels(path: str) -> tuple[tuple[str, ...], dict[str, np.ndarray], list[Problem]]:
+    """The emotion table: header `clip,<category>...`, one row of non-negative weights per clip."""
+    problems: list[Problem] = []
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or len(rows[0]) < 2 or rows[0][0].strip() != "clip":
+        raise ValueError(f"{path}: header must be 'clip' followed by the emotion category names")
+    categories = tuple(name.strip() for name in rows[0][1:])
+    labels: dict[str, np.ndarray] = {}
+    for line_number, row in enumerate(rows[1:], start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        where = f"{path}:{line_number}"
+        if len(row) != len(categories) + 1:
+            problems.append(
+                Problem(where, f"row has {len(row) - 1} weights, header has {len(categories)}")
+            )
+            continue
+        try:
+            weights = np.array([float(cell) for cell in row[1:]], dtype=np.float32)
+        except ValueError:
+            problems.append(Problem(where, f"non-numeric weight in row for '{row[0]}'"))
+            continue
+        if not np.all(np.isfinite(weights)):
+            problems.append(Problem(where, f"NaN/Inf weight for '{row[0]}'"))
+        elif np.any(weights < 0):
+            problems.append(Problem(where, f"negative weight for '{row[0]}'"))
+        elif weights.sum() <= 0:
+            problems.append(Problem(where, f"weights of '{row[0]}' sum to zero"))
+        else:
+            labels[row[0].strip()] = weights
+    return categories, labels, problems
+
+
+def read_vertices_header(path: str) -> tuple[int, ...]:
+    """The array shape without reading the data (memory-mapped header)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False).shape
+
+
+def load_vertices(path: str) -> np.ndarray:
+    return np.load(path, allow_pickle=False).astype(np.float32, copy=False)
+
+
+def load_head_pose(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return archive["rotation"].astype(np.float32), archive["translation"].astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-clip checks
+
+
+def _check_vertices(path: str, width: int | None, problems: list[Problem]) -> int | None:
+    """Returns the frame count of a good vertex file, else records problems and returns None."""
+    try:
+        vertices = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:
+        problems.append(Problem(path, f"unreadable vertex array ({err})"))
+        return None
+    if vertices.ndim != 2:
+        problems.append(
+            Problem(path, f"vertex array has shape {vertices.shape}, expected [frames, V*3]")
+        )
+        return None
+    if vertices.shape[0] == 0:
+        problems.append(Problem(path, "vertex array has no frames"))
+        return None
+    if width is not None and vertices.shape[1] != width:
+        problems.append(
+            Problem(
+                path,
+                f"vertex width {vertices.shape[1]} does not match the template ({width} = V*3)",
+            )
+        )
+        return None
+    if not np.all(np.isfinite(vertices)):
+        problems.append(Problem(path, "vertex array contains NaN or Inf"))
+        return None
+    return int(vertices.shape[0])
+
+
+def _check_head_pose(path: str, num_frames: int, problems: list[Problem]) -> bool:
+    try:
+        rotation, translation = load_head_pose(path)
+    except Exception as err:
+        problems.append(
+            Problem(path, f"unreadable head pose (needs 'rotation' and 'translation'; {err})")
+        )
+        return False
+    ok = True
+    if rotation.shape != (num_frames, 3, 3):
+        problems.append(
+            Problem(path, f"rotation has shape {rotation.shape}, expected ({num_frames}, 3, 3)")
+        )
+        ok = False
+    if translation.shape != (num_frames, 3):
+        problems.append(
+            Problem(path, f"translation has shape {translation.shape}, expected ({num_frames}, 3)")
+        )
+        ok = False
+    if ok and not (np.all(np.isfinite(rotation)) and np.all(np.isfinite(translation))):
+        problems.append(Problem(path, "head pose contains NaN or Inf"))
+        ok = False
+    return ok
+
+
+def _check_audio(path: str, num_frames: int, fps: float, problems: list[Problem]) -> float | None:
+    try:
+        info = audio.inspect_audio(path)
+    except audio.AudioError as err:
+        problems.append(Problem(path, str(err).removeprefix(f"{path}: ")))
+        return None
+    if info.peak < audio.SILENCE_PEAK:
+        problems.append(Problem(path, f"audio is silent (peak {info.peak:.2e})", "warning"))
+    audio_frames = info.duration_s * fps
+    # One frame of slack: mesh capture and audio rarely start on the same sample.
+    if num_frames > audio_frames + 1:
+        problems.append(
+            Problem(
+                path,
+                f"audio is {info.duration_s:.2f}s ({audio_frames:.1f} frames at {fps:g} fps), "
+                f"shorter than its {num_frames}-frame mesh sequence",
+            )
+        )
+        return None
+    return info.duration_s
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole corpus
+
+
+def _missing_root_message(root: str, what: str) -> str:
+    return (
+        f"{root}: {what}. Lay out the corpus as described in docs/data.md, or train on the "
+        "synthetic corpus with --config configs/synthetic.py"
+    )
+
+
+def scan_corpus(
+    root: str | os.PathLike,
+    splits: SplitSpec | None = None,
+    *,
+    check_audio: bool = True,
+    progress: bool = False,
+) -> Corpus:
+    """Reads and checks every clip under `root`; bad clips are left out and listed in `problems`.
+
+    Raises DataError only when nothing can be read at all (no folder, no templates, no clips).
+    """
+    root = os.fspath(root)
+    splits = splits or SplitSpec()
+    if not os.path.isdir(root):
+        raise DataError(_missing_root_message(root, "corpus folder not found"))
+    problems: list[Problem] = []
+    fps = read_fps(root)
+
+    template_path = find_templates(root)
+    if template_path is None:
+        raise DataError(_missing_root_message(root, "no templates.pkl or templates.npz"))
+    try:
+        templates = load_templates(template_path)
+    except Exception as err:
+        raise DataError(f"{template_path}: {err}") from err
+    if not templates:
+        raise DataError(f"{template_path}: no subject templates")
+    for subject, template in templates.items():
+        if not np.all(np.isfinite(template)):
+            problems.append(Problem(template_path, f"template '{subject}' contains NaN or Inf"))
+    widths = {t.shape[0] for t in templates.values()}
+    if len(widths) != 1:
+        problems.append(
+            Problem(template_path, f"templates disagree on vertex count: {sorted(widths)}")
+        )
+    num_vertices = max(widths)
+
+    regions = {}
+    for region in ("lve", "fdd"):
+        path = os.path.join(root, "regions", f"{region}.txt")
+        if not os.path.exists(path):
+            problems.append(
+                Problem(
+                    path, "region file missing (lip / upper-face metrics unavailable)", "warning"
+                )
+            )
+            regions[region] = None
+            continue
+        try:
+            regions[region] = read_region(path, num_vertices)
+        except ValueError as err:
+            problems.append(Problem(path, str(err).removeprefix(f"{path}: ")))
+            regions[region] = None
+
+    categories: tuple[str, ...] = ()
+    emotion_labels: dict[str, np.ndarray] = {}
+    labels_path = os.path.join(root, EMOTION_LABELS_FILE)
+    if os.path.exists(labels_path):
+        try:
+            categories, emotion_labels, label_problems = read_emotion_labels(labels_path)
+            problems.extend(label_problems)
+        except ValueError as err:
+            problems.append(Problem(labels_path, str(err).removeprefix(f"{labels_path}: ")))
+
+    vertex_dir = os.path.join(root, "vertices_npy")
+    wav_dir = os.path.join(root, "wav")
+    if not os.path.isdir(vertex_dir) or not os.path.isdir(wav_dir):
+        raise DataError(_missing_root_message(root, "needs both wav/ and vertices_npy/"))
+    vertex_names = {f[:-4] for f in os.listdir(vertex_dir) if f.endswith(".npy")}
+    wav_names = {f[:-4] for f in os.listdir(wav_dir) if f.endswith(".wav")}
+    for name in sorted(wav_names - vertex_names):
+        problems.append(
+            Problem(
+                os.path.join(wav_dir, f"{name}.wav"), "audio has no vertices_npy file", "warning"
+            )
+        )
+    if not vertex_names:
+        raise DataError(_missing_root_message(root, "no clips in vertices_npy/"))
+
+    names = sorted(vertex_names)
+    iterator: Iterable[str] = names
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(names, desc="checking clips", unit="clip")
+
+    clips = []
+    for name in iterator:
+        vertices_path = os.path.join(vertex_dir, f"{name}.npy")
+        parsed = parse_clip_name(name)
+        if parsed is None:
+            problems.append(Problem(vertices_path, "clip name is not of the form F2_e01 / F2_01"))
+            continue
+        if parsed.subject not in templates:
+            problems.append(
+                Problem(
+                    vertices_path, f"no template for subject '{parsed.subject}' in {template_path}"
+                )
+            )
+            continue
+        width = templates[parsed.subject].shape[0] * 3
+        clip_problems: list[Problem] = []
+        num_frames = _check_vertices(vertices_path, width, clip_problems)
+        audio_path = os.path.join(wav_dir, f"{name}.wav")
+        audio_seconds = None
+        if num_frames is not None:
+            if name not in wav_names:
+                clip_problems.append(Problem(audio_path, "audio file missing for this clip"))
+            elif check_audio:
+                audio_seconds = _check_audio(audio_path, num_frames, fps, clip_problems)
+            else:
+                audio_seconds = num_frames / fps
+
+        head_pose_path = os.path.join(root, "head_pose", f"{name}.npz")
+        if not os.path.exists(head_pose_path):
+            head_pose_path = None
+        elif num_frames is not None and not _check_head_pose(
+            head_pose_path, num_frames, clip_problems
+        ):
+            head_pose_path = None
+
+        neutral_path = os.path.join(root, "neutral_vertices_npy", f"{name}.npy")
+        if not os.path.exists(neutral_path):
+            neutral_path = None
+        elif num_frames is not None:
+            neutral_frames = _check_vertices(neutral_path, width, clip_problems)
+            if neutral_frames is not None and neutral_frames != num_frames:
+                clip_problems.append(
+                    Problem(neutral_path, f"{neutral_frames} frames, its clip has {num_frames}")
+                )
+
+        emotion = emotion_labels.get(name)
+        problems.extend(clip_problems)
+        if any(p.severity == "error" for p in clip_problems) or num_frames is None:
+            continue
+        clips.append(
+            Clip(
+                name=name,
+                subject=parsed.subject,
+                sentence=parsed.sentence,
+                emotional=parsed.emotional,
+                split=splits.split_of(parsed),
+                num_frames=num_frames,
+                audio_path=audio_path,
+                vertices_path=vertices_path,
+                head_pose_path=head_pose_path,
+                neutral_vertices_path=neutral_path,
+                emotion=emotion,
+                counterpart=parsed.counterpart if parsed.counterpart in vertex_names else None,
+                audio_seconds=float(audio_seconds),
+            )
+        )
+    return Corpus(
+        root=root,
+        fps=fps,
+        templates=templates,
+        emotion_categories=categories,
+        lip_vertices=regions["lve"],
+        upper_face_vertices=regions["fdd"],
+        clips=clips,
+        problems=problems,
+    )
+
+
+def summarize(corpus: Corpus) -> list[str]:
+    """Human-readable summary lines: subjects, clips per split, frames, minutes, annotations."""
+    lines = [
+        f"corpus: {corpus.root}",
+        f"  frame rate: {corpus.fps:g} fps, vertices: {corpus.num_vertices}, "
+        f"templates: {len(corpus.templates)} subjects",
+        f"  subjects with clips: {len(corpus.subjects)} ({' '.join(corpus.subjects)})",
+        f"  emotion categories: {len(corpus.emotion_categories)}"
+        + (f" ({', '.join(corpus.emotion_categories)})" if corpus.emotion_categories else ""),
+        f"  {'split':<8} {'clips':>6} {'frames':>8} {'minutes':>8} {'head pose':>10} "
+        f"{'emotion':>8} {'neutral pair':>13}",
+    ]
+
+    def row(label: str, clips: Sequence[Clip]) -> str:
+        frames = sum(c.num_frames for c in clips)
+        minutes = sum(c.audio_seconds for c in clips) / 60
+        pose = sum(c.head_pose_path is not None for c in clips)
+        emotion = sum(c.emotion is not None for c in clips)
+        paired = sum(c.counterpart is not None for c in clips)
+        return f"  {label:<8} {len(clips):>6} {frames:>8} {minutes:>8.1f} {pose:>10} {emotion:>8} {paired:>13}"
+
+    for split in SPLITS:
+        lines.append(row(split, corpus.split(split)))
+    lines.append(row("unused", [c for c in corpus.clips if c.split is None]))
+    lines.append(row("all", corpus.clips))
+    errors = len(corpus.errors)
+    warnings = len(corpus.problems) - errors
+    lines.append(f"  problems: {errors} errors, {warnings} warnings")
+    return lines

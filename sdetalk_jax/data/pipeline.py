@@ -1,0 +1,132 @@
+"""From checked clips to model-ready examples and batches.
+
+An example is a dict of numpy arrays for one clip (time axis first where there is one):
+
+    vertices [N, V*3], neutral_vertices [N, V*3], template [V*3], subject [], mel [N, 128],
+    audio [N * samples_per_frame], emotion [C], rotation [N, 3, 3], translation [N, 3],
+    has_head_pose [], has_emotion [], has_neutral [], num_frames []
+
+Missing annotations are filled with neutral values (identity rotation, zero translation, uniform
+emotion) and flagged, so every loss can mask what a clip does not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from sdetalk_jax import audio
+from sdetalk_jax.data import batching, biwi
+
+
+@dataclasses.dataclass
+class ClipDataset:
+    """The usable clips of one split, with audio features computed once and kept in memory."""
+
+    corpus: biwi.Corpus
+    clips: list[biwi.Clip]
+    identity_subjects: tuple[str, ...]
+
+    def __post_init__(self):
+        self._audio_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def from_corpus(
+        cls, corpus: biwi.Corpus, split: str, identity_subjects: Sequence[str]
+    ) -> ClipDataset:
+        clips = corpus.split(split)
+        if not clips:
+            raise biwi.DataError(f"{corpus.root}: split '{split}' has no usable clips")
+        return cls(corpus, clips, tuple(identity_subjects))
+
+    @property
+    def samples_per_frame(self) -> int:
+        return audio.samples_per_frame(self.corpus.fps)
+
+    @property
+    def time_scale(self) -> dict[str, int]:
+        frame_keys = ("vertices", "neutral_vertices", "mel", "rotation", "translation")
+        return {**dict.fromkeys(frame_keys, 1), "audio": self.samples_per_frame}
+
+    @property
+    def lengths(self) -> list[int]:
+        return [clip.num_frames for clip in self.clips]
+
+    def subject_index(self, subject: str) -> int:
+        """One-hot identity index, or -1 for a speaker unseen in training (test-B)."""
+        return self.identity_subjects.index(subject) if subject in self.identity_subjects else -1
+
+    def _audio_features(self, clip: biwi.Clip) -> tuple[np.ndarray, np.ndarray]:
+        if clip.name not in self._audio_cache:
+            waveform = audio.load_audio(clip.audio_path, allow_silence=True)
+            waveform = batching.pad_along_time(waveform, clip.num_frames * self.samples_per_frame)
+            mel = audio.frame_aligned_log_mel(waveform, clip.num_frames)
+            self._audio_cache[clip.name] = (waveform, mel)
+        return self._audio_cache[clip.name]
+
+    def example(self, index: int) -> dict[str, np.ndarray]:
+        clip = self.clips[index]
+        n = clip.num_frames
+        vertices = biwi.load_vertices(clip.vertices_path)
+        waveform, mel = self._audio_features(clip)
+        if clip.head_pose_path is not None:
+            rotation, translation = biwi.load_head_pose(clip.head_pose_path)
+        else:
+            rotation = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 3, 3)).copy()
+            translation = np.zeros((n, 3), np.float32)
+        num_categories = max(len(self.corpus.emotion_categories), 1)
+        if clip.emotion is not None:
+            emotion = clip.emotion / clip.emotion.sum()
+        else:
+            emotion = np.full((num_categories,), 1.0 / num_categories, np.float32)
+        if clip.neutral_vertices_path is not None:
+            neutral = biwi.load_vertices(clip.neutral_vertices_path)
+        else:
+            neutral = vertices
+        return {
+            "vertices": vertices,
+            "neutral_vertices": neutral,
+            "template": self.corpus.templates[clip.subject].reshape(-1),
+            "subject": np.int32(self.subject_index(clip.subject)),
+            "mel": mel,
+            "audio": waveform,
+            "emotion": emotion.astype(np.float32),
+            "rotation": rotation,
+            "translation": translation,
+            "has_head_pose": np.bool_(clip.head_pose_path is not None),
+            "has_emotion": np.bool_(clip.emotion is not None),
+            "has_neutral": np.bool_(clip.neutral_vertices_path is not None),
+            "num_frames": np.int32(n),
+        }
+
+    def batches(
+        self,
+        *,
+        global_batch: int,
+        buckets: Sequence[int],
+        seed: int,
+        epoch: int,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+        start_batch: int = 0,
+    ):
+        """(batch_index, batch) pairs of one epoch for this process; see `batching.epoch_plan`."""
+        plans = batching.epoch_plan(
+            self.lengths,
+            global_batch=global_batch,
+            buckets=buckets,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+        )
+        return batching.iterate_batches(
+            plans,
+            self.example,
+            time_scale=self.time_scale,
+            process_index=process_index,
+            process_count=process_count,
+            start_batch=start_batch,
+        )
