@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -51,8 +52,16 @@ def write_npy(path: str, array: np.ndarray) -> None:
 
 
 def write_npz(path: str, **arrays: np.ndarray) -> None:
+    """An uncompressed .npz that `np.load` reads, with fixed zip timestamps so that the same arrays
+    always give the same bytes (`np.savez` stamps the current time)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
+            archive.writestr(
+                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue()
+            )
     write_bytes(path, buffer.getvalue())
 
 
