@@ -174,7 +174,7 @@ def test_head_speed_follows_the_envelope_with_a_lag(relation_corpus):
 def test_linear_probe_on_prosody_recovers_the_emotion_mixture(relation_corpus):
     corpus, _, clips = relation_corpus
     features, targets = [], []
-    for name, item in sorted(clips.items()):
+    for _, item in sorted(clips.items()):
         clip = item["clip"]
         if not clip.emotional:
             continue
