@@ -1,0 +1,159 @@
+"""The frozen context encoder as a service: jitted inference on any wav, and an on-disk feature cache.
+
+SDETalk freezes wav2vec 2.0, so each clip's hidden states are computed once and stored, keyed by the
+model's content (config and every parameter) and the audio file's content: a change of either is a
+different key, so a stale entry is never served. Entries are written to a temporary file and renamed,
+so an interrupted run never leaves a half-written entry under a real key; an unreadable entry is
+deleted and recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from sdetalk_jax import audio
+from sdetalk_jax.models.wav2vec2.model import Wav2Vec2Config, Wav2Vec2Model, normalize_waveform
+
+CACHE_FORMAT = 1
+# Inputs are padded up to a multiple of this many samples (1 s): one compilation per second of
+# length instead of one per clip; padding does not change the result (masked).
+LENGTH_QUANTUM = audio.SAMPLE_RATE
+
+
+def params_fingerprint(config: Wav2Vec2Config, params, *, normalize: bool) -> str:
+    """SHA-256 of the config, the input normalisation and every parameter (path, shape, bytes)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    digest.update(f"normalize={normalize};format={CACHE_FORMAT}".encode())
+    for path, leaf in sorted(traverse_util.flatten_dict(params).items()):
+        array = np.ascontiguousarray(np.asarray(leaf, np.float32))
+        digest.update("/".join(path).encode())
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class FeatureCache:
+    """`directory/<model fingerprint>/<audio sha256>.npy`, hidden states [frames, hidden]."""
+
+    directory: str
+    model_fingerprint: str
+    hits: int = 0
+    misses: int = 0
+
+    def path_for(self, audio_path: str) -> str:
+        return os.path.join(
+            self.directory, self.model_fingerprint[:24], f"{file_digest(audio_path)}.npy"
+        )
+
+    def get_or_compute(self, audio_path: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        from sdetalk_jax.data.writer import write_npy
+
+        entry = self.path_for(audio_path)
+        if os.path.exists(entry):
+            try:
+                features = np.load(entry, allow_pickle=False)
+                self.hits += 1
+                return features
+            except (ValueError, OSError, EOFError):
+                os.remove(entry)  # unreadable: recompute below
+        features = np.asarray(compute(), np.float32)
+        write_npy(entry, features)
+        self.misses += 1
+        return features
+
+
+class ContextEncoder:
+    """Frozen wav2vec 2.0: `encode(waveform)` -> [frames, hidden] (about 50 frames per second)."""
+
+    def __init__(
+        self,
+        config: Wav2Vec2Config,
+        params,
+        *,
+        normalize: bool = True,
+        cache_dir: str | None = None,
+    ):
+        self.config = config
+        self.params = params
+        self.normalize = normalize
+        self.fingerprint = params_fingerprint(config, params, normalize=normalize)
+        self.cache = FeatureCache(cache_dir, self.fingerprint) if cache_dir else None
+        model = Wav2Vec2Model(config)
+
+        def forward(params, samples, mask):
+            hidden, _ = model.apply({"params": params}, samples, mask)
+            return hidden
+
+        self._forward = jax.jit(forward)
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str, *, cache_dir: str | None = None) -> ContextEncoder:
+        from sdetalk_jax.models.wav2vec2.convert import load_pretrained, resolve_checkpoint
+
+        config, params = load_pretrained(checkpoint)
+        return cls(
+            config,
+            params,
+            normalize=_reads_normalize(resolve_checkpoint(checkpoint)),
+            cache_dir=cache_dir,
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def encode(self, waveform: np.ndarray) -> np.ndarray:
+        """Hidden states of one 16 kHz mono waveform, [frames, hidden] float32."""
+        if waveform.ndim != 1:
+            raise ValueError(f"expected a mono waveform [samples], got shape {waveform.shape}")
+        if len(waveform) < self.config.receptive_field:
+            raise ValueError(
+                f"audio of {len(waveform)} samples is shorter than the encoder's receptive field "
+                f"({self.config.receptive_field} samples)"
+            )
+        if self.normalize:
+            waveform = normalize_waveform(waveform)
+        length = int(np.ceil(len(waveform) / LENGTH_QUANTUM) * LENGTH_QUANTUM)
+        samples = np.zeros((1, length), np.float32)
+        samples[0, : len(waveform)] = waveform
+        mask = np.zeros((1, length), bool)
+        mask[0, : len(waveform)] = True
+        hidden = self._forward(self.params, samples, mask)
+        return np.asarray(hidden[0, : self.config.frames_for(len(waveform))])
+
+    def encode_file(self, path: str) -> np.ndarray:
+        """Hidden states of a wav file of any rate and channel count, through the cache if any."""
+
+        def compute():
+            return self.encode(audio.load_audio(path, allow_silence=True))
+
+        if self.cache is None:
+            return compute()
+        return self.cache.get_or_compute(path, compute)
+
+
+def _reads_normalize(folder: str) -> bool:
+    """`do_normalize` from the checkpoint's preprocessor_config.json (True when absent)."""
+    path = os.path.join(folder, "preprocessor_config.json")
+    if not os.path.exists(path):
+        return True
+    with open(path) as handle:
+        return bool(json.load(handle).get("do_normalize", True))
