@@ -5,6 +5,7 @@ An example is a dict of numpy arrays for one clip (time axis first where there i
     vertices [N, V*3], neutral_vertices [N, V*3], template [V*3], subject [], mel [N, 128],
     audio [N * samples_per_frame], emotion [C], rotation [N, 3, 3], translation [N, 3],
     has_head_pose [], has_emotion [], has_neutral [], num_frames []
+    context [N, hidden]   only with a context encoder: frozen wav2vec 2.0 states aligned by Eq. 1
 
 Missing annotations are filled with neutral values (identity rotation, zero translation, uniform
 emotion) and flagged, so every loss can mask what a clip does not have.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -21,25 +23,40 @@ from sdetalk_jax import audio
 from sdetalk_jax.data import batching, biwi
 
 
+class ContextFeatures(Protocol):
+    """Anything that turns an audio file into per-audio-frame features (a `ContextEncoder`)."""
+
+    def encode_file(self, path: str) -> np.ndarray: ...
+
+
 @dataclasses.dataclass
 class ClipDataset:
-    """The usable clips of one split, with audio features computed once and kept in memory."""
+    """The usable clips of one split, with audio features computed once and kept in memory.
+
+    With a `context_encoder` (frozen wav2vec 2.0, usually with an on-disk cache) each example also
+    carries `context`, the encoder's states interpolated to the face frames (Eq. 1).
+    """
 
     corpus: biwi.Corpus
     clips: list[biwi.Clip]
     identity_subjects: tuple[str, ...]
+    context_encoder: ContextFeatures | None = None
 
     def __post_init__(self):
-        self._audio_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._audio_cache: dict[str, tuple[np.ndarray, ...]] = {}
 
     @classmethod
     def from_corpus(
-        cls, corpus: biwi.Corpus, split: str, identity_subjects: Sequence[str]
+        cls,
+        corpus: biwi.Corpus,
+        split: str,
+        identity_subjects: Sequence[str],
+        context_encoder: ContextFeatures | None = None,
     ) -> ClipDataset:
         clips = corpus.split(split)
         if not clips:
             raise biwi.DataError(f"{corpus.root}: split '{split}' has no usable clips")
-        return cls(corpus, clips, tuple(identity_subjects))
+        return cls(corpus, clips, tuple(identity_subjects), context_encoder)
 
     @property
     def samples_per_frame(self) -> int:
@@ -47,7 +64,7 @@ class ClipDataset:
 
     @property
     def time_scale(self) -> dict[str, int]:
-        frame_keys = ("vertices", "neutral_vertices", "mel", "rotation", "translation")
+        frame_keys = ("vertices", "neutral_vertices", "mel", "rotation", "translation", "context")
         return {**dict.fromkeys(frame_keys, 1), "audio": self.samples_per_frame}
 
     @property
@@ -58,19 +75,23 @@ class ClipDataset:
         """One-hot identity index, or -1 for a speaker unseen in training (test-B)."""
         return self.identity_subjects.index(subject) if subject in self.identity_subjects else -1
 
-    def _audio_features(self, clip: biwi.Clip) -> tuple[np.ndarray, np.ndarray]:
+    def _audio_features(self, clip: biwi.Clip) -> tuple[np.ndarray, ...]:
+        """(waveform, mel[, context]) of a clip, computed once."""
         if clip.name not in self._audio_cache:
             waveform = audio.load_audio(clip.audio_path, allow_silence=True)
             waveform = batching.pad_along_time(waveform, clip.num_frames * self.samples_per_frame)
-            mel = audio.frame_aligned_log_mel(waveform, clip.num_frames)
-            self._audio_cache[clip.name] = (waveform, mel)
+            features = (waveform, audio.frame_aligned_log_mel(waveform, clip.num_frames))
+            if self.context_encoder is not None:
+                hidden = self.context_encoder.encode_file(clip.audio_path)
+                features += (audio.interpolate_frames(hidden, clip.num_frames),)
+            self._audio_cache[clip.name] = features
         return self._audio_cache[clip.name]
 
     def example(self, index: int) -> dict[str, np.ndarray]:
         clip = self.clips[index]
         n = clip.num_frames
         vertices = biwi.load_vertices(clip.vertices_path)
-        waveform, mel = self._audio_features(clip)
+        waveform, mel, *context = self._audio_features(clip)
         if clip.head_pose_path is not None:
             rotation, translation = biwi.load_head_pose(clip.head_pose_path)
         else:
@@ -85,7 +106,7 @@ class ClipDataset:
             neutral = biwi.load_vertices(clip.neutral_vertices_path)
         else:
             neutral = vertices
-        return {
+        example = {
             "vertices": vertices,
             "neutral_vertices": neutral,
             "template": self.corpus.templates[clip.subject].reshape(-1),
@@ -100,6 +121,9 @@ class ClipDataset:
             "has_neutral": np.bool_(clip.neutral_vertices_path is not None),
             "num_frames": np.int32(n),
         }
+        if context:
+            example["context"] = context[0]
+        return example
 
     def batches(
         self,

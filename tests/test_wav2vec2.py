@@ -1,0 +1,215 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from sdetalk_jax.models.wav2vec2 import (  # noqa: E402
+    CheckpointError,
+    Wav2Vec2Model,
+    load_pretrained,
+    pad_batch,
+)
+from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder  # noqa: E402
+
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    conv_dim=(32,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
+VARIANTS = {
+    "post-layernorm (base-960h)": dict(
+        do_stable_layer_norm=False, feat_extract_norm="group", conv_bias=False
+    ),
+    "stable-layernorm (large-lv60, xlsr)": dict(
+        do_stable_layer_norm=True, feat_extract_norm="layer", conv_bias=True
+    ),
+}
+
+
+def save_reference(folder, variant, *, model_class=None, seed=0):
+    torch.manual_seed(seed)
+    config = transformers.Wav2Vec2Config(**TINY, **VARIANTS[variant])
+    model = (model_class or transformers.Wav2Vec2Model)(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def reference_hidden(model, waveform):
+    with torch.no_grad():
+        return model(torch.from_numpy(waveform)[None]).last_hidden_state[0].numpy()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_matches_pytorch_single_and_padded(tmp_path, variant):
+    reference = save_reference(tmp_path, variant)
+    config, params = load_pretrained(os.fspath(tmp_path))
+    model = Wav2Vec2Model(config)
+    rng = np.random.default_rng(0)
+    long = rng.standard_normal(40_000).astype(np.float32)  # 2.5 s
+    short = rng.standard_normal(32_000).astype(np.float32)  # 2.0 s
+
+    single, _ = model.apply({"params": params}, long[None])
+    np.testing.assert_allclose(np.asarray(single[0]), reference_hidden(reference, long), atol=1e-4)
+
+    audio, mask = pad_batch([long, short], multiple=16_000)
+    batch, frame_mask = model.apply({"params": params}, audio, mask)
+    expected_short = reference_hidden(reference, short)
+    frames = expected_short.shape[0]
+    assert int(frame_mask[1].sum()) == frames == config.frames_for(len(short))
+    np.testing.assert_allclose(np.asarray(batch[1, :frames]), expected_short, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(batch[0, : single.shape[1]]), np.asarray(single[0]), atol=1e-5
+    )
+
+
+def test_bin_checkpoint_with_ctc_head_and_prefix(tmp_path):
+    reference = save_reference(
+        tmp_path, "post-layernorm (base-960h)", model_class=transformers.Wav2Vec2ForCTC
+    )
+    state = reference.state_dict()
+    assert any(k.startswith("wav2vec2.") for k in state) and any(
+        k.startswith("lm_head") for k in state
+    )
+    os.remove(tmp_path / "model.safetensors")
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    config, params = load_pretrained(os.fspath(tmp_path))
+    waveform = np.random.default_rng(1).standard_normal(32_000).astype(np.float32)
+    ours, _ = Wav2Vec2Model(config).apply({"params": params}, waveform[None])
+    np.testing.assert_allclose(
+        np.asarray(ours[0]), reference_hidden(reference.wav2vec2, waveform), atol=1e-4
+    )
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_bin_is_refused(tmp_path):
+    save_reference(tmp_path, "post-layernorm (base-960h)")
+    os.remove(tmp_path / "model.safetensors")
+    torch.save({"weights": _Payload()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: refused or unreadable"):
+        load_pretrained(os.fspath(tmp_path))
+
+
+def test_mismatched_config_names_the_tensor(tmp_path):
+    save_reference(tmp_path, "post-layernorm (base-960h)")
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    config["intermediate_size"] = 96
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError,
+        match=r"'encoder\.layers\.0\.feed_forward\.intermediate_dense\.(weight|bias)' has shape",
+    ):
+        load_pretrained(os.fspath(tmp_path))
+
+
+def test_unknown_hub_name_offline_gives_guidance(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
+        load_pretrained("facebook/no-such-model-here")
+
+
+def stereo_44k(path, seconds=1.5):
+    t = np.arange(int(seconds * 44_100)) / 44_100
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    soundfile.write(path, np.stack([tone, 0.5 * tone], 1).astype(np.float32), 44_100)
+
+
+def test_cli_on_44k_stereo(tmp_path):
+    save_reference(tmp_path, "post-layernorm (base-960h)")
+    wav, out = tmp_path / "in.wav", tmp_path / "h.npy"
+    stereo_44k(wav)
+    result = subprocess.run(
+        [sys.executable, "-m", "sdetalk_jax.models.wav2vec2", "--checkpoint", os.fspath(tmp_path),
+         "--audio", os.fspath(wav), "--out", os.fspath(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config, _ = load_pretrained(os.fspath(tmp_path))
+    hidden = np.load(out)
+    assert hidden.shape == (config.frames_for(24_000), 64)
+    assert np.all(np.isfinite(hidden))
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "sdetalk_jax.models.wav2vec2", "--checkpoint", os.fspath(tmp_path),
+         "--audio", os.fspath(tmp_path / "nope.wav"), "--out", os.fspath(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "nope.wav: audio file not found" in missing.stderr
+
+
+def test_feature_cache_keys_on_model_and_audio_and_survives_restart(tmp_path):
+    save_reference(tmp_path / "ckpt", "post-layernorm (base-960h)")
+    cache = os.fspath(tmp_path / "cache")
+    wav = os.fspath(tmp_path / "a.wav")
+    stereo_44k(wav)
+
+    first = ContextEncoder.from_pretrained(os.fspath(tmp_path / "ckpt"), cache_dir=cache)
+    computed = first.encode_file(wav)
+    assert (first.cache.hits, first.cache.misses) == (0, 1)
+
+    restarted = ContextEncoder.from_pretrained(os.fspath(tmp_path / "ckpt"), cache_dir=cache)
+    np.testing.assert_array_equal(restarted.encode_file(wav), computed)
+    assert (restarted.cache.hits, restarted.cache.misses) == (1, 0)
+
+    # Other audio content under the same name: a different key.
+    stereo_44k(wav, seconds=2.0)
+    assert restarted.encode_file(wav).shape[0] > computed.shape[0]
+    assert restarted.cache.misses == 1
+
+    # Other weights: a different fingerprint, so a different entry.
+    save_reference(tmp_path / "other", "post-layernorm (base-960h)", seed=1)
+    other = ContextEncoder.from_pretrained(os.fspath(tmp_path / "other"), cache_dir=cache)
+    assert other.fingerprint != first.fingerprint
+    other.encode_file(wav)
+    assert (other.cache.hits, other.cache.misses) == (0, 1)
+
+    # A damaged entry is recomputed, never served.
+    entry = restarted.cache.path_for(wav)
+    with open(entry, "wb") as handle:
+        handle.write(b"\x93NUMPY half-written")
+    again = ContextEncoder.from_pretrained(os.fspath(tmp_path / "ckpt"), cache_dir=cache)
+    np.testing.assert_allclose(again.encode_file(wav), restarted.encode_file(wav))
+    assert again.cache.misses == 1
+
+
+def test_dataset_examples_carry_cached_context(tmp_path, small_corpus):
+    from sdetalk_jax.data import biwi
+    from sdetalk_jax.data.pipeline import ClipDataset
+
+    save_reference(tmp_path / "ckpt", "stable-layernorm (large-lv60, xlsr)")
+    corpus = biwi.scan_corpus(small_corpus)
+    encoder = ContextEncoder.from_pretrained(
+        os.fspath(tmp_path / "ckpt"), cache_dir=os.fspath(tmp_path / "cache")
+    )
+    dataset = ClipDataset.from_corpus(corpus, "val", ("F2", "M3"), context_encoder=encoder)
+    example = dataset.example(0)
+    for index in range(1, len(dataset.clips)):
+        dataset.example(index)
+    assert encoder.cache.misses == len(dataset.clips)
+    assert example["context"].shape == (int(example["num_frames"]), 64)
+    assert dataset.time_scale["context"] == 1
+    # A new run (new encoder, new dataset) reads every clip from the cache.
+    encoder_again = ContextEncoder.from_pretrained(
+        os.fspath(tmp_path / "ckpt"), cache_dir=os.fspath(tmp_path / "cache")
+    )
+    again = ClipDataset.from_corpus(corpus, "val", ("F2", "M3"), context_encoder=encoder_again)
+    for index in range(len(again.clips)):
+        again.example(index)
+    assert encoder_again.cache.misses == 0
+    assert encoder_again.cache.hits == len(again.clips)
+    np.testing.assert_array_equal(again.example(0)["context"], example["context"])
