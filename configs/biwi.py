@@ -1,0 +1,68 @@
+"""The paper's settings on BIWI (FaceFormer / CodeTalker splits).
+
+    python -m sdetalk_jax.train --config configs/biwi.py --workdir runs/biwi \
+        --config.data.root=/path/to/BIWI --config.model.wav2vec2_checkpoint=/path/to/wav2vec2-base-960h
+
+Any field can be overridden on the command line (`--config.train.global_batch=4`).
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.root = "data/BIWI"
+    config.data.generate_if_missing = False
+    config.data.synthetic = ml_collections.ConfigDict()
+    config.data.splits = dict(
+        train_subjects=("F2", "F3", "F4", "M3", "M4", "M5"),
+        unseen_subjects=("F1", "F5", "F6", "F7", "F8", "M1", "M2", "M6"),
+        train_sentences=(1, 32),
+        val_sentences=(33, 36),
+        test_sentences=(37, 40),
+        include_neutral=True,
+    )
+    config.data.bucket_min = 32
+    config.data.bucket_growth = 1.25
+    # Where frozen wav2vec 2.0 features are cached ("" = ~/.cache/sdetalk_jax/wav2vec2).
+    config.data.feature_cache = ""
+
+    config.model = ml_collections.ConfigDict()
+    config.model.wav2vec2_checkpoint = (
+        "facebook/wav2vec2-base-960h"  # local folder or cached hub name
+    )
+    config.model.wav2vec2_random = ml_collections.ConfigDict()  # used only without a checkpoint
+    config.model.hidden = 128
+    config.model.heads = 4
+    config.model.decoder_blocks = 2
+    config.model.feedforward = 256
+    config.model.identity_dim = 32
+    config.model.frequency_bands = 32
+    config.model.frequency_dim = 32
+    config.model.frequency_window = 5
+    config.model.discriminator_blocks = 2
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.vertex_scale = 1000.0  # vertices in metres, losses in millimetres
+    config.loss.lambda_r = 0.001  # Eq. 5
+    config.loss.lambda_t = 0.001
+    config.loss.lambda_e = 0.1  # emotional guidance: L_mi + L_cls
+    config.loss.mi_weight = 1.0  # weight of L_mi inside L_e (1 in the paper; 0 ablates it)
+    config.loss.lambda_d = 0.1  # diversity, Eq. 7 (subtracted)
+    config.loss.lambda_f = 0.1
+    config.loss.lambda_g = 0.1  # adversarial
+    config.loss.gan = "nonsaturating"  # or "lsgan"
+    config.loss.diversity_cap = 1.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.seed = 0
+    config.train.global_batch = 1
+    config.train.epochs = 500
+    config.train.learning_rate = 1e-4  # Adam, fixed (Sec. 3)
+    config.train.max_steps = 0  # stop early after this many steps (0: run all epochs)
+    config.train.keep_checkpoints = 3
+    config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only
+    config.train.progress = True
+    return config

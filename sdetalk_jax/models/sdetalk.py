@@ -1,0 +1,325 @@
+"""The SDETalk networks (paper Sec. 2.1) in Flax linen.
+
+    Generator      identity p, neutral face f^n (Eq. 2), emotional embedding e, emotion mixture y_e,
+                   diversified embedding e~, emotional face f^e, head pose R, T (Eq. 3), f (Eq. 4)
+    Discriminator  consistency discriminator D on (e, f): real/fake, identity, emotion mixture
+    MIEstimators   vCLUB variational networks q(y|x) for (p, c), (p, e), (c, e) (Eq. 6)
+
+The frozen context encoder (wav2vec 2.0) runs outside: the generator takes its states already
+aligned to the face frames (Eq. 1), which is what lets them be cached. Interpretations of what the
+paper leaves open are in docs/paper-notes.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SDETalkConfig:
+    num_vertices: int
+    context_dim: int
+    num_subjects: int
+    num_emotions: int
+    mel_bins: int = 128
+    hidden: int = 128  # "128 hidden nodes" (Sec. 3)
+    heads: int = 4  # "4 attention heads"
+    decoder_blocks: int = 2  # N_d = 2
+    feedforward: int = 256
+    identity_dim: int = 32
+    frequency_bands: int = 32  # mel bins are pooled into bands, one token each
+    frequency_dim: int = 32
+    frequency_window: int = 5  # frames of context per band token
+    discriminator_blocks: int = 2
+    # Metres per network output unit for vertex and translation outputs: the heads predict
+    # millimetres, so an optimiser step of lr moves a vertex by about lr mm, not lr metres.
+    motion_unit: float = 1e-3
+
+    @classmethod
+    def from_config(cls, config, **derived) -> SDETalkConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in dict(config).items() if k in fields}
+        values.update(derived)
+        return cls(**values)
+
+
+def sinusoidal_positions(length: int, dim: int) -> jnp.ndarray:
+    position = np.arange(length)[:, None]
+    rate = np.exp(-np.log(10_000.0) * np.arange(0, dim, 2) / dim)
+    table = np.zeros((length, dim), np.float32)
+    table[:, 0::2] = np.sin(position * rate)
+    table[:, 1::2] = np.cos(position * rate)
+    return jnp.asarray(table)
+
+
+def masked_mean(values: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
+    """Mean over `axis` of values [B, N, ...] counting only frames where mask [B, N] is true."""
+    weights = mask.astype(values.dtype).reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
+    total = jnp.sum(values * weights, axis=axis)
+    count = jnp.maximum(jnp.sum(weights, axis=axis), 1.0)
+    return total / count
+
+
+def rotation_from_6d(raw: jax.Array) -> jax.Array:
+    """Continuous 6-D rotation parameters [..., 6] -> rotation matrices [..., 3, 3] (Gram-Schmidt,
+    Zhou et al. 2019). Rows are the orthonormal basis; used as f^e @ R (Eq. 4)."""
+    a1, a2 = raw[..., :3], raw[..., 3:]
+    b1 = a1 / (jnp.linalg.norm(a1, axis=-1, keepdims=True) + 1e-8)
+    a2 = a2 - jnp.sum(b1 * a2, axis=-1, keepdims=True) * b1
+    b2 = a2 / (jnp.linalg.norm(a2, axis=-1, keepdims=True) + 1e-8)
+    b3 = jnp.cross(b1, b2)
+    return jnp.stack([b1, b2, b3], axis=-2)
+
+
+class AttentionBlock(nn.Module):
+    """Post-LayerNorm transformer block: self-attention, optional cross-attention, feed-forward."""
+
+    hidden: int
+    heads: int
+    feedforward: int
+    cross: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, memory=None, memory_mask=None):
+        self_mask = nn.make_attention_mask(mask, mask)
+        attended = nn.MultiHeadDotProductAttention(
+            self.heads, qkv_features=self.hidden, name="self_attention"
+        )(x, x, mask=self_mask)
+        x = nn.LayerNorm(name="norm_self")(x + attended)
+        if self.cross:
+            cross_mask = nn.make_attention_mask(mask, memory_mask)
+            attended = nn.MultiHeadDotProductAttention(
+                self.heads, qkv_features=self.hidden, name="cross_attention"
+            )(x, memory, mask=cross_mask)
+            x = nn.LayerNorm(name="norm_cross")(x + attended)
+        hidden = nn.Dense(self.feedforward, name="feedforward_in")(x)
+        hidden = nn.Dense(self.hidden, name="feedforward_out")(nn.gelu(hidden))
+        return nn.LayerNorm(name="norm_feedforward")(x + hidden)
+
+
+class FrequencyAttention(nn.Module):
+    """Per frame, attention across frequency bands with a learned summary token (like a ViT class
+    token): each band token sees its log-energy over a few neighbouring frames."""
+
+    config: SDETalkConfig
+
+    @nn.compact
+    def __call__(self, mel, mask):  # mel [B, N, bins] -> [B, N, hidden]
+        config = self.config
+        batch, frames, bins = mel.shape
+        bands = mel.reshape(
+            batch, frames, config.frequency_bands, bins // config.frequency_bands
+        ).mean(-1)
+        half = config.frequency_window // 2
+        padded = jnp.pad(bands, ((0, 0), (half, half), (0, 0)))
+        windows = jnp.stack(
+            [padded[:, i : i + frames] for i in range(config.frequency_window)], axis=-1
+        )
+        tokens = nn.Dense(config.frequency_dim, name="band_projection")(windows)  # [B, N, bands, d]
+        tokens = tokens + self.param(
+            "band_embedding",
+            nn.initializers.normal(0.02),
+            (config.frequency_bands, config.frequency_dim),
+        )
+        summary = self.param("summary_token", nn.initializers.normal(0.02), (config.frequency_dim,))
+        tokens = jnp.concatenate(
+            [jnp.broadcast_to(summary, (batch, frames, 1, config.frequency_dim)), tokens], 2
+        )
+        tokens = tokens.reshape(batch * frames, config.frequency_bands + 1, config.frequency_dim)
+        all_bands = jnp.ones(tokens.shape[:2], bool)
+        tokens = AttentionBlock(config.frequency_dim, 2, 2 * config.frequency_dim, name="block")(
+            tokens, all_bands
+        )
+        summary_out = tokens[:, 0].reshape(batch, frames, config.frequency_dim)
+        return nn.Dense(config.hidden, name="out")(summary_out) * mask[..., None]
+
+
+class EmotionEmbeddingNetwork(nn.Module):
+    """Mel spectrogram -> emotional embedding e [B, N, hidden] (Fig. 3): temporal attention, then
+    frequency attention with a summary token, fused."""
+
+    config: SDETalkConfig
+
+    @nn.compact
+    def __call__(self, mel, mask):
+        config = self.config
+        # A fixed scale, not a per-frame LayerNorm: normalising each frame would erase its
+        # loudness, one of the prosodic cues of emotion. Log-mel values lie in about [-14, 6].
+        # Padded frames become exact zeros, as beyond the ends of an unpadded clip: the frequency
+        # block's time windows then read the same values either way.
+        normalised = (mel + 4.0) / 5.0 * mask[..., None]
+        temporal = nn.Dense(config.hidden, name="temporal_in")(normalised)
+        temporal = temporal + sinusoidal_positions(mel.shape[1], config.hidden)
+        temporal = AttentionBlock(config.hidden, config.heads, config.feedforward, name="temporal")(
+            temporal, mask
+        )
+        frequency = FrequencyAttention(config, name="frequency")(normalised, mask)
+        fused = nn.Dense(config.hidden, name="fuse")(jnp.concatenate([temporal, frequency], -1))
+        return nn.LayerNorm(name="fuse_norm")(fused) * mask[..., None]
+
+
+class EmotionClassifier(nn.Module):
+    """Global average pooling and two linear layers with GELU -> emotion mixture y_e (softmax)."""
+
+    config: SDETalkConfig
+
+    @nn.compact
+    def __call__(self, embedding, mask):
+        pooled = masked_mean(embedding, mask)
+        hidden = nn.gelu(nn.Dense(self.config.hidden, name="dense_0")(pooled))
+        return jax.nn.softmax(nn.Dense(self.config.num_emotions, name="dense_1")(hidden), axis=-1)
+
+
+class EmotionalFaceGenerator(nn.Module):
+    """G (Eq. 3): transformer decoder, query f^n (+) e, key/value e~ -> f^e, R, T."""
+
+    config: SDETalkConfig
+
+    @nn.compact
+    def __call__(self, neutral_motion, embedding, diversified, mask):
+        config = self.config
+        query = nn.Dense(config.hidden, name="query_in")(
+            jnp.concatenate([neutral_motion / config.motion_unit, embedding], -1)
+        )
+        query = query + sinusoidal_positions(query.shape[1], config.hidden)
+        for index in range(config.decoder_blocks):
+            query = AttentionBlock(
+                config.hidden, config.heads, config.feedforward, cross=True, name=f"block_{index}"
+            )(query, mask, diversified, mask)
+        # Zero-initialised heads: training starts from f^e = f^n, R = I, T = 0.
+        expression = config.motion_unit * nn.Dense(
+            config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="expression"
+        )(query)
+        identity_6d = jnp.array([1.0, 0, 0, 0, 1.0, 0])
+        rotation = rotation_from_6d(
+            identity_6d + nn.Dense(6, kernel_init=nn.initializers.zeros, name="rotation")(query)
+        )
+        translation = config.motion_unit * nn.Dense(
+            3, kernel_init=nn.initializers.zeros, name="translation"
+        )(query)
+        return expression, rotation, translation
+
+
+class Generator(nn.Module):
+    """Everything trained by the generator loss; see the module docstring."""
+
+    config: SDETalkConfig
+
+    def setup(self):
+        config = self.config
+        self.identity = nn.Dense(config.identity_dim, use_bias=False, name="identity")
+        self.neutral_generator = nn.Dense(
+            config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="neutral"
+        )
+        self.emotion_network = EmotionEmbeddingNetwork(config, name="emotion")
+        self.classifier = EmotionClassifier(config, name="classifier")
+        self.diversity = nn.Dense(2 * config.hidden, name="diversity")
+        self.face_generator = EmotionalFaceGenerator(config, name="face")
+
+    def __call__(self, batch, noise):
+        """batch: context [B,N,Dc], mel [B,N,bins], subject_onehot [B,S], template [B,V*3],
+        frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Returns a dict of outputs."""
+        mask = batch["frame_mask"]
+        frames = mask.shape[1]
+        identity = self.identity(batch["subject_onehot"])  # p
+        context = batch["context"]  # c, Eq. 1 (aligned outside)
+        identity_frames = jnp.broadcast_to(
+            identity[:, None], (identity.shape[0], frames, identity.shape[-1])
+        )
+        neutral_motion = self.config.motion_unit * self.neutral_generator(
+            jnp.concatenate([context, identity_frames], -1)
+        )
+        neutral = neutral_motion + batch["template"][:, None]  # Eq. 2
+        embedding = self.emotion_network(batch["mel"], mask)  # e
+        mixture = self.classifier(embedding, mask)  # y_e
+        mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
+        log_variance = jnp.clip(log_variance, -8.0, 4.0)
+        diversified = mean + jnp.exp(0.5 * log_variance) * noise  # e~, reparameterised
+        offset, rotation, translation = self.face_generator(
+            neutral_motion, embedding, diversified, mask
+        )
+        expression = neutral + offset  # f^e
+        faces = expression.reshape(expression.shape[:2] + (-1, 3))
+        posed = jnp.einsum("bnvi,bnij->bnvj", faces, rotation) + translation[:, :, None]  # Eq. 4
+        return {
+            "identity": identity,
+            "context": context,
+            "embedding": embedding,
+            "mixture": mixture,
+            "neutral": neutral,
+            "expression": expression,
+            "rotation": rotation,
+            "translation": translation,
+            "posed": posed.reshape(expression.shape),
+        }
+
+
+class Discriminator(nn.Module):
+    """Consistency discriminator D: transformer encoder on (e, f) -> real/fake logit, identity logits,
+    emotion mixture."""
+
+    config: SDETalkConfig
+
+    @nn.compact
+    def __call__(self, embedding, faces, template, mask):
+        config = self.config
+        # Identity-free input: displacement from the template, in network units (mm).
+        motion = (faces - template[:, None]) / config.motion_unit
+        x = nn.Dense(config.hidden, name="face_in")(motion) + nn.Dense(
+            config.hidden, name="emotion_in"
+        )(embedding)
+        x = x + sinusoidal_positions(x.shape[1], config.hidden)
+        for index in range(config.discriminator_blocks):
+            x = AttentionBlock(
+                config.hidden, config.heads, config.feedforward, name=f"block_{index}"
+            )(x, mask)
+        pooled = masked_mean(x, mask)
+        real_fake = nn.Dense(1, name="real_fake")(pooled)[:, 0]
+        identity_logits = nn.Dense(config.num_subjects, name="identity")(pooled)
+        mixture = jax.nn.softmax(nn.Dense(config.num_emotions, name="emotion")(pooled), axis=-1)
+        return real_fake, identity_logits, mixture
+
+
+class GaussianEstimator(nn.Module):
+    """q(y|x) = N(mu(x), diag sigma^2(x)), the variational net of vCLUB (Cheng et al., 2020)."""
+
+    out_dim: int
+    hidden: int = 128
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
+        mean = nn.Dense(self.out_dim, name="mean")(h)
+        log_variance = jnp.tanh(nn.Dense(self.out_dim, name="log_variance")(h)) * 4.0
+        return mean, log_variance
+
+
+def gaussian_log_likelihood(y, mean, log_variance):
+    """log q(y|x) up to a constant, summed over the last axis."""
+    return -0.5 * jnp.sum(jnp.square(y - mean) * jnp.exp(-log_variance) + log_variance, axis=-1)
+
+
+MI_PAIRS = (("identity", "context"), ("identity", "embedding"), ("context", "embedding"))
+
+
+class MIEstimators(nn.Module):
+    """The three vCLUB estimators of Eq. 6, each predicting the second factor from the first."""
+
+    config: SDETalkConfig
+
+    @nn.compact
+    def __call__(self, factors):
+        dims = {
+            "identity": self.config.identity_dim,
+            "context": self.config.context_dim,
+            "embedding": self.config.hidden,
+        }
+        return {
+            f"{x}->{y}": GaussianEstimator(dims[y], name=f"{x}_to_{y}")(factors[x])
+            for x, y in MI_PAIRS
+        }

@@ -1,0 +1,177 @@
+"""What the trainer, `evaluate` and `animate` share: building the corpus view, the frozen context
+encoder and the networks from a config, and saving / restoring checkpoints. Nothing here trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from sdetalk_jax.data import biwi, synthetic
+from sdetalk_jax.models import sdetalk
+from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
+from sdetalk_jax.models.wav2vec2.model import Wav2Vec2Config, Wav2Vec2Model
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.path.join(base, "sdetalk_jax", "wav2vec2")
+
+
+def open_corpus(config, *, progress: bool = False) -> biwi.Corpus:
+    """Scans the configured corpus (generating SynthBIWI first when the config asks for it)."""
+    root = config.data.root
+    if config.data.generate_if_missing and synthetic.existing_parameters(root) is None:
+        synthetic.generate_corpus(root, **dict(config.data.synthetic), progress=progress)
+    splits = biwi.SplitSpec.from_config(config.data.splits)
+    try:
+        corpus = biwi.scan_corpus(root, splits, progress=progress)
+    except biwi.DataError as err:
+        raise biwi.DataError(f"{err} (see docs/data.md)") from err
+    if corpus.errors:
+        names = ", ".join(sorted({os.path.basename(p.path) for p in corpus.errors})[:10])
+        print(
+            f"warning: {len(corpus.errors)} problems in {root}; left out: {names} (python -m sdetalk_jax.data check --root {root})"
+        )
+    if not corpus.split("train"):
+        raise biwi.DataError(
+            f"{root}: no usable training clips for subjects {list(splits.train_subjects)}; "
+            "see docs/data.md, or use --config configs/synthetic.py"
+        )
+    return corpus
+
+
+def context_encoder(config) -> ContextEncoder:
+    """The frozen wav2vec 2.0: pretrained from a folder / hub cache, or small and random (seeded)."""
+    cache_dir = config.data.feature_cache or default_cache_dir()
+    if config.model.wav2vec2_checkpoint:
+        return ContextEncoder.from_pretrained(config.model.wav2vec2_checkpoint, cache_dir=cache_dir)
+    settings = dict(config.model.wav2vec2_random)
+    seed = settings.pop("seed", 0)
+    encoder_config = Wav2Vec2Config.from_dict(settings)
+    params = Wav2Vec2Model(encoder_config).init(
+        jax.random.key(seed), np.zeros((1, encoder_config.receptive_field * 2), np.float32)
+    )["params"]
+    return ContextEncoder(encoder_config, params, cache_dir=cache_dir)
+
+
+def model_config(config, corpus: biwi.Corpus, context_dim: int) -> sdetalk.SDETalkConfig:
+    return sdetalk.SDETalkConfig.from_config(
+        config.model,
+        num_vertices=corpus.num_vertices,
+        context_dim=context_dim,
+        num_subjects=len(config.data.splits.train_subjects),
+        num_emotions=max(len(corpus.emotion_categories), 1),
+        motion_unit=1.0 / config.loss.vertex_scale,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    config: sdetalk.SDETalkConfig
+    generator: sdetalk.Generator
+    discriminator: sdetalk.Discriminator
+    estimators: sdetalk.MIEstimators
+
+    @classmethod
+    def build(cls, model_config: sdetalk.SDETalkConfig) -> Networks:
+        return cls(
+            model_config,
+            sdetalk.Generator(model_config),
+            sdetalk.Discriminator(model_config),
+            sdetalk.MIEstimators(model_config),
+        )
+
+    def dummy_batch(self, frames: int = 8) -> dict:
+        c = self.config
+        return {
+            "context": jnp.zeros((1, frames, c.context_dim)),
+            "mel": jnp.zeros((1, frames, c.mel_bins)),
+            "subject_onehot": jnp.zeros((1, c.num_subjects)),
+            "template": jnp.zeros((1, c.num_vertices * 3)),
+            "frame_mask": jnp.ones((1, frames), bool),
+        }
+
+    def init_params(self, key) -> dict:
+        """Parameters of the three networks from one key (split by purpose)."""
+        generator_key, discriminator_key, estimator_key = jax.random.split(key, 3)
+        batch = self.dummy_batch()
+        noise = jnp.zeros((1, 8, self.config.hidden))
+        generator = self.generator.init(generator_key, batch, noise)["params"]
+        outputs = self.generator.apply({"params": generator}, batch, noise)
+        discriminator = self.discriminator.init(
+            discriminator_key,
+            outputs["embedding"],
+            outputs["posed"],
+            batch["template"],
+            batch["frame_mask"],
+        )["params"]
+        from sdetalk_jax.losses import per_frame_factors
+
+        estimators = self.estimators.init(estimator_key, per_frame_factors(outputs))["params"]
+        return {"generator": generator, "discriminator": discriminator, "estimators": estimators}
+
+
+def optimizer(config) -> optax.GradientTransformation:
+    """Adam with the paper's fixed learning rate (one instance per network)."""
+    return optax.adam(config.train.learning_rate)
+
+
+def initial_state(networks: Networks, config, key) -> dict:
+    params = networks.init_params(key)
+    tx = optimizer(config)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": {name: tx.init(value) for name, value in params.items()},
+    }
+
+
+def checkpoint_manager(workdir: str, name: str = CHECKPOINTS, *, keep: int = 3, best: bool = False):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=True,
+        best_fn=(lambda metrics: metrics["val_vertex_error_mm"]) if best else None,
+        best_mode="min",
+        # Saves are atomic (written under a temporary name, then renamed); left-over temporaries of an
+        # interrupted save are removed on start-up and never restored.
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, name)), options=options)
+
+
+def save_checkpoint(manager, state: dict, position: dict, metrics: dict | None = None) -> None:
+    step = int(state["step"])
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)
+        ),
+        metrics=metrics,
+    )
+
+
+def restore_checkpoint(manager, abstract_state: dict, step: int | None = None) -> tuple[dict, dict]:
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), position=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], restored["position"]
+
+
+def write_json(path: str, value) -> None:
+    from sdetalk_jax.data.writer import write_bytes
+
+    write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())

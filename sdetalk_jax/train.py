@@ -1,0 +1,459 @@
+"""Training SDETalk: `python -m sdetalk_jax.train --config configs/biwi.py --workdir runs/biwi`.
+
+One jitted step alternates the three updates of Sec. 2.2: the vCLUB estimators (maximum likelihood),
+the consistency discriminator, then the generator (L_rec + lambda_e (L_mi + L_cls) - lambda_d L_d +
+lambda_g L_adv). Every random draw comes from `fold_in(training key, step)`, split by purpose, so a
+resumed run draws exactly what an uninterrupted one would. Running the same command again resumes
+from the last checkpoint, data position included.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sdetalk_jax import losses, runtime
+from sdetalk_jax.data import batching
+from sdetalk_jax.data.pipeline import ClipDataset
+
+# Batch keys the networks read; the rest (raw audio, ...) stays on the host.
+MODEL_KEYS = (
+    "context", "mel", "template", "vertices", "neutral_vertices", "rotation", "translation",
+    "emotion", "subject", "has_head_pose", "has_emotion", "has_neutral", "frame_mask", "clip_mask",
+)  # fmt: skip
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf; the message names the step and the losses."""
+
+
+def purpose_keys(seed: int) -> dict:
+    """One key per purpose, so a study can vary one source of randomness and hold the others
+    (data order uses the integer seed directly: `batching.epoch_plan`)."""
+    root = jax.random.key(seed)
+    init_key, training_key = jax.random.split(root)
+    return {"init": init_key, "training": training_key}
+
+
+def prepare_batch(batch: dict, num_subjects: int) -> dict:
+    out = {key: jnp.asarray(batch[key]) for key in MODEL_KEYS}
+    out["subject_onehot"] = jax.nn.one_hot(out["subject"], num_subjects)  # -1 (unseen) -> zeros
+    return out
+
+
+def real_faces(batch):
+    """Ground-truth posed faces f_bar = f_bar^e R_bar + T_bar (Eq. 4)."""
+    faces = batch["vertices"].reshape(batch["vertices"].shape[:2] + (-1, 3))
+    posed = (
+        jnp.einsum("bnvi,bnij->bnvj", faces, batch["rotation"]) + batch["translation"][:, :, None]
+    )
+    return posed.reshape(batch["vertices"].shape)
+
+
+def make_train_step(networks: runtime.Networks, loss_config):
+    def step_fn(state, batch, step_key, tx):
+        params = state["params"]
+        noise_key_1, noise_key_2, permutation_key = jax.random.split(step_key, 3)
+        shape = batch["frame_mask"].shape + (networks.config.hidden,)
+        noise_1 = jax.random.normal(noise_key_1, shape)
+        noise_2 = jax.random.normal(noise_key_2, shape)
+        frame_weights = batch["frame_mask"].astype(jnp.float32)
+        clip_weights = batch["clip_mask"].astype(jnp.float32)
+
+        # 1. vCLUB estimators: maximise log q(y|x) on the current (fixed) factors.
+        outputs = jax.lax.stop_gradient(
+            networks.generator.apply({"params": params["generator"]}, batch, noise_1)
+        )
+        factors = losses.per_frame_factors(outputs)
+
+        def estimator_loss(estimator_params):
+            estimates = networks.estimators.apply({"params": estimator_params}, factors)
+            return -losses.estimator_log_likelihood(estimates, factors, frame_weights)
+
+        estimator_nll, grads = jax.value_and_grad(estimator_loss)(params["estimators"])
+        updates, estimator_opt = tx.update(
+            grads, state["opt_state"]["estimators"], params["estimators"]
+        )
+        estimator_params = optax.apply_updates(params["estimators"], updates)
+
+        # 2. Discriminator: real (e, f_bar) against fake (e, f), plus its identity / emotion heads on real.
+        real = real_faces(batch)
+
+        def discriminator_loss(discriminator_params):
+            def apply(faces):
+                return networks.discriminator.apply(
+                    {"params": discriminator_params},
+                    outputs["embedding"],
+                    faces,
+                    batch["template"],
+                    batch["frame_mask"],
+                )
+
+            real_logits, identity_logits, mixture = apply(real)
+            fake_logits, _, _ = apply(outputs["posed"])
+            adversarial, _ = losses.adversarial_losses(
+                real_logits, fake_logits, clip_weights, loss_config.gan
+            )
+            identity, emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
+            return adversarial + identity + emotion, (adversarial, identity, emotion)
+
+        (discriminator_total, (d_adversarial, d_identity, d_emotion)), grads = jax.value_and_grad(
+            discriminator_loss, has_aux=True
+        )(params["discriminator"])
+        updates, discriminator_opt = tx.update(
+            grads, state["opt_state"]["discriminator"], params["discriminator"]
+        )
+        discriminator_params = optax.apply_updates(params["discriminator"], updates)
+
+        # 3. Generator.
+        def generator_loss(generator_params):
+            first = networks.generator.apply({"params": generator_params}, batch, noise_1)
+            second = networks.generator.apply({"params": generator_params}, batch, noise_2)
+            terms = losses.reconstruction_losses(first, batch, loss_config)
+            first_factors = losses.per_frame_factors(first)
+            estimates = networks.estimators.apply({"params": estimator_params}, first_factors)
+            terms.update(
+                losses.vclub_upper_bound(estimates, first_factors, frame_weights, permutation_key)
+            )
+            terms["classification"] = losses.emotion_classification_loss(first["mixture"], batch)
+            terms["diversity"] = losses.diversity_loss(
+                first, second, noise_1, noise_2, batch, loss_config
+            )
+            fake_logits, identity_logits, mixture = networks.discriminator.apply(
+                {"params": discriminator_params},
+                jax.lax.stop_gradient(first["embedding"]),
+                first["posed"],
+                batch["template"],
+                batch["frame_mask"],
+            )
+            _, terms["adversarial"] = losses.adversarial_losses(
+                jnp.zeros_like(fake_logits), fake_logits, clip_weights, loss_config.gan
+            )
+            aux_identity, aux_emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
+            terms["guidance"] = loss_config.mi_weight * terms["mi"] + terms["classification"]  # L_e
+            total = (
+                terms["reconstruction"]
+                + loss_config.lambda_e * terms["guidance"]
+                - loss_config.lambda_d * terms["diversity"]
+                + loss_config.lambda_g * (terms["adversarial"] + aux_identity + aux_emotion)
+            )
+            terms["total"] = total
+            return total, terms
+
+        (_, terms), grads = jax.value_and_grad(generator_loss, has_aux=True)(params["generator"])
+        updates, generator_opt = tx.update(
+            grads, state["opt_state"]["generator"], params["generator"]
+        )
+        generator_params = optax.apply_updates(params["generator"], updates)
+
+        new_state = {
+            "step": state["step"] + 1,
+            "params": {
+                "generator": generator_params,
+                "discriminator": discriminator_params,
+                "estimators": estimator_params,
+            },
+            "opt_state": {
+                "generator": generator_opt,
+                "discriminator": discriminator_opt,
+                "estimators": estimator_opt,
+            },
+        }
+        metrics = {
+            **terms,
+            "estimator_nll": estimator_nll,
+            "discriminator": discriminator_total,
+            "discriminator_adversarial": d_adversarial,
+            "discriminator_identity": d_identity,
+            "discriminator_emotion": d_emotion,
+        }
+        return new_state, metrics
+
+    return step_fn
+
+
+def compiled_train_step(networks, config):
+    tx = runtime.optimizer(config)
+    step_fn = make_train_step(networks, config.loss)
+    return jax.jit(functools.partial(step_fn, tx=tx), donate_argnums=(0,))
+
+
+def evaluation_sums(networks, loss_config, params, batch, key, mean_mixture):
+    """Per-batch sums for validation: vertex errors (model, template, neutral-only), emotion
+    error (model, mean mixture), head-motion difference between two noise keys."""
+    key_1, key_2 = jax.random.split(key)
+    shape = batch["frame_mask"].shape + (networks.config.hidden,)
+    first = networks.generator.apply({"params": params}, batch, jax.random.normal(key_1, shape))
+    second = networks.generator.apply({"params": params}, batch, jax.random.normal(key_2, shape))
+    frames = batch["frame_mask"].astype(jnp.float32)
+    clips = batch["clip_mask"].astype(jnp.float32) * batch["has_emotion"].astype(jnp.float32)
+
+    def vertex_error_mm(prediction):
+        difference = (prediction - batch["vertices"]).reshape(prediction.shape[:2] + (-1, 3))
+        per_frame = (
+            jnp.mean(jnp.linalg.norm(difference, axis=-1), axis=-1) * loss_config.vertex_scale
+        )
+        return jnp.sum(per_frame * frames)
+
+    template = jnp.broadcast_to(batch["template"][:, None], batch["vertices"].shape)
+    rotation_difference = jnp.degrees(
+        jnp.arccos(
+            jnp.clip(
+                (jnp.einsum("bnij,bnij->bn", first["rotation"], second["rotation"]) - 1) / 2,
+                -1.0,
+                1.0,
+            )
+        )
+    )
+    terms = losses.reconstruction_losses(first, batch, loss_config)
+    return {
+        "frames": jnp.sum(frames),
+        "clips": jnp.sum(clips),
+        "vertex_error_mm": vertex_error_mm(first["expression"]),
+        "template_vertex_error_mm": vertex_error_mm(template),
+        "neutral_vertex_error_mm": vertex_error_mm(first["neutral"]),
+        "emotion_error": jnp.sum(
+            jnp.sum(jnp.square(first["mixture"] - batch["emotion"]), -1) * clips
+        ),
+        "mean_mixture_emotion_error": jnp.sum(
+            jnp.sum(jnp.square(mean_mixture - batch["emotion"]), -1) * clips
+        ),
+        "head_rotation_key_difference_deg": jnp.sum(rotation_difference * frames),
+        "reconstruction": terms["reconstruction"] * jnp.sum(frames),
+    }
+
+
+def evaluate_split(dataset, networks, config, params, eval_fn, buckets, mean_mixture, key) -> dict:
+    totals: dict[str, float] = {}
+    for batch_index, batch in dataset.batches(
+        global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0, shuffle=False
+    ):
+        prepared = prepare_batch(batch, networks.config.num_subjects)
+        sums = eval_fn(params, prepared, jax.random.fold_in(key, batch_index), mean_mixture)
+        for name, value in sums.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    frames, clips = max(totals.pop("frames"), 1.0), max(totals.pop("clips"), 1.0)
+    results = {}
+    for name, value in totals.items():
+        results[name] = value / (clips if "emotion" in name else frames)
+    return results
+
+
+class MetricWriter:
+    """JSON lines and TensorBoard event files in the workdir (process 0 only)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tensorboard = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, prefix: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in values.items()}}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        for name, value in record.items():
+            if name != "step":
+                self.tensorboard.add_scalar(name, value, step)
+
+    def close(self):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def environment_record() -> dict:
+    from importlib import metadata
+
+    packages = [
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "numpy",
+        "librosa",
+        "ml-collections",
+    ]
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def train(config, workdir: str) -> dict:
+    """Trains (or resumes) in `workdir`; returns the last validation metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    corpus = runtime.open_corpus(config, progress=config.train.progress)
+    encoder = runtime.context_encoder(config)
+    train_subjects = tuple(config.data.splits.train_subjects)
+    train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
+    val_set = ClipDataset.from_corpus(corpus, "val", train_subjects, context_encoder=encoder)
+    networks = runtime.Networks.build(runtime.model_config(config, corpus, encoder.hidden_size))
+    longest = max(max(train_set.lengths), max(val_set.lengths))
+    buckets = batching.bucket_lengths(
+        longest, min_length=config.data.bucket_min, growth=config.data.bucket_growth
+    )
+    labelled = [c.emotion / c.emotion.sum() for c in train_set.clips if c.emotion is not None]
+    mean_mixture = (
+        jnp.asarray(np.mean(labelled, 0))
+        if labelled
+        else jnp.full((networks.config.num_emotions,), 1.0)
+    )
+    keys = purpose_keys(config.train.seed)
+
+    runtime.write_json(
+        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+    )
+    runtime.write_json(os.path.join(workdir, "environment.json"), environment_record())
+
+    state = runtime.initial_state(networks, config, keys["init"])
+    manager = runtime.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
+    best_manager = runtime.checkpoint_manager(workdir, runtime.BEST, keep=1, best=True)
+    position = {"epoch": 0, "batch": 0}
+    if manager.latest_step() is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        state, position = runtime.restore_checkpoint(manager, abstract)
+        print(
+            f"resuming from step {int(state['step'])} (epoch {position['epoch']}, batch {position['batch']})"
+        )
+
+    step_fn = compiled_train_step(networks, config)
+    eval_fn = jax.jit(functools.partial(evaluation_sums, networks, config.loss))
+    writer = MetricWriter(workdir)
+    plans_per_epoch = len(
+        batching.epoch_plan(
+            train_set.lengths,
+            global_batch=config.train.global_batch,
+            buckets=buckets,
+            seed=0,
+            epoch=0,
+        )
+    )
+    max_steps = config.train.max_steps or math.inf
+    validation: dict = {}
+    from tqdm import tqdm
+
+    try:
+        for epoch in range(position["epoch"], config.train.epochs):
+            start_batch = position["batch"] if epoch == position["epoch"] else 0
+            bar = tqdm(
+                total=plans_per_epoch,
+                initial=start_batch,
+                desc=f"epoch {epoch + 1}/{config.train.epochs}",
+                unit="batch",
+                disable=not config.train.progress,
+            )
+            epoch_start = time.perf_counter()
+            for batch_index, batch in train_set.batches(
+                global_batch=config.train.global_batch,
+                buckets=buckets,
+                seed=config.train.seed,
+                epoch=epoch,
+                start_batch=start_batch,
+            ):
+                if int(state["step"]) >= max_steps:
+                    break
+                step = int(state["step"])
+                prepared = prepare_batch(batch, networks.config.num_subjects)
+                state, metrics = step_fn(
+                    state, prepared, jax.random.fold_in(keys["training"], step)
+                )
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not all(math.isfinite(v) for v in metrics.values()):
+                    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                    raise TrainingDiverged(
+                        f"non-finite loss at step {step} (epoch {epoch}, batch {batch_index}): {bad}; "
+                        f"all losses: {metrics}. The last good checkpoint in {workdir}/checkpoints is intact."
+                    )
+                writer.write(step + 1, "train", metrics)
+                bar.set_postfix(
+                    rec=f"{metrics['reconstruction']:.3g}", cls=f"{metrics['classification']:.3g}",
+                    mi=f"{metrics['mi']:.3g}", d=f"{metrics['discriminator']:.3g}",
+                )  # fmt: skip
+                bar.update(1)
+                position = {"epoch": epoch, "batch": batch_index + 1}
+                every = config.train.checkpoint_every_steps
+                if every and int(state["step"]) % every == 0:
+                    runtime.save_checkpoint(manager, state, position)
+            bar.close()
+            if int(state["step"]) >= max_steps and position["batch"] < plans_per_epoch:
+                break
+            position = {"epoch": epoch + 1, "batch": 0}
+            validation = evaluate_split(
+                val_set, networks, config, state["params"]["generator"], eval_fn, buckets, mean_mixture,
+                jax.random.key(1),
+            )  # fmt: skip
+            validation["epoch_seconds"] = time.perf_counter() - epoch_start
+            writer.write(int(state["step"]), "val", validation)
+            print(
+                f"epoch {epoch + 1}: val vertex error {validation['vertex_error_mm']:.3f} mm "
+                f"(template {validation['template_vertex_error_mm']:.3f}, neutral generator "
+                f"{validation['neutral_vertex_error_mm']:.3f}), emotion error {validation['emotion_error']:.4f} "
+                f"(mean mixture {validation['mean_mixture_emotion_error']:.4f})"
+            )
+            runtime.save_checkpoint(manager, state, position)
+            runtime.save_checkpoint(
+                best_manager,
+                state,
+                position,
+                metrics={"val_vertex_error_mm": validation["vertex_error_mm"]},
+            )
+    finally:
+        manager.wait_until_finished()
+        best_manager.wait_until_finished()
+        writer.close()
+    if int(state["step"]) > 0 and manager.latest_step() != int(state["step"]):
+        runtime.save_checkpoint(manager, state, position)
+        manager.wait_until_finished()
+    return validation
+
+
+def main(argv=None):
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Python config file (configs/*.py).", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, config.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        from absl import logging
+
+        from sdetalk_jax.data.biwi import DataError
+
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+
+        try:
+            train(flags.FLAGS.config, flags.FLAGS.workdir)
+        except (DataError, TrainingDiverged) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from sdetalk_jax import losses, runtime
+from sdetalk_jax.models import sdetalk
+from sdetalk_jax.train import make_train_step, real_faces
+
+CONFIG = sdetalk.SDETalkConfig(
+    num_vertices=40, context_dim=16, num_subjects=3, num_emotions=5, hidden=32, heads=4,
+    feedforward=64, identity_dim=8, frequency_bands=8, frequency_dim=8, discriminator_blocks=1,
+)  # fmt: skip
+
+
+class LossConfig:
+    vertex_scale = 1000.0
+    lambda_r = lambda_t = 0.001
+    lambda_e = lambda_d = lambda_f = lambda_g = 0.1
+    mi_weight = 1.0
+    gan = "nonsaturating"
+    diversity_cap = 1.0
+
+
+def make_batch(lengths, frames, seed=0):
+    """Row r of clip data depends only on (seed, r), never on `frames` or the other rows, so the
+    same clip can be batched with different amounts of padding."""
+    rows = [_make_batch([length], 32, (seed, row)) for row, length in enumerate(lengths)]
+    full = {k: jnp.concatenate([r[k] for r in rows]) for k in rows[0]}
+    full["subject"] = jnp.arange(len(lengths), dtype=jnp.int32) % CONFIG.num_subjects
+    full["subject_onehot"] = jax.nn.one_hot(full["subject"], CONFIG.num_subjects)
+    return {k: (v[:, :frames] if v.ndim >= 2 and v.shape[1] == 32 else v) for k, v in full.items()}
+
+
+def _make_batch(lengths, frames, seed):
+    rng = np.random.default_rng(seed)
+    batch_size = len(lengths)
+    mask = np.zeros((batch_size, frames), bool)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = True
+    v3 = CONFIG.num_vertices * 3
+    template = rng.normal(size=(batch_size, v3)).astype(np.float32) * 0.05
+    vertices = template[:, None] + 0.002 * rng.normal(size=(batch_size, frames, v3)).astype(
+        np.float32
+    )
+    emotion = rng.dirichlet(np.ones(CONFIG.num_emotions), size=batch_size).astype(np.float32)
+    batch = {
+        "context": rng.normal(size=(batch_size, frames, CONFIG.context_dim)).astype(np.float32),
+        "mel": rng.normal(size=(batch_size, frames, 128)).astype(np.float32) - 4,
+        "template": template,
+        "vertices": vertices,
+        "neutral_vertices": vertices - 0.001,
+        "rotation": np.broadcast_to(np.eye(3, dtype=np.float32), (batch_size, frames, 3, 3)).copy(),
+        "translation": 0.003 * rng.normal(size=(batch_size, frames, 3)).astype(np.float32),
+        "emotion": emotion,
+        "subject": np.arange(batch_size, dtype=np.int32) % CONFIG.num_subjects,
+        "has_head_pose": np.ones(batch_size, bool),
+        "has_emotion": np.ones(batch_size, bool),
+        "has_neutral": np.ones(batch_size, bool),
+        "frame_mask": mask,
+        "clip_mask": mask.any(1),
+    }
+    # Padding holds garbage on purpose: masking must make it irrelevant.
+    for key in ("context", "mel", "vertices", "neutral_vertices", "translation"):
+        batch[key][~mask] = 1e3
+    batch["emotion"][~mask.any(1)] = 0.5
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    batch["subject_onehot"] = jax.nn.one_hot(batch["subject"], CONFIG.num_subjects)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def networks_and_params():
+    networks = runtime.Networks.build(CONFIG)
+    return networks, networks.init_params(jax.random.key(0))
+
+
+def generator_outputs(networks, params, batch, seed=1):
+    noise = jax.random.normal(jax.random.key(seed), batch["frame_mask"].shape + (CONFIG.hidden,))
+    return networks.generator.apply({"params": params["generator"]}, batch, noise), noise
+
+
+def test_output_shapes_and_rigid_head_motion(networks_and_params):
+    networks, params = networks_and_params
+    batch = make_batch([12, 9], 12)
+    out, _ = generator_outputs(networks, params, batch)
+    v3 = CONFIG.num_vertices * 3
+    assert out["neutral"].shape == out["expression"].shape == out["posed"].shape == (2, 12, v3)
+    assert out["mixture"].shape == (2, CONFIG.num_emotions)
+    np.testing.assert_allclose(out["mixture"].sum(-1), 1.0, rtol=1e-5)
+    assert out["rotation"].shape == (2, 12, 3, 3) and out["translation"].shape == (2, 12, 3)
+    rotation = np.asarray(out["rotation"])
+    np.testing.assert_allclose(
+        rotation @ np.swapaxes(rotation, -1, -2),
+        np.broadcast_to(np.eye(3), rotation.shape),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(np.linalg.det(rotation), 1.0, atol=1e-5)
+    faces = np.asarray(out["expression"]).reshape(2, 12, -1, 3)
+    posed = faces @ rotation + np.asarray(out["translation"])[:, :, None]
+    np.testing.assert_allclose(np.asarray(out["posed"]).reshape(posed.shape), posed, atol=1e-6)
+    # Eq. 2 at initialisation: the neutral generator starts from the template.
+    np.testing.assert_allclose(
+        out["neutral"], jnp.broadcast_to(batch["template"][:, None], (2, 12, v3)), atol=1e-6
+    )
+
+
+def all_losses(networks, params, batch):
+    out, noise = generator_outputs(networks, params, batch)
+    second, noise_2 = generator_outputs(networks, params, batch, seed=2)
+    terms = losses.reconstruction_losses(out, batch, LossConfig)
+    factors = losses.per_frame_factors(out)
+    estimates = networks.estimators.apply({"params": params["estimators"]}, factors)
+    weights = batch["frame_mask"].astype(jnp.float32)
+    terms["log_likelihood"] = losses.estimator_log_likelihood(estimates, factors, weights)
+    terms["classification"] = losses.emotion_classification_loss(out["mixture"], batch)
+    terms["diversity"] = losses.diversity_loss(out, second, noise, noise_2, batch, LossConfig)
+    return terms, out
+
+
+def test_padding_changes_neither_outputs_nor_losses(networks_and_params):
+    networks, params = networks_and_params
+    alone = make_batch([10], 10)
+    padded = make_batch([10], 16)  # same clip (same seed), 6 frames of garbage padding
+    with_row = make_batch([10, 0], 16)  # plus a padding row
+    with_row = {k: v for k, v in with_row.items()}
+    terms_alone, out_alone = all_losses(networks, params, alone)
+    terms_padded, out_padded = all_losses(networks, params, padded)
+    np.testing.assert_allclose(
+        out_padded["expression"][0, :10], out_alone["expression"][0], atol=1e-5
+    )
+    np.testing.assert_allclose(out_padded["mixture"], out_alone["mixture"], atol=1e-6)
+    for name in (
+        "neutral",
+        "expression",
+        "rotation",
+        "translation",
+        "classification",
+        "log_likelihood",
+        "diversity",
+    ):
+        np.testing.assert_allclose(terms_padded[name], terms_alone[name], rtol=2e-4, err_msg=name)
+    terms_row, _ = all_losses(networks, params, with_row)
+    for name in ("neutral", "expression", "classification", "log_likelihood"):
+        np.testing.assert_allclose(terms_row[name], terms_alone[name], rtol=2e-4, err_msg=name)
+
+
+def moved(grads, top):
+    flat = traverse_util.flatten_dict(grads)
+    return float(sum(np.abs(np.asarray(v)).sum() for k, v in flat.items() if k[0] == top))
+
+
+@pytest.mark.parametrize(
+    "term, moves, still",
+    [
+        ("neutral", ["neutral", "identity"], ["classifier", "face", "diversity"]),
+        ("expression", ["face", "neutral", "emotion"], ["classifier"]),
+        # f^n is G's query (Eq. 3), so face terms reach the neutral generator too.
+        ("rotation", ["face", "neutral"], ["classifier"]),
+        ("classification", ["classifier", "emotion"], ["neutral", "face", "identity"]),
+        ("diversity", ["face", "diversity"], ["classifier"]),
+    ],
+)
+def test_each_loss_moves_the_parameters_it_should(networks_and_params, term, moves, still):
+    networks, params = networks_and_params
+    batch = make_batch([12, 8], 12)
+    # Break the zero-initialised heads so every path carries gradient.
+    params = jax.tree.map(lambda x: x + 0.01 * jnp.ones_like(x), params)
+
+    def loss(generator_params):
+        terms, _ = all_losses(networks, {**params, "generator": generator_params}, batch)
+        return terms[term]
+
+    grads = jax.grad(loss)(params["generator"])
+    for name in moves:
+        assert moved(grads, name) > 0, f"{term} should move {name}"
+    for name in still:
+        assert moved(grads, name) == 0, f"{term} should not move {name}"
+
+
+def test_mi_bound_moves_identity_and_emotion_not_estimators(networks_and_params):
+    networks, params = networks_and_params
+    batch = make_batch([12, 8], 12)
+    weights = batch["frame_mask"].astype(jnp.float32)
+
+    def bound(generator_params, estimator_params):
+        out, _ = generator_outputs(networks, {**params, "generator": generator_params}, batch)
+        factors = losses.per_frame_factors(out)
+        estimates = networks.estimators.apply({"params": estimator_params}, factors)
+        return losses.vclub_upper_bound(estimates, factors, weights, jax.random.key(3))["mi"]
+
+    generator_grads = jax.grad(bound)(params["generator"], params["estimators"])
+    assert moved(generator_grads, "identity") > 0 and moved(generator_grads, "emotion") > 0
+    assert moved(generator_grads, "face") == 0
+
+
+def test_one_training_step_updates_all_three_networks(networks_and_params):
+    networks, params = networks_and_params
+    from sdetalk_jax.runtime import optimizer
+
+    class Config:
+        class train:
+            learning_rate = 1e-3
+
+    tx = optimizer(Config)
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": {k: tx.init(v) for k, v in params.items()},
+    }
+    step = jax.jit(lambda s, b, k: make_train_step(networks, LossConfig)(s, b, k, tx))
+    batch = make_batch([12, 8], 12)
+    new_state, metrics = step(state, batch, jax.random.key(0))
+    assert int(new_state["step"]) == 1
+    for name in ("generator", "discriminator", "estimators"):
+        before = traverse_util.flatten_dict(params[name])
+        after = traverse_util.flatten_dict(new_state["params"][name])
+        assert any(not np.array_equal(before[k], after[k]) for k in before), name
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert real_faces(batch).shape == batch["vertices"].shape
+
+
+def test_rotation_from_6d_identity():
+    np.testing.assert_allclose(
+        sdetalk.rotation_from_6d(jnp.array([1.0, 0, 0, 0, 1, 0])), np.eye(3), atol=1e-7
+    )
