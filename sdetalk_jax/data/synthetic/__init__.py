@@ -30,7 +30,7 @@ from scipy import ndimage, signal
 from sdetalk_jax.data import espeak, face_model, writer
 
 GENERATOR = "sdetalk_jax.data.synthetic"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FPS = 25
 
 # Training subjects first, so a small corpus (--subjects 6) still has every training speaker.
@@ -117,6 +117,27 @@ _EMOTION_PROSODY = np.array(
     dtype=np.float64,
 )
 PROSODY_GAIN = 1.6
+
+# Voice quality per emotion, applied to the synthesised audio: spectral tilt (bright, tense voice
+# > 0; dark, lax voice < 0) and tremolo depth (a shaky voice). Two more cues beyond prosody.
+_EMOTION_VOICE = np.array(
+    [
+        [1.0, 0.0],
+        [-1.0, 0.3],
+        [-0.2, 0.5],
+        [-0.3, 0.0],
+        [-0.2, 0.0],
+        [0.0, 0.6],
+        [0.3, 0.0],
+        [0.3, 0.3],
+        [0.2, 0.0],
+        [0.6, 0.1],
+        [0.4, 0.0],
+        [0.5, 0.0],
+    ],
+    dtype=np.float64,
+)
+TREMOLO_HZ = 6.0
 
 # Expression blendshape weights per emotion, columns as face_model.EXPRESSION_SHAPES.
 _EMOTION_EXPRESSION = np.array(
@@ -283,6 +304,21 @@ def emotion_prosody(mixture: np.ndarray | None, base_pitch: float) -> espeak.Pro
     )
 
 
+def voice_quality(waveform: np.ndarray, sample_rate: int, mixture: np.ndarray | None) -> np.ndarray:
+    """Emotion-dependent spectral tilt and tremolo (none for a neutral recording). The level is
+    kept, only reduced if a peak would clip: loudness is itself an emotional cue."""
+    if mixture is None:
+        return waveform
+    tilt = float(mixture @ (_EMOTION_VOICE[:, 0] - _EMOTION_VOICE[:, 0].mean()))
+    tremolo = float(mixture @ _EMOTION_VOICE[:, 1])
+    smooth = signal.lfilter([0.3], [1.0, -0.7], waveform)  # one-pole low-pass
+    tilted = waveform + 1.5 * tilt * (waveform - smooth)
+    t = np.arange(len(waveform)) / sample_rate
+    shaped = tilted * (1.0 + 0.6 * tremolo * np.sin(2 * np.pi * TREMOLO_HZ * t))
+    peak = np.max(np.abs(shaped))
+    return (shaped / peak * 0.99 if peak > 0.99 else shaped).astype(np.float32)
+
+
 def head_style(mixture: np.ndarray | None) -> tuple[float, float]:
     """(amplitude, nod share): arousal scales the motion, positive valence nods, negative shakes."""
     if mixture is None:
@@ -347,7 +383,8 @@ def render_clip(job: ClipJob) -> dict:
         prosody=emotion_prosody(job.mixture, job.subject.base_pitch),
         seed=job.seed % 2**31,
     )
-    waveform, rate = utterance.waveform, utterance.sample_rate
+    rate = utterance.sample_rate
+    waveform = voice_quality(utterance.waveform, rate, job.mixture)
     duration = waveform.shape[0] / rate
     n = int(np.floor(duration * job.fps))
     rng = np.random.default_rng(job.seed)

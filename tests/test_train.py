@@ -1,0 +1,154 @@
+"""End-to-end training on a tiny SynthBIWI corpus: outputs, resume equivalence, NaN stop."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from sdetalk_jax import runtime
+from sdetalk_jax.data import synthetic
+from sdetalk_jax.data.biwi import DataError
+from sdetalk_jax.train import TrainingDiverged, train
+
+pytestmark = pytest.mark.slow
+
+
+def load_config():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
+    spec = importlib.util.spec_from_file_location("synthetic_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    root = os.fspath(tmp_path_factory.mktemp("train") / "corpus")
+    synthetic.generate_corpus(
+        root, subjects=2, sentences=5, vertices=120, workers=2, progress=False
+    )
+    return root
+
+
+@pytest.fixture
+def config(corpus_root, tmp_path):
+    config = load_config()
+    config.data.root = corpus_root
+    config.data.generate_if_missing = False
+    config.data.feature_cache = os.fspath(tmp_path / "cache")
+    config.data.splits.train_subjects = ("F2", "F3")
+    config.data.splits.train_sentences = (1, 3)
+    config.data.splits.val_sentences = (4, 4)
+    config.data.splits.test_sentences = (5, 5)
+    config.data.bucket_min = 16
+    config.model.wav2vec2_random = dict(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, seed=0,
+    )  # fmt: skip
+    config.model.hidden = 16
+    config.model.heads = 2
+    config.model.feedforward = 32
+    config.model.identity_dim = 4
+    config.model.frequency_bands = 8
+    config.model.frequency_dim = 8
+    config.model.discriminator_blocks = 1
+    config.model.decoder_blocks = 1
+    config.train.global_batch = 4
+    config.train.epochs = 2
+    config.train.progress = False
+    return config
+
+
+def final_params(workdir):
+    manager = runtime.checkpoint_manager(workdir)
+    step = manager.latest_step()
+    restored = manager.restore(step)
+    return step, traverse_util.flatten_dict(jax.device_get(restored["state"]["params"]))
+
+
+def test_train_writes_metrics_config_and_checkpoints(config, tmp_path):
+    workdir = os.fspath(tmp_path / "run")
+    validation = train(config, workdir)
+    assert {
+        "vertex_error_mm",
+        "template_vertex_error_mm",
+        "neutral_vertex_error_mm",
+        "emotion_error",
+    } <= set(validation)
+    with open(os.path.join(workdir, "metrics.jsonl")) as handle:
+        records = [json.loads(line) for line in handle]
+    assert any("train/total" in r for r in records) and any(
+        "val/vertex_error_mm" in r for r in records
+    )
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    with open(os.path.join(workdir, "config.json")) as handle:
+        assert json.load(handle)["train"]["global_batch"] == 4
+    with open(os.path.join(workdir, "environment.json")) as handle:
+        assert "jax" in json.load(handle)["packages"]
+    assert runtime.checkpoint_manager(workdir).latest_step() > 0
+    assert (
+        runtime.checkpoint_manager(workdir, runtime.BEST, keep=1, best=True).latest_step()
+        is not None
+    )
+
+
+def test_resume_gives_bitwise_the_same_parameters(config, tmp_path):
+    straight = os.fspath(tmp_path / "straight")
+    train(config, straight)
+    step_straight, params_straight = final_params(straight)
+
+    interrupted = os.fspath(tmp_path / "interrupted")
+    config.train.max_steps = 3  # stops in the middle of the second epoch (2 batches per epoch)
+    train(config, interrupted)
+    assert runtime.checkpoint_manager(interrupted).latest_step() == 3
+    config.train.max_steps = 0
+    train(config, interrupted)  # the same command again: resumes at step 3, epoch 1, batch 1
+    step_resumed, params_resumed = final_params(interrupted)
+
+    assert step_resumed == step_straight
+    for name, value in params_straight.items():
+        np.testing.assert_array_equal(params_resumed[name], value, err_msg="/".join(name))
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(
+    config, tmp_path, monkeypatch
+):
+    import sdetalk_jax.train as train_module
+
+    real_compile = train_module.compiled_train_step
+
+    def failing_at_step_2(networks, config):
+        step_fn = real_compile(networks, config)
+
+        def wrapped(state, batch, key):
+            step = int(state["step"])
+            new_state, metrics = step_fn(state, batch, key)
+            if step == 2:  # as a diverging run would: the loss of step 2 is NaN
+                metrics = {**metrics, "expression": float("nan")}
+            return new_state, metrics
+
+        return wrapped
+
+    monkeypatch.setattr(train_module, "compiled_train_step", failing_at_step_2)
+    workdir = os.fspath(tmp_path / "nan")
+    config.train.checkpoint_every_steps = 1
+    with pytest.raises(
+        TrainingDiverged, match=r"non-finite loss at step 2 .*'expression': nan"
+    ) as info:
+        train(config, workdir)
+    assert "last good checkpoint" in str(info.value)
+    manager = runtime.checkpoint_manager(workdir)
+    assert manager.latest_step() == 2  # saved after steps 1 and 2; nothing after the NaN
+    restored = manager.restore(2)  # complete and readable
+    assert int(restored["state"]["step"]) == 2
+
+
+def test_missing_corpus_points_at_the_docs(config, tmp_path):
+    config.data.root = os.fspath(tmp_path / "no-such-corpus")
+    with pytest.raises(DataError, match="docs/data.md"):
+        train(config, os.fspath(tmp_path / "run"))
