@@ -1,9 +1,10 @@
-# Quick start:  make demo   (set up, generate the synthetic corpus, run the main job)
+# Quick start:  make demo   (set up, generate the synthetic corpus, train SDETalk on it)
 #               make test   (set up, lint, run the whole test suite)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO_DATA ?= data/synthetic-demo
+DEMO_DATA ?= data/synthetic
+DEMO_RUN ?= runs/synthetic
 
 .PHONY: setup demo test test-quick lint clean
 
@@ -17,7 +18,9 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/python -m sdetalk_jax.data.synthetic --out $(DEMO_DATA) --seed 0 --preview
-	$(BIN)/python -m sdetalk_jax.data check --root $(DEMO_DATA)
+	$(BIN)/python -m sdetalk_jax.data check --root $(DEMO_DATA) --quiet
+	$(BIN)/python -m sdetalk_jax.train --config configs/synthetic.py --workdir $(DEMO_RUN) \
+		--config.data.root=$(DEMO_DATA)
 
 lint: setup
 	$(BIN)/ruff check .
