@@ -30,8 +30,9 @@ def default_cache_dir() -> str:
 def open_corpus(config, *, progress: bool = False) -> biwi.Corpus:
     """Scans the configured corpus (generating SynthBIWI first when the config asks for it)."""
     root = config.data.root
-    if config.data.generate_if_missing and synthetic.existing_parameters(root) is None:
-        synthetic.generate_corpus(root, **dict(config.data.synthetic), progress=progress)
+    if config.data.generate_if_missing and not os.path.exists(root):
+        print(f"{root}: not found; generating the synthetic corpus (docs/data.md)")
+        generate_synthetic(root, dict(config.data.synthetic), progress=progress)
     splits = biwi.SplitSpec.from_config(config.data.splits)
     try:
         corpus = biwi.scan_corpus(root, splits, progress=progress)
@@ -48,6 +49,24 @@ def open_corpus(config, *, progress: bool = False) -> biwi.Corpus:
             "see docs/data.md, or use --config configs/synthetic.py"
         )
     return corpus
+
+
+def generate_synthetic(root: str, parameters: dict, *, progress: bool) -> None:
+    """Runs the SynthBIWI generator as its own process: its per-clip worker processes re-import the
+    parent's main module, which for the trainer would mean importing JAX once per clip."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", synthetic.GENERATOR, "--out", root]
+    for name, value in parameters.items():
+        command += [f"--{name}", str(value)]
+    if not progress:
+        command.append("--quiet")
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise biwi.DataError(
+            f"{root}: generating the synthetic corpus failed (exit {result.returncode})"
+        )
 
 
 def context_encoder(config) -> ContextEncoder:

@@ -189,9 +189,13 @@ def compiled_train_step(networks, config):
 
 def evaluation_sums(networks, loss_config, params, batch, key, mean_mixture):
     """Per-batch sums for validation: vertex errors (model, template, neutral-only), emotion
-    error (model, mean mixture), head-motion difference between two noise keys."""
+    error (model, mean mixture), head-motion difference between two noise keys.
+
+    Errors are those of the mean prediction (z = 0, the centre of the diversified embedding); the
+    diversity is measured between two samples with random z."""
     key_1, key_2 = jax.random.split(key)
     shape = batch["frame_mask"].shape + (networks.config.hidden,)
+    mean = networks.generator.apply({"params": params}, batch, jnp.zeros(shape))
     first = networks.generator.apply({"params": params}, batch, jax.random.normal(key_1, shape))
     second = networks.generator.apply({"params": params}, batch, jax.random.normal(key_2, shape))
     frames = batch["frame_mask"].astype(jnp.float32)

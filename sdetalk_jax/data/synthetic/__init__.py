@@ -454,6 +454,10 @@ def corpus_parameters(subjects: int, sentences: int, vertices: int, seed: int) -
     return {"subjects": subjects, "sentences": sentences, "vertices": vertices, "seed": seed}
 
 
+def _recorded(parameters: dict) -> dict:
+    return {**parameters, "format_version": FORMAT_VERSION}
+
+
 def existing_parameters(root: str) -> dict | None:
     """The parameters of a SynthBIWI corpus already at `root`, or None if there is none."""
     path = os.path.join(root, "corpus.json")
@@ -461,9 +465,10 @@ def existing_parameters(root: str) -> dict | None:
         return None
     with open(path) as handle:
         info = json.load(handle)
-    if info.get("generator") != GENERATOR or info.get("format_version") != FORMAT_VERSION:
+    if info.get("generator") != GENERATOR:
         return None
-    return info.get("parameters")
+    # An older format counts as other parameters: replaced with --force, never silently.
+    return {**info.get("parameters", {}), "format_version": info.get("format_version")}
 
 
 def generate_corpus(
@@ -488,7 +493,7 @@ def generate_corpus(
     root = os.path.abspath(root)
     if os.path.exists(root):
         previous = existing_parameters(root)
-        if previous == parameters and not force:
+        if previous == _recorded(parameters) and not force:
             print(
                 f"{root}: SynthBIWI corpus with these parameters already exists; kept",
                 file=sys.stderr,
