@@ -218,15 +218,16 @@ def evaluation_sums(networks, loss_config, params, batch, key, mean_mixture):
             )
         )
     )
-    terms = losses.reconstruction_losses(first, batch, loss_config)
+    terms = losses.reconstruction_losses(mean, batch, loss_config)
     return {
         "frames": jnp.sum(frames),
         "clips": jnp.sum(clips),
-        "vertex_error_mm": vertex_error_mm(first["expression"]),
+        "vertex_error_mm": vertex_error_mm(mean["expression"]),
+        "sampled_vertex_error_mm": vertex_error_mm(first["expression"]),
         "template_vertex_error_mm": vertex_error_mm(template),
-        "neutral_vertex_error_mm": vertex_error_mm(first["neutral"]),
+        "neutral_vertex_error_mm": vertex_error_mm(mean["neutral"]),
         "emotion_error": jnp.sum(
-            jnp.sum(jnp.square(first["mixture"] - batch["emotion"]), -1) * clips
+            jnp.sum(jnp.square(mean["mixture"] - batch["emotion"]), -1) * clips
         ),
         "mean_mixture_emotion_error": jnp.sum(
             jnp.sum(jnp.square(mean_mixture - batch["emotion"]), -1) * clips
