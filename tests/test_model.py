@@ -155,11 +155,11 @@ def moved(grads, top):
     "term, moves, still",
     [
         ("neutral", ["neutral", "identity"], ["classifier", "face", "diversity"]),
-        ("expression", ["face", "neutral", "emotion"], ["classifier"]),
-        # f^n is G's query (Eq. 3), so face terms reach the neutral generator too.
-        ("rotation", ["face", "neutral"], ["classifier"]),
+        # G reads f^n with its gradient stopped: face terms never reach G_n.
+        ("expression", ["face", "emotion"], ["classifier", "neutral", "identity"]),
+        ("rotation", ["face"], ["classifier", "neutral"]),
         ("classification", ["classifier", "emotion"], ["neutral", "face", "identity"]),
-        ("diversity", ["face", "diversity"], ["classifier"]),
+        ("diversity", ["face", "diversity"], ["classifier", "neutral"]),
     ],
 )
 def test_each_loss_moves_the_parameters_it_should(networks_and_params, term, moves, still):

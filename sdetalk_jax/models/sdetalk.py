@@ -240,10 +240,14 @@ class Generator(nn.Module):
         mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
         log_variance = jnp.clip(log_variance, -8.0, 4.0)
         diversified = mean + jnp.exp(0.5 * log_variance) * noise  # e~, reparameterised
+        # G_n is trained by L_n alone ("we separately estimate the neutral mouth shape and the
+        # emotional expressions"): G reads f^n and adds the expression on top of it, but its losses
+        # do not reach G_n, so f^n stays a neutral face and "G_n alone" is a real baseline.
+        neutral_fixed = jax.lax.stop_gradient(neutral)
         offset, rotation, translation = self.face_generator(
-            neutral_motion, embedding, diversified, mask
+            jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask
         )
-        expression = neutral + offset  # f^e
+        expression = neutral_fixed + offset  # f^e
         faces = expression.reshape(expression.shape[:2] + (-1, 3))
         posed = jnp.einsum("bnvi,bnij->bnvj", faces, rotation) + translation[:, :, None]  # Eq. 4
         return {
