@@ -24,17 +24,16 @@ from sdetalk_jax.models import sdetalk
 from sdetalk_jax.train import compiled_train_step
 
 
-class Config:
-    class train:
-        learning_rate = 1e-4
+def paper_config():
+    """configs/biwi.py: the paper's loss weights and learning rate."""
+    import importlib.util
+    import os
 
-    class loss:
-        vertex_scale = 1000.0
-        lambda_r = lambda_t = 0.001
-        lambda_e = lambda_d = lambda_f = lambda_g = 0.1
-        mi_weight = 1.0
-        gan = "nonsaturating"
-        diversity_cap = 1.0
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "biwi.py")
+    spec = importlib.util.spec_from_file_location("biwi_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
@@ -80,8 +79,9 @@ def main() -> None:
         num_vertices=args.vertices, context_dim=args.context_dim, num_subjects=6, num_emotions=12
     )
     networks = runtime.Networks.build(model_config)
-    state = runtime.initial_state(networks, Config, jax.random.key(0))
-    step_fn = compiled_train_step(networks, Config)
+    config = paper_config()
+    state = runtime.initial_state(networks, config, jax.random.key(0))
+    step_fn = compiled_train_step(networks, config)
 
     compile_seconds, steady, frames_done, clips_done = [], [], 0, 0
     seen_shapes = set()

@@ -14,13 +14,19 @@ CONFIG = sdetalk.SDETalkConfig(
 )  # fmt: skip
 
 
-class LossConfig:
-    vertex_scale = 1000.0
-    lambda_r = lambda_t = 0.001
-    lambda_e = lambda_d = lambda_f = lambda_g = 0.1
-    mi_weight = 1.0
-    gan = "nonsaturating"
-    diversity_cap = 1.0
+def _paper_loss_config():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "biwi.py")
+    spec = importlib.util.spec_from_file_location("biwi_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+PAPER = _paper_loss_config()
+LossConfig = PAPER.loss
 
 
 def make_batch(lengths, frames, seed=0):
@@ -199,11 +205,7 @@ def test_one_training_step_updates_all_three_networks(networks_and_params):
     networks, params = networks_and_params
     from sdetalk_jax.runtime import optimizer
 
-    class Config:
-        class train:
-            learning_rate = 1e-3
-
-    tx = optimizer(Config)
+    tx = optimizer(PAPER)
     state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
