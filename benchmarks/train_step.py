@@ -19,21 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdetalk_jax import runtime
+from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.data import batching
 from sdetalk_jax.models import sdetalk
 from sdetalk_jax.train import compiled_train_step
-
-
-def paper_config():
-    """configs/biwi.py: the paper's loss weights and learning rate."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "biwi.py")
-    spec = importlib.util.spec_from_file_location("biwi_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
@@ -79,7 +68,7 @@ def main() -> None:
         num_vertices=args.vertices, context_dim=args.context_dim, num_subjects=6, num_emotions=12
     )
     networks = runtime.Networks.build(model_config)
-    config = paper_config()
+    config = repository_config("biwi")  # the paper's loss weights and learning rate
     state = runtime.initial_state(networks, config, jax.random.key(0))
     step_fn = compiled_train_step(networks, config)
 

@@ -8,15 +8,12 @@ projections of the speech, cached on disk like the real encoder's. Point `model.
 at real weights to use them instead.
 """
 
-import importlib.util
 import os
 
+from sdetalk_jax.config_files import load_module
+
 # Loaded by path, so the config works from any working directory (config_flags loads files by path).
-_spec = importlib.util.spec_from_file_location(
-    "_biwi_config", os.path.join(os.path.dirname(__file__), "biwi.py")
-)
-biwi = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(biwi)
+biwi = load_module(os.path.join(os.path.dirname(__file__), "biwi.py"))
 
 
 def get_config():

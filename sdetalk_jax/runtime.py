@@ -37,6 +37,8 @@ def open_corpus(config, *, progress: bool = False) -> biwi.Corpus:
     try:
         corpus = biwi.scan_corpus(root, splits, progress=progress)
     except biwi.DataError as err:
+        if "docs/data.md" in str(err):
+            raise
         raise biwi.DataError(f"{err} (see docs/data.md)") from err
     if corpus.errors:
         names = ", ".join(sorted({os.path.basename(p.path) for p in corpus.errors})[:10])

@@ -5,6 +5,7 @@ import pytest
 from flax import traverse_util
 
 from sdetalk_jax import losses, runtime
+from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.models import sdetalk
 from sdetalk_jax.train import make_train_step, real_faces
 
@@ -14,18 +15,7 @@ CONFIG = sdetalk.SDETalkConfig(
 )  # fmt: skip
 
 
-def _paper_loss_config():
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "biwi.py")
-    spec = importlib.util.spec_from_file_location("biwi_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-PAPER = _paper_loss_config()
+PAPER = repository_config("biwi")
 LossConfig = PAPER.loss
 
 

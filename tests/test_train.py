@@ -9,21 +9,12 @@ import pytest
 from flax import traverse_util
 
 from sdetalk_jax import runtime
+from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.data import synthetic
 from sdetalk_jax.data.biwi import DataError
 from sdetalk_jax.train import TrainingDiverged, train
 
 pytestmark = pytest.mark.slow
-
-
-def load_config():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
-    spec = importlib.util.spec_from_file_location("synthetic_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def corpus_root(tmp_path_factory):
 
 @pytest.fixture
 def config(corpus_root, tmp_path):
-    config = load_config()
+    config = repository_config("synthetic")
     config.data.root = corpus_root
     config.data.generate_if_missing = False
     config.data.feature_cache = os.fspath(tmp_path / "cache")
