@@ -3,12 +3,17 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DATA ?= data/synthetic
 DEMO_RUN ?= runs/synthetic
 
 .PHONY: setup demo test test-quick lint clean
 
 $(VENV)/.installed: pyproject.toml
+	@# Rendering needs an EGL library and Mesa's software OpenGL driver (no GPU or display needed).
+	@ldconfig -p | grep -q 'libEGL.so.1' && ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || \
+		{ echo "installing Mesa EGL (libegl1 libgl1-mesa-dri) for headless rendering"; \
+		  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libegl1 libgl1-mesa-dri; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

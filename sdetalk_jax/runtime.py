@@ -157,15 +157,24 @@ def initial_state(networks: Networks, config, key) -> dict:
     }
 
 
-def checkpoint_manager(workdir: str, name: str = CHECKPOINTS, *, keep: int = 3, best: bool = False):
+def checkpoint_manager(
+    workdir: str,
+    name: str = CHECKPOINTS,
+    *,
+    keep: int = 3,
+    best: bool = False,
+    read_only: bool = False,
+):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        create=True,
+        max_to_keep=None if read_only else keep,
+        save_interval_steps=0 if read_only else 1,
+        create=not read_only,
+        read_only=read_only,
         best_fn=(lambda metrics: metrics["val_vertex_error_mm"]) if best else None,
         best_mode="min",
         # Saves are atomic (written under a temporary name, then renamed); left-over temporaries of an
         # interrupted save are removed on start-up and never restored.
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=not read_only,
     )
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, name)), options=options)
 

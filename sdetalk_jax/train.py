@@ -24,6 +24,7 @@ import optax
 from sdetalk_jax import losses, runtime
 from sdetalk_jax.data import batching
 from sdetalk_jax.data.pipeline import ClipDataset
+from sdetalk_jax.inference import ASSETS, Assets
 
 # Batch keys the networks read; the rest (raw audio, ...) stays on the host.
 MODEL_KEYS = (
@@ -331,6 +332,8 @@ def train(config, workdir: str) -> dict:
         os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
     )
     runtime.write_json(os.path.join(workdir, "environment.json"), environment_record())
+    # What `animate` needs to run without the corpus: templates, mesh, regions, subject order.
+    Assets.from_corpus(corpus, train_subjects).save(os.path.join(workdir, ASSETS))
 
     state = runtime.initial_state(networks, config, keys["init"])
     manager = runtime.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)

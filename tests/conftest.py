@@ -66,3 +66,35 @@ def small_corpus(tmp_path) -> str:
     root = os.fspath(tmp_path / "corpus")
     write_small_corpus(root)
     return root
+
+
+def tiny_training_config(corpus_root: str, feature_cache: str):
+    """configs/synthetic.py shrunk to seconds: a 2-subject SynthBIWI (sentences 1-3 train, 4 val,
+    5 test) and tiny networks."""
+    from sdetalk_jax.config_files import repository_config
+
+    config = repository_config("synthetic")
+    config.data.root = corpus_root
+    config.data.generate_if_missing = False
+    config.data.feature_cache = feature_cache
+    config.data.splits.train_subjects = ("F2", "F3")
+    config.data.splits.train_sentences = (1, 3)
+    config.data.splits.val_sentences = (4, 4)
+    config.data.splits.test_sentences = (5, 5)
+    config.data.bucket_min = 16
+    config.model.wav2vec2_random = dict(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, seed=0,
+    )  # fmt: skip
+    config.model.hidden = 16
+    config.model.heads = 2
+    config.model.feedforward = 32
+    config.model.identity_dim = 4
+    config.model.frequency_bands = 8
+    config.model.frequency_dim = 8
+    config.model.discriminator_blocks = 1
+    config.model.decoder_blocks = 1
+    config.train.global_batch = 4
+    config.train.epochs = 2
+    config.train.progress = False
+    return config

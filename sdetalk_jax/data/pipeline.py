@@ -118,7 +118,8 @@ class ClipDataset:
             "translation": translation,
             "has_head_pose": np.bool_(clip.head_pose_path is not None),
             "has_emotion": np.bool_(clip.emotion is not None),
-            "has_neutral": np.bool_(clip.neutral_vertices_path is not None),
+            # A neutral recording is its own neutral target; an emotional one needs its aligned track.
+            "has_neutral": np.bool_(clip.neutral_vertices_path is not None or not clip.emotional),
             "num_frames": np.int32(n),
         }
         if context:

@@ -1,0 +1,141 @@
+"""Speech in, animated face out:
+
+    python -m sdetalk_jax.animate --workdir runs/x --audio in.wav --subject F2 --samples 3 --seed 0 --out out/
+
+Any wav (rate, channels). For each sample k it writes `out/STEM_sK.npz` (posed vertices per frame,
+the unposed emotional face, the neutral face, head rotation and translation, the predicted emotion
+mixture per frame) and `out/STEM_sK.mp4` (rendered headless, 25 fps, the input audio muxed in).
+Sample k draws its noise from fold_in(key(seed), k): the same seed gives the same files; other seeds
+or samples give other head motion and expression. Long audio is processed in overlapping windows
+(`--window-s`, `--overlap-s`), so memory does not grow with its length.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+
+from sdetalk_jax import audio
+from sdetalk_jax.inference import RunError, TrainedModel
+
+
+def output_paths(out_dir: str, stem: str, samples: int, video: bool) -> list[str]:
+    paths = []
+    for k in range(samples):
+        paths.append(os.path.join(out_dir, f"{stem}_s{k}.npz"))
+        if video:
+            paths.append(os.path.join(out_dir, f"{stem}_s{k}.mp4"))
+    return paths
+
+
+def animate(
+    workdir: str,
+    audio_path: str,
+    *,
+    subject: str,
+    out_dir: str,
+    samples: int = 1,
+    seed: int = 0,
+    video: bool = True,
+    size: int = 512,
+    window_s: float = 20.0,
+    overlap_s: float = 1.0,
+    checkpoint: str = "best",
+    force: bool = False,
+    progress: bool = True,
+    model: TrainedModel | None = None,
+) -> list[str]:
+    """Writes the npz (and mp4) of each sample; returns their paths."""
+    from sdetalk_jax import render
+    from sdetalk_jax.data.writer import write_npz
+
+    waveform = audio.load_audio(audio_path)  # raises AudioError naming the file
+    model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
+    model.subject_index(subject)  # unknown subject: fail before any work
+    stem = os.path.splitext(os.path.basename(audio_path))[0]
+    paths = output_paths(out_dir, stem, samples, video)
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not force:
+        raise RunError(
+            f"{existing[0]} already exists ({len(existing)} outputs would be replaced); "
+            "choose another --out or pass --force"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    assets = model.assets
+    colors = render.vertex_colors(assets.templates[subject].shape[0], assets.lip_vertices)
+    written = []
+    for k in range(samples):
+        key = jax.random.fold_in(jax.random.key(seed), k)
+        result = model.animate_waveform(
+            waveform, subject=subject, key=key, window_s=window_s, overlap_s=overlap_s,
+            progress=progress,
+        )  # fmt: skip
+        npz_path = os.path.join(out_dir, f"{stem}_s{k}.npz")
+        write_npz(
+            npz_path,
+            **result,
+            fps=np.float64(assets.fps),
+            emotion_categories=np.array(assets.emotion_categories, dtype=np.str_),
+            subject=np.array(subject),
+            seed=np.int64(seed),
+            sample=np.int64(k),
+        )
+        written.append(npz_path)
+        if video:
+            if assets.faces.size == 0:
+                raise RunError(f"{workdir}: the run's assets have no mesh faces; use --no-video")
+            video_path = os.path.join(out_dir, f"{stem}_s{k}.mp4")
+            render.render_animation(
+                video_path, result["vertices"], assets.faces, colors, fps=assets.fps, size=size,
+                audio_path=audio_path, progress=progress,
+            )  # fmt: skip
+            written.append(video_path)
+        if progress:
+            print(f"sample {k}: " + ", ".join(written[-2 if video else -1 :]))
+    return written
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sdetalk_jax.animate", description=__doc__.strip().split("\n")[0]
+    )
+    parser.add_argument("--workdir", required=True, help="training run folder")
+    parser.add_argument("--audio", required=True, help="input speech (wav, any rate and channels)")
+    parser.add_argument("--subject", required=True, help="training subject whose style to speak in")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--samples", type=int, default=1, help="how many different animations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-video", action="store_true", help="write the npz files only")
+    parser.add_argument("--size", type=int, default=512, help="video width and height in pixels")
+    parser.add_argument("--window-s", type=float, default=20.0, help="window length for long audio")
+    parser.add_argument(
+        "--overlap-s", type=float, default=1.0, help="crossfaded overlap of windows"
+    )
+    parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    args = parser.parse_args(argv)
+    if args.samples < 1:
+        parser.error("--samples must be at least 1")
+    if args.overlap_s < 0 or args.window_s <= 2 * args.overlap_s:
+        parser.error("--window-s must be more than twice --overlap-s")
+    from sdetalk_jax.render import RenderError
+
+    try:
+        animate(
+            args.workdir, args.audio, subject=args.subject, out_dir=args.out, samples=args.samples,
+            seed=args.seed, video=not args.no_video, size=args.size, window_s=args.window_s,
+            overlap_s=args.overlap_s, checkpoint=args.checkpoint, force=args.force,
+        )  # fmt: skip
+    except (audio.AudioError, RunError, RenderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

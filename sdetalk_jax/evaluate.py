@@ -1,0 +1,348 @@
+"""Evaluate a trained run: `python -m sdetalk_jax.evaluate --workdir runs/x --split test-a`.
+
+For every clip of the split it runs the model at the centre of its noise (z = 0) for the errors and
+with K noise keys for the head-motion diversity, and computes the same metrics for two baselines on
+the same clips: the template alone and the neutral generator G_n alone (both with a still head).
+Writes `WORKDIR/eval/SPLIT.json` and `SPLIT.md`, prints the table, and with `--plots` draws the
+paper's Fig. 5 (neutral face, emotional face, displacement) and Fig. 6 (speech envelope against head
+speed) into `WORKDIR/eval/`.
+
+Speakers unseen in training (test-b) have no identity of their own: they are animated in the style
+of each training subject in turn and their metrics averaged over those styles (`--style all`, as
+FaceFormer reports test-B), or in the style of one subject (`--style F2`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdetalk_jax import audio, metrics, runtime
+from sdetalk_jax.data import batching, biwi
+from sdetalk_jax.data.pipeline import ClipDataset
+from sdetalk_jax.inference import RunError, TrainedModel
+
+METHODS = ("SDETalk", "neutral generator alone", "template alone")
+
+# name, unit, how clips are combined ("frames": weighted by frame count, "clips": plain mean)
+METRICS = (
+    ("mean_vertex_error", "mm", "frames"),
+    ("lve_squared", "mm^2", "frames"),
+    ("lve", "mm", "frames"),
+    ("fdd", "mm", "clips"),
+    ("head_rotation_error", "deg", "frames"),
+    ("head_translation_error", "mm", "frames"),
+    ("head_diversity", "deg", "clips"),
+    ("speech_head_consistency", "r", "clips"),
+    ("emotion_error", "L2^2", "clips"),
+)
+
+DESCRIPTIONS = {
+    "mean_vertex_error": "mean L2 distance over all vertices and frames (Table 1 of the paper)",
+    "lve_squared": "lip vertex error, per frame the max squared L2 over lip vertices (public BIWI convention)",
+    "lve": "lip vertex error, per frame the max plain L2 over lip vertices",
+    "fdd": "upper-face dynamics deviation (std over time of displacement, truth minus prediction)",
+    "head_rotation_error": "geodesic angle between predicted and true head rotation",
+    "head_translation_error": "L2 distance between predicted and true head translation",
+    "head_diversity": "mean pairwise angle between the head rotations of K noise samples",
+    "speech_head_consistency": "correlation of the audio's Hilbert envelope with head angular speed (best lag 0-0.4 s)",
+    "emotion_error": "squared L2 between predicted and labelled emotion mixture (baselines: the training mean)",
+}
+
+
+@dataclasses.dataclass
+class ClipResult:
+    name: str
+    frames: int
+    values: dict[str, dict[str, float]]  # method -> metric -> value
+
+
+def _pad_example(example: dict, length: int, samples_per_frame: int) -> dict:
+    scale = {"audio": samples_per_frame}
+    keys = ("context", "mel", "frame_mask")
+    example = {**example, "frame_mask": np.ones(example["num_frames"], bool)}
+    return {
+        key: batching.pad_along_time(example[key], length * scale.get(key, 1))[None] for key in keys
+    }
+
+
+def clip_metrics(
+    prediction: dict, example: dict, corpus_regions: dict, fps: float, sample_rate: int
+) -> dict[str, float]:
+    """All metrics of one method on one clip. prediction: expression [N, V*3], rotation [N, 3, 3],
+    translation [N, 3], emotion [C], rotation_samples list of [N, 3, 3] (may be empty)."""
+    truth = example["vertices"]
+    values = {
+        "mean_vertex_error": metrics.mean_vertex_error_mm(prediction["expression"], truth),
+        "lve_squared": metrics.lip_vertex_error(
+            prediction["expression"], truth, corpus_regions["lips"], squared=True
+        ),
+        "lve": metrics.lip_vertex_error(
+            prediction["expression"], truth, corpus_regions["lips"], squared=False
+        ),
+        "fdd": metrics.upper_face_dynamics_deviation_mm(
+            prediction["expression"], truth, example["template"], corpus_regions["upper_face"]
+        ),
+        "head_rotation_error": metrics.head_rotation_error_deg(
+            prediction["rotation"], example["rotation"]
+        ),
+        "head_translation_error": metrics.head_translation_error_mm(
+            prediction["translation"], example["translation"]
+        ),
+        "head_diversity": (
+            metrics.head_motion_diversity_deg(prediction["rotation_samples"])
+            if len(prediction["rotation_samples"]) >= 2
+            else 0.0
+        ),
+        "speech_head_consistency": metrics.speech_head_consistency(
+            example["audio"], sample_rate, prediction["rotation"], fps
+        ),
+        "emotion_error": (
+            metrics.emotion_error(prediction["emotion"], example["emotion"])
+            if example["has_emotion"]
+            else float("nan")
+        ),
+    }
+    if not example["has_head_pose"]:
+        for name in ("head_rotation_error", "head_translation_error"):
+            values[name] = float("nan")
+    return values
+
+
+def combine(results: list[ClipResult]) -> dict[str, dict[str, float]]:
+    """Split-level values per method: frame-weighted or clip means as METRICS says; clips without
+    the annotation a metric needs (NaN) are left out of that metric."""
+    table = {}
+    for method in METHODS:
+        row = {}
+        for name, _, weighting in METRICS:
+            values = np.array([r.values[method][name] for r in results], np.float64)
+            weights = np.array(
+                [r.frames if weighting == "frames" else 1.0 for r in results], np.float64
+            )
+            keep = np.isfinite(values)
+            row[name] = (
+                float(np.sum(values[keep] * weights[keep]) / np.sum(weights[keep]))
+                if keep.any()
+                else float("nan")
+            )
+        table[method] = row
+    return table
+
+
+def markdown_table(table: dict, split: str, clips: int, style_note: str, truth_consistency) -> str:
+    header = "| method | " + " | ".join(f"{name} ({unit})" for name, unit, _ in METRICS) + " |"
+    lines = [
+        f"### {split}: {clips} clips",
+        "",
+        header,
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    for method, row in table.items():
+        cells = [f"{row[name]:.4g}" if np.isfinite(row[name]) else "n/a" for name, _, _ in METRICS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Ground truth speech/head consistency on these clips: {truth_consistency:.3f}. {style_note}",
+        "",
+    ]
+    lines += [f"* {name}: {DESCRIPTIONS[name]}" for name, _, _ in METRICS]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    workdir: str,
+    split: str,
+    *,
+    samples: int = 4,
+    seed: int = 0,
+    style: str = "all",
+    checkpoint: str = "best",
+    plots: bool = False,
+    progress: bool = True,
+    out_dir: str | None = None,
+) -> dict:
+    from tqdm import tqdm
+
+    from sdetalk_jax.data.writer import write_bytes
+
+    model = TrainedModel.load(workdir, checkpoint=checkpoint)
+    config = model.config
+    corpus = runtime.open_corpus(config)
+    if split not in biwi.SPLITS:
+        raise RunError(f"unknown split '{split}' (known: {', '.join(biwi.SPLITS)})")
+    dataset = ClipDataset.from_corpus(
+        corpus, split, model.assets.subjects, context_encoder=model.encoder
+    )
+    if style != "all" and style not in model.assets.subjects:
+        model.subject_index(style)  # raises with the list of subjects
+    regions = {
+        "lips": corpus.lip_vertices if corpus.lip_vertices is not None else np.arange(0),
+        "upper_face": (
+            corpus.upper_face_vertices if corpus.upper_face_vertices is not None else np.arange(0)
+        ),
+    }
+    if regions["lips"].size == 0 or regions["upper_face"].size == 0:
+        raise RunError(
+            f"{corpus.root}: regions/ (lip and upper-face vertices) are needed for LVE and FDD"
+        )
+    labelled = [c.emotion / c.emotion.sum() for c in corpus.split("train") if c.emotion is not None]
+    mean_mixture = np.mean(labelled, 0) if labelled else None
+    buckets = batching.bucket_lengths(max(dataset.lengths), min_length=config.data.bucket_min)
+    generate = model.generate_fn()
+    hidden = model.networks.config.hidden
+    num_subjects = len(model.assets.subjects)
+    key = jax.random.key(seed)
+    results, figure_inputs = [], []
+    for index in tqdm(range(len(dataset.clips)), desc=f"evaluate {split}", disable=not progress):
+        example = dataset.example(index)
+        clip = dataset.clips[index]
+        n = int(example["num_frames"])
+        length = batching.bucket_for(n, buckets)
+        padded = _pad_example(example, length, dataset.samples_per_frame)
+        seen = clip.subject in model.assets.subjects
+        styles = (
+            [clip.subject] if seen else (list(model.assets.subjects) if style == "all" else [style])
+        )
+        per_style = []
+        for style_subject in styles:
+            batch = {
+                **{k: jnp.asarray(v) for k, v in padded.items()},
+                "subject_onehot": jax.nn.one_hot(
+                    jnp.array([model.assets.subjects.index(style_subject)]), num_subjects
+                ),
+                "template": jnp.asarray(example["template"])[None],
+            }
+            mean = jax.device_get(generate(model.params, batch, jnp.zeros((1, length, hidden))))
+            clip_key = jax.random.fold_in(key, index)
+            rotation_samples = [
+                np.asarray(
+                    generate(
+                        model.params, batch,
+                        jax.random.normal(jax.random.fold_in(clip_key, k), (1, length, hidden)),
+                    )["rotation"][0, :n]
+                )
+                for k in range(samples)
+            ]  # fmt: skip
+            still = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 3, 3))
+            zero = np.zeros((n, 3), np.float32)
+            baseline_emotion = mean_mixture if mean_mixture is not None else mean["mixture"][0]
+            predictions = {
+                "SDETalk": {
+                    "expression": mean["expression"][0, :n], "rotation": mean["rotation"][0, :n],
+                    "translation": mean["translation"][0, :n], "emotion": mean["mixture"][0],
+                    "rotation_samples": rotation_samples,
+                },
+                "neutral generator alone": {
+                    "expression": mean["neutral"][0, :n], "rotation": still, "translation": zero,
+                    "emotion": baseline_emotion, "rotation_samples": [],
+                },
+                "template alone": {
+                    "expression": np.broadcast_to(example["template"], (n, example["template"].size)),
+                    "rotation": still, "translation": zero, "emotion": baseline_emotion,
+                    "rotation_samples": [],
+                },
+            }  # fmt: skip
+            per_style.append(
+                {
+                    method: clip_metrics(p, example, regions, corpus.fps, audio.SAMPLE_RATE)
+                    for method, p in predictions.items()
+                }
+            )
+            if plots and style_subject == styles[0]:
+                figure_inputs.append((clip, example, mean, rotation_samples))
+        values = {
+            method: {
+                name: float(np.mean([s[method][name] for s in per_style])) for name, _, _ in METRICS
+            }
+            for method in METHODS
+        }
+        values["ground truth"] = {
+            "speech_head_consistency": metrics.speech_head_consistency(
+                example["audio"], audio.SAMPLE_RATE, example["rotation"], corpus.fps
+            )
+        }
+        results.append(ClipResult(clip.name, n, values))
+
+    table = combine(results)
+    truth_consistency = float(
+        np.mean([r.values["ground truth"]["speech_head_consistency"] for r in results])
+    )
+    unseen = sum(c.subject not in model.assets.subjects for c in dataset.clips)
+    if unseen:
+        style_note = (
+            f"{unseen} clips of speakers unseen in training, animated in the style of "
+            + ("each training subject in turn, metrics averaged over the styles." if style == "all"
+               else f"training subject {style}.")
+        )  # fmt: skip
+    else:
+        style_note = "All speakers were seen in training (each clip uses its own identity)."
+    report = {
+        "split": split,
+        "clips": len(results),
+        "checkpoint_step": model.step,
+        "samples": samples,
+        "seed": seed,
+        "style": style,
+        "units": {name: unit for name, unit, _ in METRICS},
+        "methods": table,
+        "ground_truth_speech_head_consistency": truth_consistency,
+        "per_clip": [dataclasses.asdict(r) for r in results],
+    }
+    out_dir = out_dir or os.path.join(workdir, "eval")
+    markdown = markdown_table(table, split, len(results), style_note, truth_consistency)
+    runtime.write_json(os.path.join(out_dir, f"{split}.json"), report)
+    write_bytes(os.path.join(out_dir, f"{split}.md"), markdown.encode())
+    print(markdown)
+    if plots and figure_inputs:
+        from sdetalk_jax import figures
+
+        for path in figures.evaluation_figures(
+            out_dir, split, figure_inputs, model.assets, corpus.fps, audio.SAMPLE_RATE
+        ):
+            print(f"wrote {path}")
+    return report
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sdetalk_jax.evaluate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--workdir", required=True, help="training run folder")
+    parser.add_argument("--split", default="test-a", choices=biwi.SPLITS)
+    parser.add_argument(
+        "--samples", type=int, default=4, help="noise samples K for the head-motion diversity"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise samples")
+    parser.add_argument(
+        "--style", default="all",
+        help="unseen speakers: 'all' (average over training subjects' styles) or one training subject",
+    )  # fmt: skip
+    parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument(
+        "--plots", action="store_true", help="also write the Fig. 5 and Fig. 6 PNGs"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default WORKDIR/eval)")
+    args = parser.parse_args(argv)
+    if args.samples < 2:
+        parser.error("--samples must be at least 2 (diversity compares samples)")
+    try:
+        evaluate(
+            args.workdir, args.split, samples=args.samples, seed=args.seed, style=args.style,
+            checkpoint=args.checkpoint, plots=args.plots, out_dir=args.out,
+        )  # fmt: skip
+    except (RunError, biwi.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""evaluate and animate end to end on a tiny trained run: tables, pictures, npz + mp4 with audio,
+seeds, long audio in windows, and every bad input named in the error."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from sdetalk_jax import animate, evaluate, render
+from sdetalk_jax.data import synthetic
+from sdetalk_jax.inference import RunError, TrainedModel
+from sdetalk_jax.train import train
+from tests.conftest import tiny_training_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    base = tmp_path_factory.mktemp("animate")
+    root = os.fspath(base / "corpus")
+    synthetic.generate_corpus(
+        root, subjects=3, sentences=5, vertices=120, workers=2, progress=False
+    )
+    config = tiny_training_config(root, os.fspath(base / "cache"))
+    config.train.epochs = 1
+    config.data.splits.unseen_subjects = ("F4",)  # test-b: a speaker the model has not heard
+    run = os.fspath(base / "run")
+    train(config, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+    return TrainedModel.load(workdir)
+
+
+@pytest.fixture(scope="module")
+def speech(workdir, tmp_path_factory):
+    """A test-set clip of the corpus, resampled to 22.05 kHz stereo: any wav must work."""
+    import librosa
+
+    source = os.path.join(os.path.dirname(workdir), "corpus", "wav", "F2_e05.wav")
+    waveform, rate = soundfile.read(source, dtype="float32")
+    resampled = librosa.resample(waveform, orig_sr=rate, target_sr=22050)
+    path = os.fspath(tmp_path_factory.mktemp("speech") / "hello.wav")
+    soundfile.write(path, np.stack([resampled, 0.5 * resampled], axis=1), 22050)
+    return path, len(resampled) / 22050
+
+
+def test_evaluate_writes_tables_for_the_model_and_both_baselines(workdir, tmp_path):
+    out = os.fspath(tmp_path / "eval")
+    report = evaluate.evaluate(
+        workdir, "test-b", samples=2, plots=True, progress=False, out_dir=out
+    )
+    assert set(report["methods"]) == set(evaluate.METHODS)
+    for row in report["methods"].values():
+        assert set(row) == {name for name, _, _ in evaluate.METRICS}
+        assert row["mean_vertex_error"] > 0
+    # Baselines keep the head still: no diversity; the model's noise moves it.
+    assert report["methods"]["template alone"]["head_diversity"] == 0.0
+    assert report["methods"]["SDETalk"]["head_diversity"] > 0.0
+    assert "each training subject in turn" in open(os.path.join(out, "test-b.md")).read()
+    with open(os.path.join(out, "test-b.json")) as handle:
+        assert json.load(handle)["clips"] == report["clips"] > 0
+    for name in ("test-b_expression.png", "test-b_head_motion.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 10_000
+
+
+def test_evaluate_cli_rejects_an_unknown_style_subject(workdir, capsys):
+    assert evaluate.main(["--workdir", workdir, "--split", "val", "--style", "Z9"]) == 1
+    assert "unknown subject 'Z9'" in capsys.readouterr().err
+
+
+def test_animate_writes_npz_and_video_with_audio(workdir, model, speech, tmp_path):
+    path, seconds = speech
+    out = os.fspath(tmp_path / "out")
+    written = animate.animate(
+        workdir, path, subject="F2", out_dir=out, samples=2, seed=0, size=128, model=model,
+        progress=False,
+    )  # fmt: skip
+    assert sorted(os.path.basename(p) for p in written) == [
+        "hello_s0.mp4", "hello_s0.npz", "hello_s1.mp4", "hello_s1.npz",
+    ]  # fmt: skip
+    frames = int(seconds * 16000) // 640
+    with np.load(os.path.join(out, "hello_s0.npz")) as result:
+        assert result["vertices"].shape == (frames, 120, 3)
+        assert result["rotation"].shape == (frames, 3, 3)
+        assert result["translation"].shape == (frames, 3)
+        assert result["emotion"].shape == (frames, 12)
+        np.testing.assert_allclose(result["emotion"].sum(-1), 1.0, atol=1e-5)
+    video = render.probe_video(os.path.join(out, "hello_s0.mp4"))
+    assert video["frames"] == frames
+    assert video["size"] == (128, 128)
+    assert video["has_audio"]
+    assert not [f for f in os.listdir(out) if f.startswith(".partial")]
+
+
+def test_same_seed_same_output_other_seed_other_motion(model, speech):
+    import sdetalk_jax.audio as audio_module
+
+    waveform = audio_module.load_audio(speech[0])
+    first = model.animate_waveform(waveform, subject="F2", key=jax.random.key(0))
+    again = model.animate_waveform(waveform, subject="F2", key=jax.random.key(0))
+    other = model.animate_waveform(waveform, subject="F2", key=jax.random.key(1))
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    assert np.abs(first["rotation"] - other["rotation"]).max() > 1e-5
+    assert np.abs(first["expression"] - other["expression"]).max() > 1e-7
+
+
+def test_long_audio_goes_through_overlapping_windows_without_seams(model, speech):
+    import sdetalk_jax.audio as audio_module
+
+    waveform = np.tile(audio_module.load_audio(speech[0]), 4)
+    frames = len(waveform) // 640
+    result = model.animate_waveform(
+        waveform, subject="F3", key=jax.random.key(0), window_s=3.0, overlap_s=0.6
+    )
+    assert result["vertices"].shape[0] == frames
+    assert all(np.all(np.isfinite(v)) for v in result.values())
+    rotation = result["rotation"]
+    np.testing.assert_allclose(np.linalg.det(rotation), 1.0, atol=1e-4)
+    # Crossfading leaves no jump at the window seams bigger than the motion inside a window.
+    steps = np.linalg.norm(np.diff(result["vertices"].reshape(frames, -1), axis=0), axis=1)
+    assert steps.max() < 5 * np.percentile(steps, 99) + 1e-9
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "audio is empty"),
+        ("corrupt", "unreadable audio"),
+        ("silent", "audio is silent"),
+        ("missing", "audio file not found"),
+    ],
+)
+def test_bad_audio_is_named_and_nothing_is_written(workdir, tmp_path, capsys, case, message):
+    path = os.fspath(tmp_path / f"{case}.wav")
+    if case == "empty":
+        soundfile.write(path, np.zeros(0, np.float32), 16000)
+    elif case == "corrupt":
+        with open(path, "wb") as handle:
+            handle.write(b"RIFF\x00\x00not really a wav file")
+    elif case == "silent":
+        soundfile.write(path, np.zeros(16000, np.float32), 16000)
+    out = os.fspath(tmp_path / "out")
+    code = animate.main(["--workdir", workdir, "--audio", path, "--subject", "F2", "--out", out])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert path in error and message in error
+    assert not os.path.exists(out)
+
+
+def test_unknown_subject_and_missing_checkpoint_are_named(workdir, speech, tmp_path, capsys):
+    out = os.fspath(tmp_path / "out")
+    assert (
+        animate.main(["--workdir", workdir, "--audio", speech[0], "--subject", "Q7", "--out", out])
+        == 1
+    )
+    assert "unknown subject 'Q7'" in capsys.readouterr().err
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    assert (
+        animate.main(
+            ["--workdir", os.fspath(empty), "--audio", speech[0], "--subject", "F2", "--out", out]
+        )
+        == 1
+    )
+    assert "no config.json" in capsys.readouterr().err
+    with open(os.path.join(workdir, "config.json")) as handle:
+        (empty / "config.json").write_text(handle.read())
+    with pytest.raises(RunError, match="no checkpoint found"):
+        TrainedModel.load(os.fspath(empty))
+
+
+def test_existing_outputs_are_not_replaced_without_force(workdir, model, speech, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "hello_s0.npz").write_bytes(b"the user's own file")
+    with pytest.raises(RunError, match="already exists"):
+        animate.animate(
+            workdir, speech[0], subject="F2", out_dir=os.fspath(out), model=model, progress=False
+        )
+    assert (out / "hello_s0.npz").read_bytes() == b"the user's own file"

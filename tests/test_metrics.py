@@ -1,0 +1,139 @@
+"""Each evaluation metric on hand-made cases whose answer is known."""
+
+import numpy as np
+import pytest
+
+from sdetalk_jax import metrics
+from sdetalk_jax.data import face_model
+from sdetalk_jax.inference import crossfade_weights, nearest_rotation, window_starts
+
+
+def _faces(frames=4, vertices=5):
+    return np.zeros((frames, vertices, 3))
+
+
+def test_mean_vertex_error_is_mean_l2_in_mm():
+    truth = _faces()
+    prediction = truth.copy()
+    prediction[:, :, 0] = 0.003  # every vertex 3 mm off along x
+    prediction[0, 0] = [0.0, 0.004, 0.003]  # one vertex 5 mm off (3-4-5)
+    expected = (3.0 * 19 + 5.0) / 20
+    assert metrics.mean_vertex_error_mm(prediction, truth) == pytest.approx(expected)
+    # flat [N, V*3] layout gives the same
+    assert metrics.mean_vertex_error_mm(
+        prediction.reshape(4, -1), truth.reshape(4, -1)
+    ) == pytest.approx(expected)
+
+
+def test_lip_vertex_error_takes_the_worst_lip_vertex_per_frame():
+    truth = _faces(frames=2)
+    prediction = truth.copy()
+    prediction[0, 1, 2] = 0.002  # lip vertex, 2 mm
+    prediction[0, 2, 2] = 0.001  # lip vertex, 1 mm
+    prediction[1, 2, 2] = 0.004  # lip vertex, 4 mm
+    prediction[1, 4, 2] = 0.010  # not a lip vertex: ignored
+    lips = [1, 2]
+    assert metrics.lip_vertex_error(prediction, truth, lips, squared=False) == pytest.approx(3.0)
+    assert metrics.lip_vertex_error(prediction, truth, lips, squared=True) == pytest.approx(10.0)
+
+
+def test_fdd_is_the_gap_in_upper_face_motion_spread():
+    template = np.zeros((3, 3))
+    frames = 4
+    truth = np.zeros((frames, 3, 3))
+    truth[:, 0, 1] = np.array([0.0, 0.002, 0.0, 0.002])  # vertex 0 moves 0/2 mm: std 1 mm
+    prediction = np.zeros_like(truth)  # a frozen upper face
+    assert metrics.upper_face_dynamics_deviation_mm(
+        prediction, truth, template, [0]
+    ) == pytest.approx(1.0)
+    # The same motion in the prediction gives zero; twice the motion gives -1 mm.
+    assert metrics.upper_face_dynamics_deviation_mm(truth, truth, template, [0]) == pytest.approx(
+        0.0
+    )
+    assert metrics.upper_face_dynamics_deviation_mm(
+        2 * truth, truth, template, [0]
+    ) == pytest.approx(-1.0)
+
+
+def test_head_rotation_error_is_the_geodesic_angle():
+    n = 3
+    truth = np.broadcast_to(np.eye(3), (n, 3, 3))
+    yaw = np.radians(np.array([10.0, 20.0, 30.0]))
+    prediction = face_model.rotation_matrices(np.zeros(n), yaw, np.zeros(n))
+    assert metrics.head_rotation_error_deg(prediction, truth) == pytest.approx(20.0, abs=1e-4)
+    assert metrics.head_rotation_error_deg(truth, truth) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_head_translation_error_in_mm():
+    truth = np.zeros((2, 3))
+    prediction = np.array([[0.003, 0.004, 0.0], [0.0, 0.0, 0.001]])
+    assert metrics.head_translation_error_mm(prediction, truth) == pytest.approx(3.0)
+
+
+def test_head_motion_diversity_zero_for_identical_samples_and_known_for_spread():
+    n = 5
+    still = np.broadcast_to(np.eye(3), (n, 3, 3))
+    assert metrics.head_motion_diversity_deg([still, still, still]) == pytest.approx(0.0, abs=1e-6)
+    nod = face_model.rotation_matrices(np.full(n, np.radians(6.0)), np.zeros(n), np.zeros(n))
+    # pairs: (still, still) 0, (still, nod) 6, (still, nod) 6 -> mean 4 degrees
+    assert metrics.head_motion_diversity_deg([still, still, nod]) == pytest.approx(4.0, abs=1e-4)
+    with pytest.raises(ValueError):
+        metrics.head_motion_diversity_deg([still])
+
+
+def test_speech_head_consistency_high_when_the_head_follows_the_envelope():
+    fps, rate, n = 25.0, 16000, 100
+    t = np.arange(n * rate // int(fps)) / rate
+    loudness = 0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * t)
+    waveform = loudness * np.sin(2 * np.pi * 200 * t)
+    frame_loudness = 0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * np.arange(n) / fps)
+    # Head turns with a speed proportional to the loudness, two frames later.
+    speed = np.roll(frame_loudness, 2) * np.radians(20) / fps
+    angle = np.cumsum(speed)
+    following = face_model.rotation_matrices(np.zeros(n), angle, np.zeros(n))
+    unrelated_speed = (
+        (0.5 + 0.5 * np.sin(2 * np.pi * 2.3 * np.arange(n) / fps + 1.0)) * np.radians(20) / fps
+    )
+    unrelated = face_model.rotation_matrices(np.zeros(n), np.cumsum(unrelated_speed), np.zeros(n))
+    still = np.broadcast_to(np.eye(3), (n, 3, 3))
+    high = metrics.speech_head_consistency(waveform, rate, following, fps)
+    low = metrics.speech_head_consistency(waveform, rate, unrelated, fps)
+    assert high > 0.9
+    assert low < 0.5
+    assert metrics.speech_head_consistency(waveform, rate, still, fps) == 0.0
+
+
+def test_emotion_error_is_squared_l2():
+    assert metrics.emotion_error(np.array([0.5, 0.5, 0]), np.array([1.0, 0, 0])) == pytest.approx(
+        0.5
+    )
+
+
+def test_windows_cover_the_clip_and_crossfade_weights_sum_to_one():
+    num_frames, window, overlap = 1003, 200, 25
+    starts = window_starts(num_frames, window, overlap)
+    assert starts[0] == 0 and starts[-1] + window == num_frames
+    total = np.zeros(num_frames)
+    for index, start in enumerate(starts):
+        total[start : start + window] += crossfade_weights(
+            window, overlap, index == 0, index == len(starts) - 1
+        )
+    # Every frame is fully covered; the last window may overlap more than `overlap`, then the
+    # weights still add up because they are normalised by their sum in animate_waveform.
+    assert np.all(total > 0.99)
+    assert window_starts(150, 200, 25) == [0]
+
+
+def test_nearest_rotation_returns_a_rotation_close_to_the_average():
+    n = 4
+    a = face_model.rotation_matrices(np.zeros(n), np.radians(np.full(n, 10.0)), np.zeros(n))
+    b = face_model.rotation_matrices(np.zeros(n), np.radians(np.full(n, 20.0)), np.zeros(n))
+    blended = nearest_rotation(0.5 * a + 0.5 * b)
+    np.testing.assert_allclose(
+        np.einsum("nij,nkj->nik", blended, blended),
+        np.broadcast_to(np.eye(3), (n, 3, 3)),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(np.linalg.det(blended), 1.0, atol=1e-6)
+    expected = face_model.rotation_matrices(np.zeros(n), np.radians(np.full(n, 15.0)), np.zeros(n))
+    np.testing.assert_allclose(blended, expected, atol=1e-6)
