@@ -15,14 +15,14 @@ import resource
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sdetalk_jax import runtime
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.data import batching
 from sdetalk_jax.models import sdetalk
-from sdetalk_jax.train import compiled_train_step
+from sdetalk_jax.parallel import Placement, data_mesh
+from sdetalk_jax.train import compiled_train_step, prepare_batch
 
 
 def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
@@ -47,9 +47,7 @@ def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
         "clip_mask": np.ones(batch_size, bool),
     }
     batch["neutral_vertices"] = batch["vertices"]
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    batch["subject_onehot"] = jax.nn.one_hot(batch["subject"], subjects)
-    return batch
+    return prepare_batch(batch, subjects)
 
 
 def main() -> None:
@@ -69,16 +67,17 @@ def main() -> None:
     )
     networks = runtime.Networks.build(model_config)
     config = repository_config("biwi")  # the paper's loss weights and learning rate
-    state = runtime.initial_state(networks, config, jax.random.key(0))
-    step_fn = compiled_train_step(networks, config)
+    placement = Placement(data_mesh())
+    state = placement.replicate(runtime.initial_state(networks, config, jax.random.key(0)))
+    step_fn = compiled_train_step(networks, config, placement, jax.random.key(1))
 
     compile_seconds, steady, frames_done, clips_done = [], [], 0, 0
     seen_shapes = set()
-    for index, plan in enumerate(plans):
+    for plan in plans:
         rows = [lengths[r] if r != batching.PAD_ROW else 0 for r in plan.rows]
         batch = fake_batch(rng, plan.length, rows, args.vertices, args.context_dim, 12, 6)
         start = time.perf_counter()
-        state, metrics = step_fn(state, batch, jax.random.key(index))
+        state, metrics = step_fn(state, placement.shard_batch(batch))
         jax.block_until_ready(metrics)
         elapsed = time.perf_counter() - start
         if plan.length not in seen_shapes:

@@ -58,6 +58,11 @@ def get_config():
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
+    # Each source of randomness can be pinned on its own (-1: use train.seed): the data order,
+    # the parameter initialisation and the training noise (z, vCLUB negatives). docs/scaling.md.
+    config.train.data_seed = -1
+    config.train.init_seed = -1
+    config.train.noise_seed = -1
     config.train.global_batch = 1
     config.train.epochs = 500
     config.train.learning_rate = 1e-4  # Adam, fixed (Sec. 3)
@@ -65,4 +70,14 @@ def get_config():
     config.train.keep_checkpoints = 3
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only
     config.train.progress = True
+    # On GPUs, XLA's deterministic ops make runs bitwise repeatable at some speed cost
+    # (docs/scaling.md); CPU runs are deterministic anyway.
+    config.train.deterministic_gpu = False
+
+    # Several processes: filled in by launch/local.py or launch/slurm.sbatch through the
+    # environment, or set here (docs/scaling.md). Empty: a single process.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.coordinator_address = ""
+    config.distributed.num_processes = 0
+    config.distributed.process_id = -1
     return config

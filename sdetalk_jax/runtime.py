@@ -79,7 +79,8 @@ def context_encoder(config) -> ContextEncoder:
     settings = dict(config.model.wav2vec2_random)
     seed = settings.pop("seed", 0)
     encoder_config = Wav2Vec2Config.from_dict(settings)
-    params = Wav2Vec2Model(encoder_config).init(
+    # Jitted: one compilation instead of one per initialiser op.
+    params = jax.jit(Wav2Vec2Model(encoder_config).init)(
         jax.random.key(seed), np.zeros((1, encoder_config.receptive_field * 2), np.float32)
     )["params"]
     return ContextEncoder(encoder_config, params, cache_dir=cache_dir)
@@ -148,7 +149,7 @@ def optimizer(config) -> optax.GradientTransformation:
 
 
 def initial_state(networks: Networks, config, key) -> dict:
-    params = networks.init_params(key)
+    params = jax.jit(networks.init_params)(key)  # one compilation, not one per initialiser op
     tx = optimizer(config)
     return {
         "step": jnp.zeros((), jnp.int32),
@@ -175,12 +176,18 @@ def checkpoint_manager(
         # Saves are atomic (written under a temporary name, then renamed); left-over temporaries of an
         # interrupted save are removed on start-up and never restored.
         cleanup_tmp_directories=not read_only,
+        # Two managers (last N and best) save the same step at the end of an epoch: their
+        # cross-process barriers need distinct names.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
     )
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, name)), options=options)
 
 
 def save_checkpoint(manager, state: dict, position: dict, metrics: dict | None = None) -> None:
-    step = int(state["step"])
+    """Saves on every process (orbax writes collectively); the step comes from the state."""
+    from sdetalk_jax.parallel import to_host
+
+    step = int(to_host(state["step"]))
     manager.save(
         step,
         args=ocp.args.Composite(

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sdetalk_jax import losses, runtime
+from sdetalk_jax import losses, parallel, runtime
 from sdetalk_jax.data import batching
 from sdetalk_jax.data.pipeline import ClipDataset
 from sdetalk_jax.inference import ASSETS, Assets
@@ -37,17 +38,37 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the message names the step and the losses."""
 
 
-def purpose_keys(seed: int) -> dict:
-    """One key per purpose, so a study can vary one source of randomness and hold the others
-    (data order uses the integer seed directly: `batching.epoch_plan`)."""
-    root = jax.random.key(seed)
-    init_key, training_key = jax.random.split(root)
-    return {"init": init_key, "training": training_key}
+# Purposes of randomness; each gets its own key, folded from its own seed (docs/scaling.md).
+_INIT_PURPOSE, _NOISE_PURPOSE = 0, 1
+
+
+def purpose_seeds(train_config) -> dict[str, int]:
+    """The seed of each source of randomness: train.seed unless pinned by train.<purpose>_seed."""
+    seeds = {}
+    for purpose in ("data", "init", "noise"):
+        pinned = train_config.get(f"{purpose}_seed", -1)
+        seeds[purpose] = (
+            int(pinned) if pinned is not None and pinned >= 0 else int(train_config.seed)
+        )
+    return seeds
+
+
+def purpose_keys(seeds: dict[str, int]) -> dict:
+    """One key per purpose, so a study can vary one source of randomness and hold the others:
+    `init` (parameters) and `noise` (z1, z2 and the vCLUB negatives, per step by fold_in). The data
+    order uses the integer data seed directly (`batching.epoch_plan`)."""
+    return {
+        "init": jax.random.fold_in(jax.random.key(seeds["init"]), _INIT_PURPOSE),
+        "noise": jax.random.fold_in(jax.random.key(seeds["noise"]), _NOISE_PURPOSE),
+    }
 
 
 def prepare_batch(batch: dict, num_subjects: int) -> dict:
-    out = {key: jnp.asarray(batch[key]) for key in MODEL_KEYS}
-    out["subject_onehot"] = jax.nn.one_hot(out["subject"], num_subjects)  # -1 (unseen) -> zeros
+    """The model's inputs of a (local) batch, as numpy: the keys the networks read and the
+    identity one-hot (an unseen subject, index -1, gets zeros)."""
+    out = {key: np.asarray(batch[key]) for key in MODEL_KEYS}
+    subject = out["subject"]
+    out["subject_onehot"] = (subject[:, None] == np.arange(num_subjects)[None]).astype(np.float32)
     return out
 
 
@@ -61,8 +82,9 @@ def real_faces(batch):
 
 
 def make_train_step(networks: runtime.Networks, loss_config):
-    def step_fn(state, batch, step_key, tx):
+    def step_fn(state, batch, noise_key, tx):
         params = state["params"]
+        step_key = jax.random.fold_in(noise_key, state["step"])  # the same draws after a resume
         noise_key_1, noise_key_2, permutation_key = jax.random.split(step_key, 3)
         shape = batch["frame_mask"].shape + (networks.config.hidden,)
         noise_1 = jax.random.normal(noise_key_1, shape)
@@ -182,19 +204,26 @@ def make_train_step(networks: runtime.Networks, loss_config):
     return step_fn
 
 
-def compiled_train_step(networks, config):
+def compiled_train_step(networks, config, placement: parallel.Placement, noise_key):
+    """The training step jitted over the mesh: state replicated, batch split along its rows.
+    (state, batch) -> (state, metrics); the state's buffers are donated."""
     tx = runtime.optimizer(config)
-    step_fn = make_train_step(networks, config.loss)
-    return jax.jit(functools.partial(step_fn, tx=tx), donate_argnums=(0,))
+    step_fn = functools.partial(make_train_step(networks, config.loss), noise_key=noise_key, tx=tx)
+    return jax.jit(
+        step_fn,
+        in_shardings=(placement.replicated, placement.batch),
+        out_shardings=(placement.replicated, placement.replicated),
+        donate_argnums=(0,),
+    )
 
 
-def evaluation_sums(networks, loss_config, params, batch, key, mean_mixture):
+def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixture):
     """Per-batch sums for validation: vertex errors (model, template, neutral-only), emotion
     error (model, mean mixture), head-motion difference between two noise keys.
 
     Errors are those of the mean prediction (z = 0, the centre of the diversified embedding); the
     diversity is measured between two samples with random z."""
-    key_1, key_2 = jax.random.split(key)
+    key_1, key_2 = jax.random.split(jax.random.fold_in(jax.random.key(1), batch_index))
     shape = batch["frame_mask"].shape + (networks.config.hidden,)
     mean = networks.generator.apply({"params": params}, batch, jnp.zeros(shape))
     first = networks.generator.apply({"params": params}, batch, jax.random.normal(key_1, shape))
@@ -238,14 +267,28 @@ def evaluation_sums(networks, loss_config, params, batch, key, mean_mixture):
     }
 
 
-def evaluate_split(dataset, networks, config, params, eval_fn, buckets, mean_mixture, key) -> dict:
+def compiled_evaluation(networks, loss_config, placement: parallel.Placement):
+    r = placement.replicated
+    return jax.jit(
+        functools.partial(evaluation_sums, networks, loss_config),
+        in_shardings=(r, placement.batch, r, r),
+        out_shardings=r,
+    )
+
+
+def evaluate_split(
+    dataset, networks, config, params, eval_fn, buckets, mean_mixture, placement
+) -> dict:
+    """Validation metrics of a split: each process evaluates its rows of every batch, the sums are
+    reduced over the mesh by the jitted function."""
     totals: dict[str, float] = {}
     for batch_index, batch in dataset.batches(
-        global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0, shuffle=False
-    ):
-        prepared = prepare_batch(batch, networks.config.num_subjects)
-        sums = eval_fn(params, prepared, jax.random.fold_in(key, batch_index), mean_mixture)
-        for name, value in sums.items():
+        global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0, shuffle=False,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    ):  # fmt: skip
+        prepared = placement.shard_batch(prepare_batch(batch, networks.config.num_subjects))
+        sums = eval_fn(params, prepared, placement.replicate(np.int32(batch_index)), mean_mixture)
+        for name, value in parallel.to_host(sums).items():
             totals[name] = totals.get(name, 0.0) + float(value)
     frames, clips = max(totals.pop("frames"), 1.0), max(totals.pop("clips"), 1.0)
     results = {}
@@ -282,35 +325,68 @@ class MetricWriter:
 
 
 def environment_record() -> dict:
+    """Python, every installed distribution with its exact version, the devices and processes."""
     from importlib import metadata
 
-    packages = [
-        "jax",
-        "jaxlib",
-        "flax",
-        "optax",
-        "orbax-checkpoint",
-        "numpy",
-        "librosa",
-        "ml-collections",
-    ]
-    versions = {}
-    for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    packages = {}
+    for distribution in metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name:
+            packages[name.lower()] = distribution.version
     return {
         "python": sys.version.split()[0],
-        "packages": versions,
+        "packages": dict(sorted(packages.items())),
         "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
+class StopRequest:
+    """SIGTERM (a cluster pre-empting the job) sets a flag; the loop checks it after every step,
+    saves a checkpoint and stops. All processes stop at the same step (they agree on the flag)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array(self.requested))
+        return bool(np.any(flags))
+
+
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint."""
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
 def train(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`; returns the last validation metrics."""
+    """Trains (or resumes) in `workdir` over every device of every process; returns the last
+    validation metrics. Raises Preempted after a SIGTERM, once the checkpoint is saved."""
+    lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    corpus = runtime.open_corpus(config, progress=config.train.progress)
+    mesh = parallel.data_mesh()
+    placement = parallel.Placement(mesh)
+    parallel.check_global_batch(config.train.global_batch, mesh)
+    corpus = runtime.open_corpus(config, progress=config.train.progress and lead)
     encoder = runtime.context_encoder(config)
     train_subjects = tuple(config.data.splits.train_subjects)
     train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
@@ -321,118 +397,133 @@ def train(config, workdir: str) -> dict:
         longest, min_length=config.data.bucket_min, growth=config.data.bucket_growth
     )
     labelled = [c.emotion / c.emotion.sum() for c in train_set.clips if c.emotion is not None]
-    mean_mixture = (
-        jnp.asarray(np.mean(labelled, 0))
+    mean_mixture = placement.replicate(
+        np.mean(labelled, 0).astype(np.float32)
         if labelled
-        else jnp.full((networks.config.num_emotions,), 1.0)
+        else np.full((networks.config.num_emotions,), 1.0, np.float32)
     )
-    keys = purpose_keys(config.train.seed)
+    seeds = purpose_seeds(config.train)
+    keys = purpose_keys(seeds)
 
-    runtime.write_json(
-        os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+    if lead:
+        runtime.write_json(
+            os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+        )
+        runtime.write_json(os.path.join(workdir, "environment.json"), environment_record())
+        # What `animate` needs to run without the corpus: templates, mesh, regions, subject order.
+        Assets.from_corpus(corpus, train_subjects).save(os.path.join(workdir, ASSETS))
+
+    state = placement.replicate(
+        jax.device_get(runtime.initial_state(networks, config, keys["init"]))
     )
-    runtime.write_json(os.path.join(workdir, "environment.json"), environment_record())
-    # What `animate` needs to run without the corpus: templates, mesh, regions, subject order.
-    Assets.from_corpus(corpus, train_subjects).save(os.path.join(workdir, ASSETS))
-
-    state = runtime.initial_state(networks, config, keys["init"])
     manager = runtime.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
     best_manager = runtime.checkpoint_manager(workdir, runtime.BEST, keep=1, best=True)
     position = {"epoch": 0, "batch": 0}
     if manager.latest_step() is not None:
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), state
+        )
         state, position = runtime.restore_checkpoint(manager, abstract)
-        print(
-            f"resuming from step {int(state['step'])} (epoch {position['epoch']}, batch {position['batch']})"
+        _log(
+            f"resuming from step {int(parallel.to_host(state['step']))} "
+            f"(epoch {position['epoch']}, batch {position['batch']})"
         )
 
-    step_fn = compiled_train_step(networks, config)
-    eval_fn = jax.jit(functools.partial(evaluation_sums, networks, config.loss))
-    writer = MetricWriter(workdir)
+    step_fn = compiled_train_step(networks, config, placement, keys["noise"])
+    eval_fn = compiled_evaluation(networks, config.loss, placement)
+    writer = MetricWriter(workdir, enabled=lead)
     plans_per_epoch = len(
         batching.epoch_plan(
-            train_set.lengths,
-            global_batch=config.train.global_batch,
-            buckets=buckets,
-            seed=0,
-            epoch=0,
+            train_set.lengths, global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0,
         )
-    )
+    )  # fmt: skip
     max_steps = config.train.max_steps or math.inf
     validation: dict = {}
+    step = int(parallel.to_host(state["step"]))
     from tqdm import tqdm
 
+    # Which step was saved last is tracked here rather than read back from disk: every process
+    # must take the same decision (orbax saves are collective), even while process 0 is still
+    # finalising an asynchronous save that another process cannot see yet.
+    saved = {"step": manager.latest_step() or 0}
+
+    def save(metrics=None):
+        runtime.save_checkpoint(manager, state, position)
+        saved["step"] = step
+        if metrics is not None:
+            runtime.save_checkpoint(best_manager, state, position, metrics=metrics)
+
     try:
-        for epoch in range(position["epoch"], config.train.epochs):
-            start_batch = position["batch"] if epoch == position["epoch"] else 0
-            bar = tqdm(
-                total=plans_per_epoch,
-                initial=start_batch,
-                desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                unit="batch",
-                disable=not config.train.progress,
-            )
-            epoch_start = time.perf_counter()
-            for batch_index, batch in train_set.batches(
-                global_batch=config.train.global_batch,
-                buckets=buckets,
-                seed=config.train.seed,
-                epoch=epoch,
-                start_batch=start_batch,
-            ):
-                if int(state["step"]) >= max_steps:
-                    break
-                step = int(state["step"])
-                prepared = prepare_batch(batch, networks.config.num_subjects)
-                state, metrics = step_fn(
-                    state, prepared, jax.random.fold_in(keys["training"], step)
-                )
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not all(math.isfinite(v) for v in metrics.values()):
-                    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-                    raise TrainingDiverged(
-                        f"non-finite loss at step {step} (epoch {epoch}, batch {batch_index}): {bad}; "
-                        f"all losses: {metrics}. The last good checkpoint in {workdir}/checkpoints is intact."
-                    )
-                writer.write(step + 1, "train", metrics)
-                bar.set_postfix(
-                    rec=f"{metrics['reconstruction']:.3g}", cls=f"{metrics['classification']:.3g}",
-                    mi=f"{metrics['mi']:.3g}", d=f"{metrics['discriminator']:.3g}",
+        with StopRequest() as stop:
+            for epoch in range(position["epoch"], config.train.epochs):
+                start_batch = position["batch"] if epoch == position["epoch"] else 0
+                bar = tqdm(
+                    total=plans_per_epoch, initial=start_batch, unit="batch",
+                    desc=f"epoch {epoch + 1}/{config.train.epochs}",
+                    disable=not (config.train.progress and lead),
                 )  # fmt: skip
-                bar.update(1)
-                position = {"epoch": epoch, "batch": batch_index + 1}
-                every = config.train.checkpoint_every_steps
-                if every and int(state["step"]) % every == 0:
-                    runtime.save_checkpoint(manager, state, position)
-            bar.close()
-            if int(state["step"]) >= max_steps and position["batch"] < plans_per_epoch:
-                break
-            position = {"epoch": epoch + 1, "batch": 0}
-            validation = evaluate_split(
-                val_set, networks, config, state["params"]["generator"], eval_fn, buckets, mean_mixture,
-                jax.random.key(1),
-            )  # fmt: skip
-            validation["epoch_seconds"] = time.perf_counter() - epoch_start
-            writer.write(int(state["step"]), "val", validation)
-            print(
-                f"epoch {epoch + 1}: val vertex error {validation['vertex_error_mm']:.3f} mm "
-                f"(template {validation['template_vertex_error_mm']:.3f}, neutral generator "
-                f"{validation['neutral_vertex_error_mm']:.3f}), emotion error {validation['emotion_error']:.4f} "
-                f"(mean mixture {validation['mean_mixture_emotion_error']:.4f})"
-            )
-            runtime.save_checkpoint(manager, state, position)
-            runtime.save_checkpoint(
-                best_manager,
-                state,
-                position,
-                metrics={"val_vertex_error_mm": validation["vertex_error_mm"]},
-            )
+                epoch_start = time.perf_counter()
+                for batch_index, batch in train_set.batches(
+                    global_batch=config.train.global_batch, buckets=buckets, seed=seeds["data"],
+                    epoch=epoch, start_batch=start_batch, process_index=jax.process_index(),
+                    process_count=jax.process_count(),
+                ):  # fmt: skip
+                    if step >= max_steps:
+                        break
+                    prepared = placement.shard_batch(
+                        prepare_batch(batch, networks.config.num_subjects)
+                    )
+                    state, metrics = step_fn(state, prepared)
+                    metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
+                    if not all(math.isfinite(v) for v in metrics.values()):
+                        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                        raise TrainingDiverged(
+                            f"non-finite loss at step {step} (epoch {epoch}, batch {batch_index}): {bad}; "
+                            f"all losses: {metrics}. The last good checkpoint in {workdir}/checkpoints is intact."
+                        )
+                    step += 1
+                    writer.write(step, "train", metrics)
+                    bar.set_postfix(
+                        rec=f"{metrics['reconstruction']:.3g}", cls=f"{metrics['classification']:.3g}",
+                        mi=f"{metrics['mi']:.3g}", d=f"{metrics['discriminator']:.3g}",
+                    )  # fmt: skip
+                    bar.update(1)
+                    position = {"epoch": epoch, "batch": batch_index + 1}
+                    every = config.train.checkpoint_every_steps
+                    if every and step % every == 0:
+                        save()
+                    if stop.agreed():
+                        save()
+                        raise Preempted(
+                            f"SIGTERM: stopped after step {step} (epoch {epoch}, batch "
+                            f"{batch_index + 1}) and saved a checkpoint in {workdir}/checkpoints; "
+                            "run the same command to resume"
+                        )
+                bar.close()
+                if step >= max_steps and position["batch"] < plans_per_epoch:
+                    break
+                position = {"epoch": epoch + 1, "batch": 0}
+                validation = evaluate_split(
+                    val_set, networks, config, state["params"]["generator"], eval_fn, buckets,
+                    mean_mixture, placement,
+                )  # fmt: skip
+                writer.write(step, "val", validation)
+                # Wall-clock time is the one thing that differs between identical runs: it is kept
+                # under its own prefix (docs/scaling.md).
+                writer.write(step, "time", {"epoch_seconds": time.perf_counter() - epoch_start})
+                _log(
+                    f"epoch {epoch + 1}: val vertex error {validation['vertex_error_mm']:.3f} mm "
+                    f"(template {validation['template_vertex_error_mm']:.3f}, neutral generator "
+                    f"{validation['neutral_vertex_error_mm']:.3f}), emotion error {validation['emotion_error']:.4f} "
+                    f"(mean mixture {validation['mean_mixture_emotion_error']:.4f})"
+                )
+                save(metrics={"val_vertex_error_mm": validation["vertex_error_mm"]})
     finally:
         manager.wait_until_finished()
         best_manager.wait_until_finished()
         writer.close()
-    if int(state["step"]) > 0 and manager.latest_step() != int(state["step"]):
-        runtime.save_checkpoint(manager, state, position)
+    if step > 0 and saved["step"] != step:
+        save()
         manager.wait_until_finished()
     return validation
 
@@ -453,10 +544,20 @@ def main(argv=None):
         from sdetalk_jax.data.biwi import DataError
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-
+        config = flags.FLAGS.config
+        if config.train.deterministic_gpu:
+            # Read when the GPU backend starts, which is after this point (nothing has touched a
+            # device yet).
+            os.environ["XLA_FLAGS"] = (
+                os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
+            ).strip()
+        parallel.initialize_distributed(config.get("distributed"))
         try:
-            train(flags.FLAGS.config, flags.FLAGS.workdir)
-        except (DataError, TrainingDiverged) as err:
+            train(config, flags.FLAGS.workdir)
+        except Preempted as stopped:
+            _log(str(stopped))
+            sys.exit(0)
+        except (DataError, TrainingDiverged, parallel.ConfigError) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
 

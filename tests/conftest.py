@@ -9,6 +9,22 @@ import pytest
 
 from sdetalk_jax.data import writer
 
+
+def pytest_configure(config):
+    """A persistent XLA compilation cache for the session, shared with the training processes the
+    tests start: the same step functions are compiled once instead of once per test."""
+    import tempfile
+
+    import jax
+
+    cache = os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sdetalk-xla-cache-")
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 FPS = 25
 SAMPLE_RATE = 16_000
 NUM_VERTICES = 30
@@ -69,32 +85,10 @@ def small_corpus(tmp_path) -> str:
 
 
 def tiny_training_config(corpus_root: str, feature_cache: str):
-    """configs/synthetic.py shrunk to seconds: a 2-subject SynthBIWI (sentences 1-3 train, 4 val,
-    5 test) and tiny networks."""
-    from sdetalk_jax.config_files import repository_config
+    """configs/synthetic.py shrunk to seconds (tests/tiny_config.py) on the given corpus."""
+    from tests.tiny_config import get_config
 
-    config = repository_config("synthetic")
+    config = get_config()
     config.data.root = corpus_root
-    config.data.generate_if_missing = False
     config.data.feature_cache = feature_cache
-    config.data.splits.train_subjects = ("F2", "F3")
-    config.data.splits.train_sentences = (1, 3)
-    config.data.splits.val_sentences = (4, 4)
-    config.data.splits.test_sentences = (5, 5)
-    config.data.bucket_min = 16
-    config.model.wav2vec2_random = dict(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, seed=0,
-    )  # fmt: skip
-    config.model.hidden = 16
-    config.model.heads = 2
-    config.model.feedforward = 32
-    config.model.identity_dim = 4
-    config.model.frequency_bands = 8
-    config.model.frequency_dim = 8
-    config.model.discriminator_blocks = 1
-    config.model.decoder_blocks = 1
-    config.train.global_batch = 4
-    config.train.epochs = 2
-    config.train.progress = False
     return config

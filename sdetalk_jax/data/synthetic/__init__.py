@@ -30,7 +30,7 @@ from scipy import ndimage, signal
 from sdetalk_jax.data import espeak, face_model, writer
 
 GENERATOR = "sdetalk_jax.data.synthetic"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 2
 FPS = 25
 
 # Training subjects first, so a small corpus (--subjects 6) still has every training speaker.
@@ -285,12 +285,7 @@ def emotion_prosody(mixture: np.ndarray | None, base_pitch: float) -> espeak.Pro
     """eSpeak prosody for a mixture; None (a neutral recording) gives the voice's own defaults."""
     effects = np.zeros(4)
     if mixture is not None:
-        # Valence and the per-emotion shifts are centred (no direction on average), but arousal is
-        # not: acted emotional speech is more aroused than the same sentence read neutrally, so an
-        # emotional recording is audibly different from its neutral one whatever its mixture (as
-        # its face always carries an expression).
         centred = _EMOTION_PROSODY - _EMOTION_PROSODY.mean(axis=0)
-        centred[:, 0] = _EMOTION_PROSODY[:, 0]
         arousal, valence, d_rate, d_pitch, d_range, d_volume = mixture @ centred
         effects = np.array(
             [

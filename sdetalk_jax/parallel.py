@@ -1,0 +1,130 @@
+"""Data parallelism: one program for 1 device, N devices and M hosts.
+
+A 1-D mesh over every device of every process, with one axis, `data`. Each global batch is split
+along its first axis over the devices (`NamedSharding(mesh, P("data"))`); parameters and optimiser
+states are replicated (`P()`); the training step is jitted with these shardings, so XLA inserts the
+gradient all-reduce. Each process loads only its own rows of a global batch
+(`batching.BatchPlan.process_rows`) and hands them to `shard_batch`, which assembles the global
+array without copying other processes' rows.
+
+Several processes (hosts, or several processes on one machine) are joined by
+`jax.distributed.initialize`, from the config or the environment (`initialize_distributed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+class ConfigError(ValueError):
+    """A parallel setting that cannot work (a batch that does not split, a half-given address)."""
+
+
+# Environment variables read by `initialize_distributed` (set by launch/local.py and
+# launch/slurm.sbatch); SLURM's own variables are detected by JAX itself.
+COORDINATOR_ENV = "SDETALK_COORDINATOR"
+NUM_PROCESSES_ENV = "SDETALK_NUM_PROCESSES"
+PROCESS_ID_ENV = "SDETALK_PROCESS_ID"
+
+
+def initialize_distributed(settings=None) -> bool:
+    """Joins a multi-process run when one is configured; returns whether it did.
+
+    In order: the config's `distributed.coordinator_address` / `num_processes` / `process_id`, then
+    the SDETALK_* environment variables, then a SLURM job with more than one task (JAX reads
+    SLURM's variables). A single process does nothing. Must run before anything touches a device.
+    """
+    settings = dict(settings or {})
+    address = settings.get("coordinator_address") or os.environ.get(COORDINATOR_ENV)
+    count = settings.get("num_processes") or os.environ.get(NUM_PROCESSES_ENV)
+    index = settings.get("process_id")
+    if index is None or index < 0:
+        index = os.environ.get(PROCESS_ID_ENV)
+    if address:
+        if count is None or index is None:
+            raise ConfigError(
+                f"a coordinator address ({address}) needs the number of processes and this "
+                f"process's id ({NUM_PROCESSES_ENV}, {PROCESS_ID_ENV} or distributed.*)"
+            )
+        if int(count) > 1:
+            jax.distributed.initialize(address, int(count), int(index))
+            return True
+        return False
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A mesh with one `data` axis over all devices of all processes (or the given ones)."""
+    devices = list(jax.devices() if devices is None else devices)
+    # Auto axes: shardings are given at the jit boundary and XLA propagates them inside (recent
+    # JAX makes new meshes Explicit by default, which would type every intermediate's sharding).
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+def check_global_batch(global_batch: int, mesh: Mesh) -> int:
+    """The per-device batch; the global batch must split evenly over the devices."""
+    devices = mesh.devices.size
+    if global_batch % devices:
+        raise ConfigError(
+            f"train.global_batch={global_batch} does not split over {devices} devices; "
+            f"use a multiple of {devices}"
+        )
+    return global_batch // devices
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where arrays live: replicated (parameters, optimiser state, scalars) or split along the
+    batch axis (training and evaluation batches)."""
+
+    mesh: Mesh
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P(DATA_AXIS))
+
+    def replicate(self, tree):
+        """Host values (the same on every process) -> replicated global arrays."""
+
+        def place(value):
+            value = np.asarray(value)
+            return jax.make_array_from_callback(
+                value.shape, self.replicated, lambda index: value[index]
+            )
+
+        return jax.tree.map(place, tree)
+
+    def shard_batch(self, local_batch: dict) -> dict:
+        """This process's rows of a global batch -> global arrays split along the batch axis."""
+        return {
+            key: jax.make_array_from_process_local_data(self.batch, np.asarray(value))
+            for key, value in local_batch.items()
+        }
+
+
+def to_host(tree):
+    """Replicated (or fully addressable) global arrays -> numpy, on every process."""
+
+    def fetch(value):
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            return np.asarray(value.addressable_data(0))
+        return np.asarray(value)
+
+    return jax.tree.map(fetch, tree)
