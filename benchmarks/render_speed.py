@@ -38,7 +38,10 @@ def main() -> None:
     yaw = np.radians(6 * np.sin(2 * np.pi * 0.3 * t))
     rotation = face_model.rotation_matrices(np.zeros(frames), yaw, np.zeros(frames))
     vertices = np.stack(
-        [(template + max(np.sin(2 * np.pi * 3 * s), 0) * jaw) @ r for s, r in zip(t, rotation)]
+        [
+            (template + max(np.sin(2 * np.pi * 3 * s), 0) * jaw) @ r
+            for s, r in zip(t, rotation, strict=True)
+        ]
     ).astype(np.float32)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -49,7 +52,9 @@ def main() -> None:
         out = os.path.join(folder, "clip.mp4")
 
         start = time.perf_counter()
-        renderer = render.MeshRenderer(topology.faces, colors, size=args.size, reference=vertices[0])
+        renderer = render.MeshRenderer(
+            topology.faces, colors, size=args.size, reference=vertices[0]
+        )
         setup = time.perf_counter() - start
         start = time.perf_counter()
         for frame in vertices[:50]:
@@ -68,7 +73,10 @@ def main() -> None:
     rows = [
         ("OpenGL renderer", f"{info['GL_RENDERER']} ({info['GL_VERSION']})"),
         ("mesh", f"{args.vertices} vertices, {len(topology.faces)} triangles"),
-        ("clip", f"{args.seconds:g} s, {frames} frames at {args.fps:g} fps, {args.size}x{args.size}"),
+        (
+            "clip",
+            f"{args.seconds:g} s, {frames} frames at {args.fps:g} fps, {args.size}x{args.size}",
+        ),
         ("context setup (s)", f"{setup:.2f}"),
         ("render only, per frame (ms)", f"{per_frame * 1000:.1f}"),
         ("render + encode + mux, whole clip (s)", f"{total:.2f}"),

@@ -114,7 +114,9 @@ def main() -> None:
         f"global batch {args.batch} clips x {args.frames} frames, {args.vertices} vertices, "
         "paper model sizes\n"
     )
-    print("| devices | platform | first step incl. compile (s) | step (s) | clips/s | frames/s | loss |")
+    print(
+        "| devices | platform | first step incl. compile (s) | step (s) | clips/s | frames/s | loss |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for row in rows:
         if "skipped" in row:
