@@ -34,6 +34,7 @@ def mouth_opening(vertices: np.ndarray, upper_lip: int, lower_lip: int) -> np.nd
 
 def head_angular_speed(rotation: np.ndarray, fps: float) -> np.ndarray:
     """Angle turned between consecutive frames, in rad/s, [N] (first frame repeats the second)."""
+    rotation = np.asarray(rotation, np.float64)  # arccos near 1 needs the precision
     relative = np.einsum("tij,tkj->tik", rotation[1:], rotation[:-1])
     cosine = np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
     speed = np.arccos(cosine) * fps
