@@ -275,11 +275,14 @@ class TrainedModel:
             }
             for name, value in pieces.items():
                 if name not in accumulated:
-                    accumulated[name] = np.zeros((num_frames,) + value.shape[1:], np.float64)
+                    # float32 and divided in place: for long clips these arrays are the memory
+                    accumulated[name] = np.zeros((num_frames,) + value.shape[1:], np.float32)
                 accumulated[name][start : start + window] += weights[:, None] * value
             total_weight[start : start + window] += weights
-        result = {name: value / total_weight[:, None] for name, value in accumulated.items()}
+        for value in accumulated.values():
+            value /= total_weight[:, None].astype(np.float32)
+        result = accumulated
         result["rotation"] = nearest_rotation(result["rotation"].reshape(num_frames, 3, 3))
         for name in ("vertices", "expression", "neutral"):
             result[name] = result[name].reshape(num_frames, -1, 3)
-        return {name: value.astype(np.float32) for name, value in result.items()}
+        return {name: value.astype(np.float32, copy=False) for name, value in result.items()}
