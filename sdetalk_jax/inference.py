@@ -171,8 +171,10 @@ class TrainedModel:
             motion_unit=1.0 / config.loss.vertex_scale,
         )
         networks = runtime.Networks.build(model_config)
-        state = runtime.initial_state(networks, config, jax.random.key(0))
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        # Only the shapes are needed to restore into: no parameters are computed.
+        abstract = jax.eval_shape(
+            lambda key: runtime.initial_state(networks, config, key), jax.random.key(0)
+        )
         managers = (
             [runtime.BEST, runtime.CHECKPOINTS] if checkpoint == "best" else [runtime.CHECKPOINTS]
         )
