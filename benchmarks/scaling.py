@@ -58,6 +58,7 @@ def worker(devices: int, vertices: int, batch: int, frames: int, steps: int) -> 
         "subject": (np.arange(batch) % 6).astype(np.int32),
         "has_head_pose": np.ones(batch, bool),
         "has_emotion": np.ones(batch, bool),
+        "emotional": np.ones(batch, bool),
         "has_neutral": np.ones(batch, bool),
         "frame_mask": np.ones((batch, frames), bool),
         "clip_mask": np.ones(batch, bool),

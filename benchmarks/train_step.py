@@ -1,6 +1,7 @@
 """Times the SDETalk training step on BIWI-shaped data and prints a table.
 
     python benchmarks/train_step.py [--vertices 23370] [--batch 4] [--clips 48] [--context-dim 768]
+                                    [--deterministic-gpu]
 
 BIWI-shaped: 23370 vertices, clip lengths drawn like BIWI's sentences (2.5-6 s at 25 fps), context
 features of wav2vec2-base width (768) as the feature cache would supply them. Reports compile time
@@ -21,7 +22,7 @@ from sdetalk_jax import runtime
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.data import batching
 from sdetalk_jax.models import sdetalk
-from sdetalk_jax.parallel import Placement, data_mesh
+from sdetalk_jax.parallel import Placement, data_mesh, request_deterministic_gpu_ops
 from sdetalk_jax.train import compiled_train_step, prepare_batch
 
 
@@ -42,6 +43,7 @@ def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
         "subject": (np.arange(batch_size) % subjects).astype(np.int32),
         "has_head_pose": np.ones(batch_size, bool),
         "has_emotion": np.ones(batch_size, bool),
+        "emotional": np.ones(batch_size, bool),
         "has_neutral": np.ones(batch_size, bool),
         "frame_mask": mask,
         "clip_mask": np.ones(batch_size, bool),
@@ -56,7 +58,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--clips", type=int, default=48, help="clips in the timed epoch")
     parser.add_argument("--context-dim", type=int, default=768)
+    parser.add_argument(
+        "--deterministic-gpu", action="store_true", help="XLA's deterministic GPU ops (its cost)"
+    )
     args = parser.parse_args()
+    if args.deterministic_gpu:
+        request_deterministic_gpu_ops()
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(62, 150, size=args.clips).tolist()  # 2.5-6 s at 25 fps
@@ -87,6 +94,8 @@ def main() -> None:
             steady.append(elapsed)
             frames_done += sum(rows)
             clips_done += sum(r > 0 for r in rows)
+    # What jit actually compiled (its cache of executables), not what the buckets predict.
+    compilations = step_fn._cache_size() if hasattr(step_fn, "_cache_size") else "n/a"
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
@@ -98,12 +107,13 @@ def main() -> None:
     total_steady = sum(steady)
     rows = [
         ("device", f"{device.platform} ({device.device_kind}), jax {jax.__version__}"),
+        ("XLA deterministic GPU ops", "on" if args.deterministic_gpu else "off"),
         (
             "vertices / context dim / global batch",
             f"{args.vertices} / {args.context_dim} / {args.batch}",
         ),
         ("batches in the epoch / buckets used", f"{len(plans)} / {len(seen_shapes)}"),
-        ("compilations in the epoch", f"{len(compile_seconds)} (one per bucket)"),
+        ("compilations in the epoch", f"{compilations} (buckets used: {len(seen_shapes)})"),
         (
             "first step per bucket, incl. compile (s)",
             f"mean {np.mean(compile_seconds):.1f}, total {sum(compile_seconds):.1f}",

@@ -55,6 +55,8 @@ def get_config():
     config.loss.lambda_g = 0.1  # adversarial
     config.loss.gan = "nonsaturating"  # or "lsgan"
     config.loss.diversity_cap = 1.0
+    # Whether neutral recordings' labels (if any) count in L_cls.
+    config.loss.classify_neutral_clips = True
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
@@ -66,6 +68,8 @@ def get_config():
     config.train.global_batch = 1
     config.train.epochs = 500
     config.train.learning_rate = 1e-4  # Adam, fixed (Sec. 3)
+    config.train.lr_schedule = "constant"  # or "warmup_cosine": warm up, then decay to 0
+    config.train.warmup_steps = 0
     config.train.max_steps = 0  # stop early after this many steps (0: run all epochs)
     config.train.keep_checkpoints = 3
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only

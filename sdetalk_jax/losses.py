@@ -106,9 +106,12 @@ def vclub_upper_bound(estimates, factors, weights, key):
     return bounds
 
 
-def emotion_classification_loss(mixture, batch):
-    """L_cls = ||y_e - y_e_bar||^2 per clip, averaged over clips that have labels."""
+def emotion_classification_loss(mixture, batch, neutral_clips: bool = True):
+    """L_cls = ||y_e - y_e_bar||^2 per clip, averaged over clips that have labels (and are
+    emotional recordings, unless `neutral_clips`)."""
     weights = batch["clip_mask"].astype(jnp.float32) * batch["has_emotion"].astype(jnp.float32)
+    if not neutral_clips:
+        weights = weights * batch["emotional"].astype(jnp.float32)
     per_clip = jnp.sum(jnp.square(mixture - batch["emotion"]), axis=-1)
     return jnp.sum(per_clip * weights) / jnp.maximum(weights.sum(), 1.0)
 

@@ -35,6 +35,18 @@ NUM_PROCESSES_ENV = "SDETALK_NUM_PROCESSES"
 PROCESS_ID_ENV = "SDETALK_PROCESS_ID"
 
 
+DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def request_deterministic_gpu_ops() -> None:
+    """Makes XLA's GPU kernels deterministic (bitwise repeatable runs, at some speed cost).
+    XLA reads the flag when the GPU backend starts, so call this before anything touches a device.
+    CPU runs are deterministic anyway."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC_GPU_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_GPU_FLAG}".strip()
+
+
 def initialize_distributed(settings=None) -> bool:
     """Joins a multi-process run when one is configured; returns whether it did.
 

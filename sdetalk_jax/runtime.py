@@ -143,9 +143,24 @@ class Networks:
         return {"generator": generator, "discriminator": discriminator, "estimators": estimators}
 
 
-def optimizer(config) -> optax.GradientTransformation:
-    """Adam with the paper's fixed learning rate (one instance per network)."""
-    return optax.adam(config.train.learning_rate)
+def learning_rate(train_config, total_steps: int):
+    """The paper's fixed rate ('constant'), or a linear warm-up to it followed by a cosine decay to
+    zero at `total_steps` ('warmup_cosine'), for short runs that must end converged."""
+    kind = train_config.get("lr_schedule", "constant")
+    if kind == "constant":
+        return train_config.learning_rate
+    if kind == "warmup_cosine":
+        warmup = min(int(train_config.warmup_steps), max(total_steps - 1, 0))
+        return optax.warmup_cosine_decay_schedule(
+            0.0, train_config.learning_rate, warmup, max(total_steps, warmup + 1)
+        )
+    raise ValueError(f"unknown train.lr_schedule '{kind}' (constant, warmup_cosine)")
+
+
+def optimizer(config, total_steps: int = 1) -> optax.GradientTransformation:
+    """Adam (one instance per network); `total_steps` is the length of a decaying schedule. The
+    optimiser state's structure does not depend on it, so restoring needs no step count."""
+    return optax.adam(learning_rate(config.train, total_steps))
 
 
 def initial_state(networks: Networks, config, key) -> dict:

@@ -30,7 +30,8 @@ from sdetalk_jax.inference import ASSETS, Assets
 # Batch keys the networks read; the rest (raw audio, ...) stays on the host.
 MODEL_KEYS = (
     "context", "mel", "template", "vertices", "neutral_vertices", "rotation", "translation",
-    "emotion", "subject", "has_head_pose", "has_emotion", "has_neutral", "frame_mask", "clip_mask",
+    "emotion", "subject", "has_head_pose", "has_emotion", "has_neutral", "emotional", "frame_mask",
+    "clip_mask",
 )  # fmt: skip
 
 
@@ -147,7 +148,9 @@ def make_train_step(networks: runtime.Networks, loss_config):
             terms.update(
                 losses.vclub_upper_bound(estimates, first_factors, frame_weights, permutation_key)
             )
-            terms["classification"] = losses.emotion_classification_loss(first["mixture"], batch)
+            terms["classification"] = losses.emotion_classification_loss(
+                first["mixture"], batch, loss_config.get("classify_neutral_clips", True)
+            )
             terms["diversity"] = losses.diversity_loss(
                 first, second, noise_1, noise_2, batch, loss_config
             )
@@ -204,10 +207,13 @@ def make_train_step(networks: runtime.Networks, loss_config):
     return step_fn
 
 
-def compiled_train_step(networks, config, placement: parallel.Placement, noise_key):
+def compiled_train_step(
+    networks, config, placement: parallel.Placement, noise_key, total_steps: int = 1
+):
     """The training step jitted over the mesh: state replicated, batch split along its rows.
-    (state, batch) -> (state, metrics); the state's buffers are donated."""
-    tx = runtime.optimizer(config)
+    (state, batch) -> (state, metrics); the state's buffers are donated. `total_steps` is the
+    length of the learning-rate schedule, if it decays."""
+    tx = runtime.optimizer(config, total_steps)
     step_fn = functools.partial(make_train_step(networks, config.loss), noise_key=noise_key, tx=tx)
     return jax.jit(
         step_fn,
@@ -231,12 +237,19 @@ def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixt
     frames = batch["frame_mask"].astype(jnp.float32)
     clips = batch["clip_mask"].astype(jnp.float32) * batch["has_emotion"].astype(jnp.float32)
 
-    def vertex_error_mm(prediction):
+    emotional = batch["emotional"].astype(jnp.float32)[:, None]
+    kinds = {
+        "": frames,
+        "/emotional_clips": frames * emotional,
+        "/neutral_clips": frames * (1 - emotional),
+    }
+
+    def vertex_error_mm(prediction, kind=""):
         difference = (prediction - batch["vertices"]).reshape(prediction.shape[:2] + (-1, 3))
         per_frame = (
             jnp.mean(jnp.linalg.norm(difference, axis=-1), axis=-1) * loss_config.vertex_scale
         )
-        return jnp.sum(per_frame * frames)
+        return jnp.sum(per_frame * kinds[kind])
 
     template = jnp.broadcast_to(batch["template"][:, None], batch["vertices"].shape)
     rotation_difference = jnp.degrees(
@@ -249,13 +262,15 @@ def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixt
         )
     )
     terms = losses.reconstruction_losses(mean, batch, loss_config)
+    sums = {"frames" + kind: jnp.sum(weights) for kind, weights in kinds.items()}
+    for kind in kinds:  # split by clip kind: G must add an expression to emotional speech only
+        sums["vertex_error_mm" + kind] = vertex_error_mm(mean["expression"], kind)
+        sums["neutral_vertex_error_mm" + kind] = vertex_error_mm(mean["neutral"], kind)
     return {
-        "frames": jnp.sum(frames),
+        **sums,
         "clips": jnp.sum(clips),
-        "vertex_error_mm": vertex_error_mm(mean["expression"]),
         "sampled_vertex_error_mm": vertex_error_mm(first["expression"]),
         "template_vertex_error_mm": vertex_error_mm(template),
-        "neutral_vertex_error_mm": vertex_error_mm(mean["neutral"]),
         "emotion_error": jnp.sum(
             jnp.sum(jnp.square(mean["mixture"] - batch["emotion"]), -1) * clips
         ),
@@ -290,10 +305,14 @@ def evaluate_split(
         sums = eval_fn(params, prepared, placement.replicate(np.int32(batch_index)), mean_mixture)
         for name, value in parallel.to_host(sums).items():
             totals[name] = totals.get(name, 0.0) + float(value)
-    frames, clips = max(totals.pop("frames"), 1.0), max(totals.pop("clips"), 1.0)
+    clips = max(totals.pop("clips"), 1.0)
+    frames = {
+        name: max(totals.pop(name), 1.0) for name in list(totals) if name.startswith("frames")
+    }
     results = {}
     for name, value in totals.items():
-        results[name] = value / (clips if "emotion" in name else frames)
+        kind = name[name.index("/") :] if "/" in name else ""
+        results[name] = value / (clips if "emotion_error" in name else frames["frames" + kind])
     return results
 
 
@@ -429,14 +448,16 @@ def train(config, workdir: str) -> dict:
             f"(epoch {position['epoch']}, batch {position['batch']})"
         )
 
-    step_fn = compiled_train_step(networks, config, placement, keys["noise"])
-    eval_fn = compiled_evaluation(networks, config.loss, placement)
-    writer = MetricWriter(workdir, enabled=lead)
     plans_per_epoch = len(
         batching.epoch_plan(
             train_set.lengths, global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0,
         )
     )  # fmt: skip
+    step_fn = compiled_train_step(
+        networks, config, placement, keys["noise"], plans_per_epoch * config.train.epochs
+    )
+    eval_fn = compiled_evaluation(networks, config.loss, placement)
+    writer = MetricWriter(workdir, enabled=lead)
     max_steps = config.train.max_steps or math.inf
     validation: dict = {}
     step = int(parallel.to_host(state["step"]))
@@ -514,8 +535,13 @@ def train(config, workdir: str) -> dict:
                 _log(
                     f"epoch {epoch + 1}: val vertex error {validation['vertex_error_mm']:.3f} mm "
                     f"(template {validation['template_vertex_error_mm']:.3f}, neutral generator "
-                    f"{validation['neutral_vertex_error_mm']:.3f}), emotion error {validation['emotion_error']:.4f} "
-                    f"(mean mixture {validation['mean_mixture_emotion_error']:.4f})"
+                    f"{validation['neutral_vertex_error_mm']:.3f}; emotional clips "
+                    f"{validation['vertex_error_mm/emotional_clips']:.3f} vs "
+                    f"{validation['neutral_vertex_error_mm/emotional_clips']:.3f}, neutral clips "
+                    f"{validation['vertex_error_mm/neutral_clips']:.3f} vs "
+                    f"{validation['neutral_vertex_error_mm/neutral_clips']:.3f}), emotion error "
+                    f"{validation['emotion_error']:.4f} (mean mixture "
+                    f"{validation['mean_mixture_emotion_error']:.4f})"
                 )
                 save(metrics={"val_vertex_error_mm": validation["vertex_error_mm"]})
     finally:
@@ -545,12 +571,8 @@ def main(argv=None):
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
         config = flags.FLAGS.config
-        if config.train.deterministic_gpu:
-            # Read when the GPU backend starts, which is after this point (nothing has touched a
-            # device yet).
-            os.environ["XLA_FLAGS"] = (
-                os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
-            ).strip()
+        if config.train.deterministic_gpu:  # nothing has touched a device yet
+            parallel.request_deterministic_gpu_ops()
         parallel.initialize_distributed(config.get("distributed"))
         try:
             train(config, flags.FLAGS.workdir)

@@ -53,6 +53,7 @@ def _make_batch(lengths, frames, seed):
         "subject": np.arange(batch_size, dtype=np.int32) % CONFIG.num_subjects,
         "has_head_pose": np.ones(batch_size, bool),
         "has_emotion": np.ones(batch_size, bool),
+        "emotional": np.ones(batch_size, bool),
         "has_neutral": np.ones(batch_size, bool),
         "frame_mask": mask,
         "clip_mask": mask.any(1),
@@ -217,3 +218,41 @@ def test_rotation_from_6d_identity():
     np.testing.assert_allclose(
         sdetalk.rotation_from_6d(jnp.array([1.0, 0, 0, 0, 1, 0])), np.eye(3), atol=1e-7
     )
+
+
+def test_classification_loss_can_leave_out_neutral_recordings():
+    mixture = jnp.array([[0.5, 0.5], [1.0, 0.0]])
+    batch = {
+        "emotion": jnp.array([[0.5, 0.5], [0.0, 1.0]]),  # row 1 (neutral recording) is wrong by 2
+        "clip_mask": jnp.array([True, True]),
+        "has_emotion": jnp.array([True, True]),
+        "emotional": jnp.array([True, False]),
+    }
+    assert float(losses.emotion_classification_loss(mixture, batch)) == pytest.approx(1.0)
+    assert float(losses.emotion_classification_loss(mixture, batch, neutral_clips=False)) == 0.0
+
+
+def test_warmup_cosine_schedule_rises_then_decays_to_zero():
+    train_config = PAPER.train.copy_and_resolve_references()
+    train_config.lr_schedule, train_config.warmup_steps = "warmup_cosine", 10
+    schedule = runtime.learning_rate(train_config, 100)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    peak = train_config.learning_rate
+    assert (
+        rates[0] == 0.0 and rates[1] == pytest.approx(peak / 2) and rates[2] == pytest.approx(peak)
+    )
+    assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(0.0, abs=1e-12)
+    assert runtime.learning_rate(PAPER.train, 100) == peak  # the paper's fixed rate
+    # The optimiser state's structure does not depend on the schedule's length (restoring needs
+    # none), and a schedule's Adam updates follow the schedule.
+    params = {"w": jnp.ones(3)}
+    config = PAPER.copy_and_resolve_references()
+    config.train = train_config
+    short, long = runtime.optimizer(config, 5), runtime.optimizer(config, 500)
+    assert jax.tree.structure(short.init(params)) == jax.tree.structure(long.init(params))
+    grads = {"w": jnp.ones(3)}
+    update, _ = short.update(grads, short.init(params), params)
+    np.testing.assert_array_equal(update["w"], 0.0)  # step 0 of the warm-up: rate 0
+    train_config.lr_schedule = "exponential"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        runtime.learning_rate(train_config, 100)

@@ -47,6 +47,11 @@ def test_train_writes_metrics_config_and_checkpoints(config, tmp_path):
         "neutral_vertex_error_mm",
         "emotion_error",
     } <= set(validation)
+    # Split by clip kind; the whole split's error is a frame-weighted mean of the two kinds.
+    for name in ("vertex_error_mm", "neutral_vertex_error_mm"):
+        kinds = [validation[f"{name}/emotional_clips"], validation[f"{name}/neutral_clips"]]
+        assert min(kinds) <= validation[name] + 1e-6 and validation[name] <= max(kinds) + 1e-6
+        assert min(kinds) > 0
     with open(os.path.join(workdir, "metrics.jsonl")) as handle:
         records = [json.loads(line) for line in handle]
     assert any("train/total" in r for r in records) and any(

@@ -4,7 +4,7 @@ An example is a dict of numpy arrays for one clip (time axis first where there i
 
     vertices [N, V*3], neutral_vertices [N, V*3], template [V*3], subject [], mel [N, 128],
     audio [N * samples_per_frame], emotion [C], rotation [N, 3, 3], translation [N, 3],
-    has_head_pose [], has_emotion [], has_neutral [], num_frames []
+    has_head_pose [], has_emotion [], has_neutral [], emotional [], num_frames []
     context [N, hidden]   only with a context encoder: frozen wav2vec 2.0 states aligned by Eq. 1
 
 Missing annotations are filled with neutral values (identity rotation, zero translation, uniform
@@ -120,6 +120,7 @@ class ClipDataset:
             "has_emotion": np.bool_(clip.emotion is not None),
             # A neutral recording is its own neutral target; an emotional one needs its aligned track.
             "has_neutral": np.bool_(clip.neutral_vertices_path is not None or not clip.emotional),
+            "emotional": np.bool_(clip.emotional),  # spoken with emotion (not the neutral take)
             "num_frames": np.int32(n),
         }
         if context:
