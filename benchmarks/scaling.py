@@ -39,7 +39,7 @@ def worker(devices: int, vertices: int, batch: int, frames: int, steps: int) -> 
     networks = runtime.Networks.build(model_config)
     config = repository_config("biwi")
     state = placement.replicate(runtime.initial_state(networks, config, jax.random.key(0)))
-    step_fn = compiled_train_step(networks, config, placement, jax.random.key(1))
+    step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), steps + 1)
     rng = np.random.default_rng(0)
     v3 = vertices * 3
     template = rng.normal(size=(batch, v3)).astype(np.float32) * 0.05

@@ -76,7 +76,7 @@ def main() -> None:
     config = repository_config("biwi")  # the paper's loss weights and learning rate
     placement = Placement(data_mesh())
     state = placement.replicate(runtime.initial_state(networks, config, jax.random.key(0)))
-    step_fn = compiled_train_step(networks, config, placement, jax.random.key(1))
+    step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
 
     compile_seconds, steady, frames_done, clips_done = [], [], 0, 0
     seen_shapes = set()

@@ -208,7 +208,7 @@ def make_train_step(networks: runtime.Networks, loss_config):
 
 
 def compiled_train_step(
-    networks, config, placement: parallel.Placement, noise_key, total_steps: int = 1
+    networks, config, placement: parallel.Placement, noise_key, total_steps: int
 ):
     """The training step jitted over the mesh: state replicated, batch split along its rows.
     (state, batch) -> (state, metrics); the state's buffers are donated. `total_steps` is the

@@ -183,9 +183,11 @@ class EmotionalFaceGenerator(nn.Module):
     @nn.compact
     def __call__(self, neutral_motion, embedding, diversified, mask):
         config = self.config
-        query = nn.Dense(config.hidden, name="query_in")(
-            jnp.concatenate([neutral_motion / config.motion_unit, embedding], -1)
-        )
+        # f^n (+) e through one linear layer, written as the sum of its two blocks so that each
+        # part is initialised for its own width: e (128 wide) is not drowned by f^n (V*3 wide).
+        query = nn.Dense(config.hidden, name="query_face")(
+            neutral_motion / config.motion_unit
+        ) + nn.Dense(config.hidden, use_bias=False, name="query_emotion")(embedding)
         query = query + sinusoidal_positions(query.shape[1], config.hidden)
         for index in range(config.decoder_blocks):
             query = AttentionBlock(
