@@ -57,6 +57,8 @@ def get_config():
     config.loss.diversity_cap = 1.0
     # Whether neutral recordings' labels (if any) count in L_cls.
     config.loss.classify_neutral_clips = True
+    # Weight, inside L_e, of our "spoken with emotion" classification (not in the paper: 0).
+    config.loss.lambda_emotional = 0.0
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0

@@ -35,11 +35,11 @@ def get_config():
     )
     # Loss weights for SynthBIWI (docs/training.md has the runs). SynthBIWI is in metres and its head
     # poses are exact: at the paper's 0.001 the head motion would be left unlearned at this scale,
-    # so lambda_r and lambda_t are raised. Every other weight is kept small next to the expression
-    # term: with lambda_e = 10 and lambda_r = 1000 (the earlier setting) L_cls and the head pose
-    # drowned L_exp, and G added the same expression to neutral and emotional speech. At the
-    # paper's L_mi weight the vCLUB term, minimised against this random encoder's context (which
-    # carries prosody too), strips the emotion out of e. Every term stays on.
+    # so lambda_r and lambda_t are raised, but kept small next to the expression term, which is
+    # small in mm^2; so are lambda_e, lambda_d and lambda_g (larger, they drown L_exp and G adds the
+    # same expression to neutral and emotional speech). At the paper's L_mi weight the vCLUB term,
+    # minimised against this random encoder's context (which carries prosody too), strips the
+    # emotion out of e. Every term of the paper stays on.
     config.loss.lambda_r = 100.0
     config.loss.lambda_t = 0.1
     config.loss.lambda_e = 1.0
@@ -48,6 +48,9 @@ def get_config():
     config.loss.lambda_g = 0.001
     config.loss.gan = "lsgan"
     config.loss.diversity_cap = 0.1
+    # Our "spoken with emotion" classification (docs/paper-notes.md): without it nothing but the
+    # face tells e that a neutral recording is neutral, and G added the same expression to both.
+    config.loss.lambda_emotional = 10.0
 
     config.train.global_batch = 8
     config.train.epochs = 12

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from sdetalk_jax.models.sdetalk import MI_PAIRS, gaussian_log_likelihood
 
@@ -113,6 +114,16 @@ def emotion_classification_loss(mixture, batch, neutral_clips: bool = True):
     if not neutral_clips:
         weights = weights * batch["emotional"].astype(jnp.float32)
     per_clip = jnp.sum(jnp.square(mixture - batch["emotion"]), axis=-1)
+    return jnp.sum(per_clip * weights) / jnp.maximum(weights.sum(), 1.0)
+
+
+def emotional_speech_loss(emotional_logit, batch):
+    """Binary cross-entropy of "spoken with emotion" (the emotional take, not the neutral one)
+    per clip: our addition to L_e, docs/paper-notes.md. A mixture label cannot say "no emotion",
+    so without it nothing but the face tells e that a neutral recording is neutral."""
+    weights = batch["clip_mask"].astype(jnp.float32)
+    target = batch["emotional"].astype(jnp.float32)
+    per_clip = optax.sigmoid_binary_cross_entropy(emotional_logit, target)
     return jnp.sum(per_clip * weights) / jnp.maximum(weights.sum(), 1.0)
 
 

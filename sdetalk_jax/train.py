@@ -165,7 +165,14 @@ def make_train_step(networks: runtime.Networks, loss_config):
                 jnp.zeros_like(fake_logits), fake_logits, clip_weights, loss_config.gan
             )
             aux_identity, aux_emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
-            terms["guidance"] = loss_config.mi_weight * terms["mi"] + terms["classification"]  # L_e
+            terms["emotional_speech"] = losses.emotional_speech_loss(
+                first["emotional_logit"], batch
+            )
+            terms["guidance"] = (  # L_e, plus our "spoken with emotion" term (0 in the paper)
+                loss_config.mi_weight * terms["mi"]
+                + terms["classification"]
+                + loss_config.get("lambda_emotional", 0.0) * terms["emotional_speech"]
+            )
             total = (
                 terms["reconstruction"]
                 + loss_config.lambda_e * terms["guidance"]

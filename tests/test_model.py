@@ -113,6 +113,7 @@ def all_losses(networks, params, batch):
     terms["log_likelihood"] = losses.estimator_log_likelihood(estimates, factors, weights)
     terms["classification"] = losses.emotion_classification_loss(out["mixture"], batch)
     terms["diversity"] = losses.diversity_loss(out, second, noise, noise_2, batch, LossConfig)
+    terms["emotional_speech"] = losses.emotional_speech_loss(out["emotional_logit"], batch)
     return terms, out
 
 
@@ -136,6 +137,7 @@ def test_padding_changes_neither_outputs_nor_losses(networks_and_params):
         "classification",
         "log_likelihood",
         "diversity",
+        "emotional_speech",
     ):
         np.testing.assert_allclose(terms_padded[name], terms_alone[name], rtol=2e-4, err_msg=name)
     terms_row, _ = all_losses(networks, params, with_row)
@@ -157,6 +159,7 @@ def moved(grads, top):
         ("rotation", ["face"], ["classifier", "neutral"]),
         ("classification", ["classifier", "emotion"], ["neutral", "face", "identity"]),
         ("diversity", ["face", "diversity"], ["classifier", "neutral"]),
+        ("emotional_speech", ["classifier", "emotion"], ["neutral", "face", "identity"]),
     ],
 )
 def test_each_loss_moves_the_parameters_it_should(networks_and_params, term, moves, still):
@@ -256,3 +259,14 @@ def test_warmup_cosine_schedule_rises_then_decays_to_zero():
     train_config.lr_schedule = "exponential"
     with pytest.raises(ValueError, match="lr_schedule"):
         runtime.learning_rate(train_config, 100)
+
+
+def test_emotional_speech_loss_is_binary_cross_entropy_over_real_clips():
+    batch = {
+        "clip_mask": jnp.array([True, True, False]),
+        "emotional": jnp.array([True, False, True]),
+    }
+    # Confident and right on clip 0, undecided on clip 1, the padding row is ignored.
+    logits = jnp.array([20.0, 0.0, -20.0])
+    expected = (0.0 + np.log(2.0)) / 2
+    assert float(losses.emotional_speech_loss(logits, batch)) == pytest.approx(expected, abs=1e-6)

@@ -164,7 +164,9 @@ class EmotionEmbeddingNetwork(nn.Module):
 
 
 class EmotionClassifier(nn.Module):
-    """Global average pooling and two linear layers with GELU -> emotion mixture y_e (softmax)."""
+    """Global average pooling and two linear layers with GELU -> emotion mixture y_e (softmax),
+    and beside y_e the logit of "spoken with emotion" (our addition, trained only when
+    `loss.lambda_emotional` > 0; docs/paper-notes.md)."""
 
     config: SDETalkConfig
 
@@ -172,7 +174,8 @@ class EmotionClassifier(nn.Module):
     def __call__(self, embedding, mask):
         pooled = masked_mean(embedding, mask)
         hidden = nn.gelu(nn.Dense(self.config.hidden, name="dense_0")(pooled))
-        return jax.nn.softmax(nn.Dense(self.config.num_emotions, name="dense_1")(hidden), axis=-1)
+        mixture = jax.nn.softmax(nn.Dense(self.config.num_emotions, name="dense_1")(hidden), -1)
+        return mixture, nn.Dense(1, name="emotional")(hidden)[:, 0]
 
 
 class EmotionalFaceGenerator(nn.Module):
@@ -238,7 +241,7 @@ class Generator(nn.Module):
         )
         neutral = neutral_motion + batch["template"][:, None]  # Eq. 2
         embedding = self.emotion_network(batch["mel"], mask)  # e
-        mixture = self.classifier(embedding, mask)  # y_e
+        mixture, emotional_logit = self.classifier(embedding, mask)  # y_e
         mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
         log_variance = jnp.clip(log_variance, -8.0, 4.0)
         diversified = mean + jnp.exp(0.5 * log_variance) * noise  # e~, reparameterised
@@ -257,6 +260,7 @@ class Generator(nn.Module):
             "context": context,
             "embedding": embedding,
             "mixture": mixture,
+            "emotional_logit": emotional_logit,
             "neutral": neutral,
             "expression": expression,
             "rotation": rotation,
