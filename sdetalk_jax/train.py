@@ -259,14 +259,14 @@ def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixt
         return jnp.sum(per_frame * kinds[kind])
 
     template = jnp.broadcast_to(batch["template"][:, None], batch["vertices"].shape)
+    # Angle between the two samples' rotations from the Frobenius norm of their difference,
+    # ||R1 - R2|| = 2 sqrt(2) sin(angle / 2): well conditioned for the small angles this is
+    # (the arccos of the trace loses most digits near the identity).
+    chord = jnp.linalg.norm(
+        (first["rotation"] - second["rotation"]).reshape(frames.shape + (9,)), axis=-1
+    )
     rotation_difference = jnp.degrees(
-        jnp.arccos(
-            jnp.clip(
-                (jnp.einsum("bnij,bnij->bn", first["rotation"], second["rotation"]) - 1) / 2,
-                -1.0,
-                1.0,
-            )
-        )
+        2 * jnp.arcsin(jnp.clip(chord / (2 * np.sqrt(2.0)), 0.0, 1.0))
     )
     terms = losses.reconstruction_losses(mean, batch, loss_config)
     sums = {"frames" + kind: jnp.sum(weights) for kind, weights in kinds.items()}
