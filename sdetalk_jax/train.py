@@ -149,7 +149,7 @@ def make_train_step(networks: runtime.Networks, loss_config):
                 losses.vclub_upper_bound(estimates, first_factors, frame_weights, permutation_key)
             )
             terms["classification"] = losses.emotion_classification_loss(
-                first["mixture"], batch, loss_config.get("classify_neutral_clips", True)
+                first["mixture"], batch, loss_config.classify_neutral_clips
             )
             terms["diversity"] = losses.diversity_loss(
                 first, second, noise_1, noise_2, batch, loss_config
@@ -171,7 +171,7 @@ def make_train_step(networks: runtime.Networks, loss_config):
             terms["guidance"] = (  # L_e, plus our "spoken with emotion" term (0 in the paper)
                 loss_config.mi_weight * terms["mi"]
                 + terms["classification"]
-                + loss_config.get("lambda_emotional", 0.0) * terms["emotional_speech"]
+                + loss_config.lambda_emotional * terms["emotional_speech"]
             )
             total = (
                 terms["reconstruction"]
