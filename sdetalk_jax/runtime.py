@@ -33,6 +33,8 @@ def open_corpus(config, *, progress: bool = False) -> biwi.Corpus:
     if config.data.generate_if_missing and not os.path.exists(root):
         print(f"{root}: not found; generating the synthetic corpus (docs/data.md)")
         generate_synthetic(root, dict(config.data.synthetic), progress=progress)
+    elif config.data.generate_if_missing:
+        warn_if_other_synthetic(root, dict(config.data.synthetic))
     splits = biwi.SplitSpec.from_config(config.data.splits)
     try:
         corpus = biwi.scan_corpus(root, splits, progress=progress)
@@ -51,6 +53,23 @@ def open_corpus(config, *, progress: bool = False) -> biwi.Corpus:
             "see docs/data.md, or use --config configs/synthetic.py"
         )
     return corpus
+
+
+def warn_if_other_synthetic(root: str, parameters: dict) -> None:
+    """A SynthBIWI corpus left by an older version (or other parameters) is used as it is, never
+    replaced behind the user's back; but they are told, since its results will differ."""
+    previous = synthetic.existing_parameters(root)
+    wanted = {
+        **synthetic.corpus_parameters(**parameters),
+        "format_version": synthetic.FORMAT_VERSION,
+    }
+    if previous is not None and previous != wanted:
+        print(
+            f"warning: {root} holds a SynthBIWI corpus {previous}, not the configured {wanted}; "
+            f"using it as it is (to regenerate: python -m {synthetic.GENERATOR} --out {root} --force"
+            + "".join(f" --{name} {value}" for name, value in parameters.items())
+            + ")"
+        )
 
 
 def generate_synthetic(root: str, parameters: dict, *, progress: bool) -> None:

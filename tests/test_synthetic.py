@@ -1,4 +1,5 @@
 import filecmp
+import json
 import os
 
 import numpy as np
@@ -170,6 +171,34 @@ def test_head_speed_follows_the_envelope_with_a_lag(relation_corpus):
     assert np.abs(mismatched).max() < 0.15
 
 
+def _voiced_rms(waveform: np.ndarray) -> float:
+    loud = waveform[np.abs(waveform) > 0.01 * np.abs(waveform).max()]
+    return float(np.sqrt(np.mean(loud**2)))
+
+
+@pytest.mark.slow
+def test_emotional_takes_are_faster_and_louder_than_neutral_ones(relation_corpus):
+    """Arousal is not centred (docs/data.md): an emotional take can be heard as emotional without
+    its neutral take, as in acted corpora. Paired over the same sentence and voice."""
+    _, _, clips = relation_corpus
+    duration_ratio, loudness_db = [], []
+    for item in clips.values():
+        if not item["clip"].emotional:
+            continue
+        neutral = clips[item["clip"].counterpart]
+        duration_ratio.append(np.log(len(item["waveform"]) / len(neutral["waveform"])))
+        loudness_db.append(
+            20 * np.log10(_voiced_rms(item["waveform"]) / _voiced_rms(neutral["waveform"]))
+        )
+
+    def t_statistic(values):
+        values = np.asarray(values)
+        return values.mean() / values.std() * np.sqrt(len(values))
+
+    assert t_statistic(duration_ratio) < -3, duration_ratio
+    assert t_statistic(loudness_db) > 3, loudness_db
+
+
 @pytest.mark.slow
 def test_linear_probe_on_prosody_recovers_the_emotion_mixture(relation_corpus):
     corpus, _, clips = relation_corpus
@@ -212,3 +241,18 @@ def test_two_seeds_give_different_head_motion_for_the_same_clip(tmp_path):
         b, _ = biwi.load_head_pose(os.path.join(second, "head_pose", f"{name}.npz"))
         m = min(len(a), len(b))
         assert np.abs(a[:m] - b[:m]).max() > 1e-2
+
+
+def test_a_corpus_of_another_format_is_kept_but_reported(tmp_path, capsys):
+    from sdetalk_jax import runtime
+
+    parameters = dict(subjects=2, sentences=3, vertices=120, seed=0)
+    root = tmp_path / "old"
+    root.mkdir()
+    info = {"generator": synth.GENERATOR, "parameters": synth.corpus_parameters(**parameters)}
+    for version, reported in ((synth.FORMAT_VERSION - 1, True), (synth.FORMAT_VERSION, False)):
+        (root / "corpus.json").write_text(json.dumps({**info, "format_version": version}))
+        runtime.warn_if_other_synthetic(os.fspath(root), parameters)
+        output = capsys.readouterr().out
+        assert ("--force" in output and f"'format_version': {version}" in output) == reported
+    assert sorted(os.listdir(root)) == ["corpus.json"]  # nothing replaced or removed

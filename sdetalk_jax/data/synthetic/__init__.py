@@ -30,7 +30,7 @@ from scipy import ndimage, signal
 from sdetalk_jax.data import espeak, face_model, writer
 
 GENERATOR = "sdetalk_jax.data.synthetic"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FPS = 25
 
 # Training subjects first, so a small corpus (--subjects 6) still has every training speaker.
@@ -285,7 +285,12 @@ def emotion_prosody(mixture: np.ndarray | None, base_pitch: float) -> espeak.Pro
     """eSpeak prosody for a mixture; None (a neutral recording) gives the voice's own defaults."""
     effects = np.zeros(4)
     if mixture is not None:
+        # Arousal is not centred: acted emotional speech is on average more aroused (faster,
+        # louder, wider in pitch) than the same speaker's neutral take, which a listener hears
+        # without the neutral take beside it. The other shifts are centred, so they say which
+        # emotion, not whether there is one.
         centred = _EMOTION_PROSODY - _EMOTION_PROSODY.mean(axis=0)
+        centred[:, 0] = _EMOTION_PROSODY[:, 0]
         arousal, valence, d_rate, d_pitch, d_range, d_volume = mixture @ centred
         effects = np.array(
             [
