@@ -43,6 +43,12 @@ def get_config():
     config.model.frequency_dim = 32
     config.model.frequency_window = 5
     config.model.discriminator_blocks = 2
+    # Residual dropout in the generator's attention blocks while training: the paper gives none
+    # (0.1 is PyTorch's transformer default; on SynthBIWI it made results worse, docs/training.md).
+    config.model.dropout = 0.0
+    # Our addition (docs/paper-notes.md): a learned per-speaker log-mel baseline subtracted from
+    # the emotion network's input. Off: the paper's emotion network reads the mel alone.
+    config.model.speaker_baseline = False
 
     config.loss = ml_collections.ConfigDict()
     config.loss.vertex_scale = 1000.0  # vertices in metres, losses in millimetres

@@ -162,6 +162,22 @@ class Networks:
         return {"generator": generator, "discriminator": discriminator, "estimators": estimators}
 
 
+def speaker_mel_baseline(dataset, model_config: sdetalk.SDETalkConfig) -> np.ndarray:
+    """Each known speaker's mean scaled log-mel over every frame of its clips in `dataset`
+    [subjects, bins]: the starting value of the emotion network's speaker baseline, so that it
+    reads deviations from the speaker's own voice from the first step."""
+    sums = np.zeros((model_config.num_subjects, model_config.mel_bins), np.float64)
+    counts = np.zeros((model_config.num_subjects, 1), np.float64)
+    for index, clip in enumerate(dataset.clips):
+        subject = dataset.subject_index(clip.subject)
+        if subject < 0:
+            continue
+        mel = np.asarray(sdetalk.scaled_mel(dataset.log_mel(index)), np.float64)
+        sums[subject] += mel.sum(0)
+        counts[subject] += len(mel)
+    return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+
 def learning_rate(train_config, total_steps: int):
     """The paper's fixed rate ('constant'), or a linear warm-up to it followed by a cosine decay to
     zero at `total_steps` ('warmup_cosine'), for short runs that must end converged."""

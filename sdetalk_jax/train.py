@@ -87,6 +87,15 @@ def make_train_step(networks: runtime.Networks, loss_config):
         params = state["params"]
         step_key = jax.random.fold_in(noise_key, state["step"])  # the same draws after a resume
         noise_key_1, noise_key_2, permutation_key = jax.random.split(step_key, 3)
+        # One dropout mask per step, the same for both noise samples: L_d then compares what the
+        # noise changes, not what dropout does.
+        dropout_rngs = {"dropout": jax.random.fold_in(step_key, 3)}
+
+        def generate(generator_params, noise):
+            return networks.generator.apply(
+                {"params": generator_params}, batch, noise, deterministic=False, rngs=dropout_rngs
+            )
+
         shape = batch["frame_mask"].shape + (networks.config.hidden,)
         noise_1 = jax.random.normal(noise_key_1, shape)
         noise_2 = jax.random.normal(noise_key_2, shape)
@@ -94,9 +103,7 @@ def make_train_step(networks: runtime.Networks, loss_config):
         clip_weights = batch["clip_mask"].astype(jnp.float32)
 
         # 1. vCLUB estimators: maximise log q(y|x) on the current (fixed) factors.
-        outputs = jax.lax.stop_gradient(
-            networks.generator.apply({"params": params["generator"]}, batch, noise_1)
-        )
+        outputs = jax.lax.stop_gradient(generate(params["generator"], noise_1))
         factors = losses.per_frame_factors(outputs)
 
         def estimator_loss(estimator_params):
@@ -140,8 +147,8 @@ def make_train_step(networks: runtime.Networks, loss_config):
 
         # 3. Generator.
         def generator_loss(generator_params):
-            first = networks.generator.apply({"params": generator_params}, batch, noise_1)
-            second = networks.generator.apply({"params": generator_params}, batch, noise_2)
+            first = generate(generator_params, noise_1)
+            second = generate(generator_params, noise_2)
             terms = losses.reconstruction_losses(first, batch, loss_config)
             first_factors = losses.per_frame_factors(first)
             estimates = networks.estimators.apply({"params": estimator_params}, first_factors)
@@ -439,9 +446,11 @@ def train(config, workdir: str) -> dict:
         # What `animate` needs to run without the corpus: templates, mesh, regions, subject order.
         Assets.from_corpus(corpus, train_subjects).save(os.path.join(workdir, ASSETS))
 
-    state = placement.replicate(
-        jax.device_get(runtime.initial_state(networks, config, keys["init"]))
-    )
+    initial = jax.device_get(runtime.initial_state(networks, config, keys["init"]))
+    if networks.config.speaker_baseline:
+        baseline = initial["params"]["generator"]["emotion"]["speaker_baseline"]
+        baseline["kernel"] = runtime.speaker_mel_baseline(train_set, networks.config)
+    state = placement.replicate(initial)
     manager = runtime.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
     best_manager = runtime.checkpoint_manager(workdir, runtime.BEST, keep=1, best=True)
     position = {"epoch": 0, "batch": 0}

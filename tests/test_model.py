@@ -270,3 +270,32 @@ def test_emotional_speech_loss_is_binary_cross_entropy_over_real_clips():
     logits = jnp.array([20.0, 0.0, -20.0])
     expected = (0.0 + np.log(2.0)) / 2
     assert float(losses.emotional_speech_loss(logits, batch)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_dropout_acts_only_in_training_and_is_keyed():
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, dropout=0.5)
+    networks = runtime.Networks.build(config)
+    params = {"params": networks.init_params(jax.random.key(0))["generator"]}
+    batch = make_batch([12, 9], 12)
+    noise = jnp.zeros(batch["frame_mask"].shape + (config.hidden,))
+
+    def embedding(**kwargs):
+        return np.asarray(networks.generator.apply(params, batch, noise, **kwargs)["embedding"])
+
+    def trained(seed):
+        rngs = {"dropout": jax.random.key(seed)}
+        return embedding(deterministic=False, rngs=rngs)
+
+    evaluated = embedding()
+    np.testing.assert_array_equal(evaluated, embedding(deterministic=True))
+    np.testing.assert_array_equal(trained(1), trained(1))  # the same key, the same mask
+    assert np.abs(trained(1) - trained(2)).max() > 1e-3
+    assert np.abs(trained(1) - evaluated).max() > 1e-3
+    # At rate 0 training is deterministic and needs no key.
+    plain = runtime.Networks.build(CONFIG)
+    np.testing.assert_array_equal(
+        plain.generator.apply(params, batch, noise, deterministic=False)["embedding"],
+        plain.generator.apply(params, batch, noise)["embedding"],
+    )

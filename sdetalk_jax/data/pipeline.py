@@ -87,6 +87,10 @@ class ClipDataset:
             self._audio_cache[clip.name] = features
         return self._audio_cache[clip.name]
 
+    def log_mel(self, index: int) -> np.ndarray:
+        """The frame-aligned 128-bin log-mel spectrogram [N, bins] of clip `index`."""
+        return self._audio_features(self.clips[index])[1]
+
     def example(self, index: int) -> dict[str, np.ndarray]:
         clip = self.clips[index]
         n = clip.num_frames

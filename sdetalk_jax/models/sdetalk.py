@@ -36,6 +36,12 @@ class SDETalkConfig:
     frequency_dim: int = 32
     frequency_window: int = 5  # frames of context per band token
     discriminator_blocks: int = 2
+    # Residual dropout in the generator's attention blocks during training (the paper is silent;
+    # 0.1 is PyTorch's transformer default). Evaluation and inference are deterministic.
+    dropout: float = 0.0
+    # A learned log-mel baseline per training speaker, subtracted from the emotion network's input
+    # (our addition, docs/paper-notes.md): emotion is heard as a deviation from a speaker's own voice.
+    speaker_baseline: bool = False
     # Metres per network output unit for vertex and translation outputs: the heads predict
     # millimetres, so an optimiser step of lr moves a vertex by about lr mm, not lr metres.
     motion_unit: float = 1e-3
@@ -65,6 +71,11 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
     return total / count
 
 
+def scaled_mel(mel):
+    """The emotion network's input scale: log-mel values lie in about [-14, 6]."""
+    return (mel + 4.0) / 5.0
+
+
 def rotation_from_6d(raw: jax.Array) -> jax.Array:
     """Continuous 6-D rotation parameters [..., 6] -> rotation matrices [..., 3, 3] (Gram-Schmidt,
     Zhou et al. 2019). Rows are the orthonormal basis; used as f^e @ R (Eq. 4)."""
@@ -77,29 +88,34 @@ def rotation_from_6d(raw: jax.Array) -> jax.Array:
 
 
 class AttentionBlock(nn.Module):
-    """Post-LayerNorm transformer block: self-attention, optional cross-attention, feed-forward."""
+    """Post-LayerNorm transformer block: self-attention, optional cross-attention, feed-forward,
+    each branch with residual dropout (active only when not `deterministic`)."""
 
     hidden: int
     heads: int
     feedforward: int
     cross: bool = False
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x, mask, memory=None, memory_mask=None):
+    def __call__(self, x, mask, memory=None, memory_mask=None, deterministic: bool = True):
+        def drop(branch):
+            return nn.Dropout(self.dropout)(branch, deterministic=deterministic)
+
         self_mask = nn.make_attention_mask(mask, mask)
         attended = nn.MultiHeadDotProductAttention(
             self.heads, qkv_features=self.hidden, name="self_attention"
         )(x, x, mask=self_mask)
-        x = nn.LayerNorm(name="norm_self")(x + attended)
+        x = nn.LayerNorm(name="norm_self")(x + drop(attended))
         if self.cross:
             cross_mask = nn.make_attention_mask(mask, memory_mask)
             attended = nn.MultiHeadDotProductAttention(
                 self.heads, qkv_features=self.hidden, name="cross_attention"
             )(x, memory, mask=cross_mask)
-            x = nn.LayerNorm(name="norm_cross")(x + attended)
+            x = nn.LayerNorm(name="norm_cross")(x + drop(attended))
         hidden = nn.Dense(self.feedforward, name="feedforward_in")(x)
-        hidden = nn.Dense(self.hidden, name="feedforward_out")(nn.gelu(hidden))
-        return nn.LayerNorm(name="norm_feedforward")(x + hidden)
+        hidden = nn.Dense(self.hidden, name="feedforward_out")(drop(nn.gelu(hidden)))
+        return nn.LayerNorm(name="norm_feedforward")(x + drop(hidden))
 
 
 class FrequencyAttention(nn.Module):
@@ -109,7 +125,7 @@ class FrequencyAttention(nn.Module):
     config: SDETalkConfig
 
     @nn.compact
-    def __call__(self, mel, mask):  # mel [B, N, bins] -> [B, N, hidden]
+    def __call__(self, mel, mask, deterministic: bool = True):  # mel [B, N, bins] -> [B, N, hidden]
         config = self.config
         batch, frames, bins = mel.shape
         bands = mel.reshape(
@@ -132,9 +148,9 @@ class FrequencyAttention(nn.Module):
         )
         tokens = tokens.reshape(batch * frames, config.frequency_bands + 1, config.frequency_dim)
         all_bands = jnp.ones(tokens.shape[:2], bool)
-        tokens = AttentionBlock(config.frequency_dim, 2, 2 * config.frequency_dim, name="block")(
-            tokens, all_bands
-        )
+        tokens = AttentionBlock(
+            config.frequency_dim, 2, 2 * config.frequency_dim, dropout=config.dropout, name="block"
+        )(tokens, all_bands, deterministic=deterministic)
         summary_out = tokens[:, 0].reshape(batch, frames, config.frequency_dim)
         return nn.Dense(config.hidden, name="out")(summary_out) * mask[..., None]
 
@@ -146,19 +162,30 @@ class EmotionEmbeddingNetwork(nn.Module):
     config: SDETalkConfig
 
     @nn.compact
-    def __call__(self, mel, mask):
+    def __call__(self, mel, mask, subject_onehot=None, deterministic: bool = True):
         config = self.config
         # A fixed scale, not a per-frame LayerNorm: normalising each frame would erase its
-        # loudness, one of the prosodic cues of emotion. Log-mel values lie in about [-14, 6].
+        # loudness, one of the prosodic cues of emotion.
+        normalised = scaled_mel(mel)
+        if config.speaker_baseline:
+            # Louder, faster or higher than *this* speaker usually is: without the speaker's level
+            # the same recording is calm for one voice and aroused for another. The trainer starts
+            # it at each speaker's mean (runtime.speaker_mel_baseline); an unknown speaker (zero
+            # one-hot) gets none.
+            baseline = nn.Dense(
+                mel.shape[-1], use_bias=False, kernel_init=nn.initializers.zeros,
+                name="speaker_baseline",
+            )(subject_onehot)  # fmt: skip
+            normalised = normalised - baseline[:, None]
         # Padded frames become exact zeros, as beyond the ends of an unpadded clip: the frequency
         # block's time windows then read the same values either way.
-        normalised = (mel + 4.0) / 5.0 * mask[..., None]
+        normalised = normalised * mask[..., None]
         temporal = nn.Dense(config.hidden, name="temporal_in")(normalised)
         temporal = temporal + sinusoidal_positions(mel.shape[1], config.hidden)
-        temporal = AttentionBlock(config.hidden, config.heads, config.feedforward, name="temporal")(
-            temporal, mask
-        )
-        frequency = FrequencyAttention(config, name="frequency")(normalised, mask)
+        temporal = AttentionBlock(
+            config.hidden, config.heads, config.feedforward, dropout=config.dropout, name="temporal"
+        )(temporal, mask, deterministic=deterministic)
+        frequency = FrequencyAttention(config, name="frequency")(normalised, mask, deterministic)
         fused = nn.Dense(config.hidden, name="fuse")(jnp.concatenate([temporal, frequency], -1))
         return nn.LayerNorm(name="fuse_norm")(fused) * mask[..., None]
 
@@ -184,7 +211,7 @@ class EmotionalFaceGenerator(nn.Module):
     config: SDETalkConfig
 
     @nn.compact
-    def __call__(self, neutral_motion, embedding, diversified, mask):
+    def __call__(self, neutral_motion, embedding, diversified, mask, deterministic: bool = True):
         config = self.config
         # f^n (+) e through one linear layer, written as the sum of its two blocks so that each
         # part is initialised for its own width: e (128 wide) is not drowned by f^n (V*3 wide).
@@ -194,8 +221,13 @@ class EmotionalFaceGenerator(nn.Module):
         query = query + sinusoidal_positions(query.shape[1], config.hidden)
         for index in range(config.decoder_blocks):
             query = AttentionBlock(
-                config.hidden, config.heads, config.feedforward, cross=True, name=f"block_{index}"
-            )(query, mask, diversified, mask)
+                config.hidden,
+                config.heads,
+                config.feedforward,
+                cross=True,
+                dropout=config.dropout,
+                name=f"block_{index}",
+            )(query, mask, diversified, mask, deterministic)
         # Zero-initialised heads: training starts from f^e = f^n, R = I, T = 0.
         expression = config.motion_unit * nn.Dense(
             config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="expression"
@@ -226,9 +258,10 @@ class Generator(nn.Module):
         self.diversity = nn.Dense(2 * config.hidden, name="diversity")
         self.face_generator = EmotionalFaceGenerator(config, name="face")
 
-    def __call__(self, batch, noise):
+    def __call__(self, batch, noise, deterministic: bool = True):
         """batch: context [B,N,Dc], mel [B,N,bins], subject_onehot [B,S], template [B,V*3],
-        frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Returns a dict of outputs."""
+        frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Returns a dict of outputs. Training
+        passes deterministic=False and a 'dropout' key (used only if `dropout` > 0)."""
         mask = batch["frame_mask"]
         frames = mask.shape[1]
         identity = self.identity(batch["subject_onehot"])  # p
@@ -240,7 +273,9 @@ class Generator(nn.Module):
             jnp.concatenate([context, identity_frames], -1)
         )
         neutral = neutral_motion + batch["template"][:, None]  # Eq. 2
-        embedding = self.emotion_network(batch["mel"], mask)  # e
+        embedding = self.emotion_network(
+            batch["mel"], mask, batch["subject_onehot"], deterministic
+        )  # e
         mixture, emotional_logit = self.classifier(embedding, mask)  # y_e
         mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
         log_variance = jnp.clip(log_variance, -8.0, 4.0)
@@ -250,7 +285,7 @@ class Generator(nn.Module):
         # do not reach G_n, so f^n stays a neutral face and "G_n alone" is a real baseline.
         neutral_fixed = jax.lax.stop_gradient(neutral)
         offset, rotation, translation = self.face_generator(
-            jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask
+            jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask, deterministic
         )
         expression = neutral_fixed + offset  # f^e
         faces = expression.reshape(expression.shape[:2] + (-1, 3))
