@@ -446,12 +446,13 @@ def train(config, workdir: str) -> dict:
         # What `animate` needs to run without the corpus: templates, mesh, regions, subject order.
         Assets.from_corpus(corpus, train_subjects).save(os.path.join(workdir, ASSETS))
 
+    manager = runtime.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
     initial = jax.device_get(runtime.initial_state(networks, config, keys["init"]))
-    if networks.config.speaker_baseline:
+    if networks.config.speaker_baseline and manager.latest_step() is None:
+        # A pass over the training audio; a resumed run restores the learnt baseline instead.
         baseline = initial["params"]["generator"]["emotion"]["speaker_baseline"]
         baseline["kernel"] = runtime.speaker_mel_baseline(train_set, networks.config)
     state = placement.replicate(initial)
-    manager = runtime.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
     best_manager = runtime.checkpoint_manager(workdir, runtime.BEST, keep=1, best=True)
     position = {"epoch": 0, "batch": 0}
     if manager.latest_step() is not None:
