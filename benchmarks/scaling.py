@@ -23,11 +23,13 @@ def worker(devices: int, vertices: int, batch: int, frames: int, steps: int) -> 
     import jax
     import numpy as np
 
-    from sdetalk_jax import runtime
+    from sdetalk_jax import optim
     from sdetalk_jax.config_files import repository_config
+    from sdetalk_jax.data.pipeline import model_batch
     from sdetalk_jax.models import sdetalk
+    from sdetalk_jax.models.networks import Networks
     from sdetalk_jax.parallel import Placement, data_mesh
-    from sdetalk_jax.train import compiled_train_step, prepare_batch
+    from sdetalk_jax.train import compiled_train_step
 
     available = jax.devices()
     if len(available) < devices:
@@ -36,9 +38,9 @@ def worker(devices: int, vertices: int, batch: int, frames: int, steps: int) -> 
     model_config = sdetalk.SDETalkConfig(
         num_vertices=vertices, context_dim=768, num_subjects=6, num_emotions=12
     )
-    networks = runtime.Networks.build(model_config)
+    networks = Networks.build(model_config)
     config = repository_config("biwi")
-    state = placement.replicate(runtime.initial_state(networks, config, jax.random.key(0)))
+    state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), steps + 1)
     rng = np.random.default_rng(0)
     v3 = vertices * 3
@@ -63,7 +65,7 @@ def worker(devices: int, vertices: int, batch: int, frames: int, steps: int) -> 
         "frame_mask": np.ones((batch, frames), bool),
         "clip_mask": np.ones(batch, bool),
     }
-    sharded = placement.shard_batch(prepare_batch(raw, 6))
+    sharded = placement.shard_batch(model_batch(raw, raw["subject"], 6))
     start = time.perf_counter()
     state, metrics = step_fn(state, sharded)
     jax.block_until_ready(metrics)

@@ -18,12 +18,14 @@ import time
 import jax
 import numpy as np
 
-from sdetalk_jax import runtime
+from sdetalk_jax import optim
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.data import batching
+from sdetalk_jax.data.pipeline import model_batch
 from sdetalk_jax.models import sdetalk
+from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.parallel import Placement, data_mesh, request_deterministic_gpu_ops
-from sdetalk_jax.train import compiled_train_step, prepare_batch
+from sdetalk_jax.train import compiled_train_step
 
 
 def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
@@ -49,7 +51,7 @@ def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
         "clip_mask": np.ones(batch_size, bool),
     }
     batch["neutral_vertices"] = batch["vertices"]
-    return prepare_batch(batch, subjects)
+    return model_batch(batch, batch["subject"], subjects)
 
 
 def main() -> None:
@@ -72,10 +74,10 @@ def main() -> None:
     model_config = sdetalk.SDETalkConfig(
         num_vertices=args.vertices, context_dim=args.context_dim, num_subjects=6, num_emotions=12
     )
-    networks = runtime.Networks.build(model_config)
+    networks = Networks.build(model_config)
     config = repository_config("biwi")  # the paper's loss weights and learning rate
     placement = Placement(data_mesh())
-    state = placement.replicate(runtime.initial_state(networks, config, jax.random.key(0)))
+    state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
 
     compile_seconds, steady, frames_done, clips_done = [], [], 0, 0

@@ -18,8 +18,10 @@ import sys
 import jax
 import numpy as np
 
-from sdetalk_jax import audio
-from sdetalk_jax.inference import RunError, TrainedModel
+from sdetalk_jax import audio, cli
+from sdetalk_jax.checkpoint import RunError
+from sdetalk_jax.fileio import write_npz
+from sdetalk_jax.inference import TrainedModel
 
 
 def output_paths(out_dir: str, stem: str, samples: int, video: bool) -> list[str]:
@@ -50,7 +52,6 @@ def animate(
 ) -> list[str]:
     """Writes the npz (and mp4) of each sample; returns their paths."""
     from sdetalk_jax import render
-    from sdetalk_jax.data.writer import write_npz
 
     waveform = audio.load_audio(audio_path)  # raises AudioError naming the file
     model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
@@ -99,11 +100,7 @@ def animate(
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m sdetalk_jax.animate", description=__doc__.strip().split("\n")[0]
-    )
+    parser = cli.parser("python -m sdetalk_jax.animate", __doc__)
     parser.add_argument("--workdir", required=True, help="training run folder")
     parser.add_argument("--audio", required=True, help="input speech (wav, any rate and channels)")
     parser.add_argument("--subject", required=True, help="training subject whose style to speak in")
@@ -132,8 +129,7 @@ def main(argv=None) -> int:
             overlap_s=args.overlap_s, checkpoint=args.checkpoint, force=args.force,
         )  # fmt: skip
     except (audio.AudioError, RunError, RenderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return cli.report(error)
     return 0
 
 

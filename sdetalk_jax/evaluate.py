@@ -22,10 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax import audio, metrics, runtime
+from sdetalk_jax import audio, cli, metrics
+from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.data import batching, biwi
-from sdetalk_jax.data.pipeline import ClipDataset
-from sdetalk_jax.inference import RunError, TrainedModel
+from sdetalk_jax.data.corpus import open_corpus
+from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
+from sdetalk_jax.fileio import write_bytes, write_json
+from sdetalk_jax.inference import TrainedModel
 
 METHODS = ("SDETalk", "neutral generator alone", "template alone")
 
@@ -62,13 +65,14 @@ class ClipResult:
     values: dict[str, dict[str, float]]  # method -> metric -> value
 
 
-def _pad_example(example: dict, length: int, samples_per_frame: int) -> dict:
-    scale = {"audio": samples_per_frame}
-    keys = ("context", "mel", "frame_mask")
+def _padded_features(example: dict, length: int, template) -> dict:
+    """The model's input features of one clip [1, length, ...], padded to its bucket's length."""
     example = {**example, "frame_mask": np.ones(example["num_frames"], bool)}
-    return {
-        key: batching.pad_along_time(example[key], length * scale.get(key, 1))[None] for key in keys
+    features = {
+        key: batching.pad_along_time(example[key], length)[None]
+        for key in ("context", "mel", "frame_mask")
     }
+    return {**features, "template": np.asarray(template)[None]}
 
 
 def clip_metrics(
@@ -155,6 +159,137 @@ def markdown_table(table: dict, split: str, clips: int, style_note: str, truth_c
     return "\n".join(lines) + "\n"
 
 
+def _regions(corpus: biwi.Corpus) -> dict[str, np.ndarray]:
+    regions = {
+        "lips": corpus.lip_vertices if corpus.lip_vertices is not None else np.arange(0),
+        "upper_face": (
+            corpus.upper_face_vertices if corpus.upper_face_vertices is not None else np.arange(0)
+        ),
+    }
+    if regions["lips"].size == 0 or regions["upper_face"].size == 0:
+        raise RunError(
+            f"{corpus.root}: regions/ (lip and upper-face vertices) are needed for LVE and FDD"
+        )
+    return regions
+
+
+def sample_model(model: TrainedModel, generate, batch, n: int, clip_key, samples: int):
+    """(outputs at z = 0, the head rotations [n, 3, 3] of `samples` noise draws) for one clip."""
+    length = batch["frame_mask"].shape[1]
+    hidden = model.networks.config.hidden
+    mean = jax.device_get(generate(model.params, batch, jnp.zeros((1, length, hidden))))
+    rotation_samples = [
+        np.asarray(
+            generate(
+                model.params, batch,
+                jax.random.normal(jax.random.fold_in(clip_key, k), (1, length, hidden)),
+            )["rotation"][0, :n]
+        )
+        for k in range(samples)
+    ]  # fmt: skip
+    return mean, rotation_samples
+
+
+def method_predictions(mean, rotation_samples, example, baseline_emotion) -> dict:
+    """What each of METHODS predicts for one clip: SDETalk at z = 0, and the two baselines with a
+    still head and the baseline emotion mixture."""
+    n = int(example["num_frames"])
+    still = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 3, 3))
+    zero = np.zeros((n, 3), np.float32)
+    if baseline_emotion is None:
+        baseline_emotion = mean["mixture"][0]
+    return {
+        "SDETalk": {
+            "expression": mean["expression"][0, :n], "rotation": mean["rotation"][0, :n],
+            "translation": mean["translation"][0, :n], "emotion": mean["mixture"][0],
+            "rotation_samples": rotation_samples,
+        },
+        "neutral generator alone": {
+            "expression": mean["neutral"][0, :n], "rotation": still, "translation": zero,
+            "emotion": baseline_emotion, "rotation_samples": [],
+        },
+        "template alone": {
+            "expression": np.broadcast_to(example["template"], (n, example["template"].size)),
+            "rotation": still, "translation": zero, "emotion": baseline_emotion,
+            "rotation_samples": [],
+        },
+    }  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Evaluation:
+    """What every clip of one evaluation shares."""
+
+    model: TrainedModel
+    dataset: ClipDataset
+    generate: object
+    buckets: tuple[int, ...]
+    regions: dict
+    fps: float
+    mean_mixture: np.ndarray | None
+    key: jax.Array
+    samples: int
+    style: str
+
+    def styles_for(self, clip: biwi.Clip) -> list[str]:
+        """The identities a clip is animated with: its own, or for an unseen speaker every
+        training subject ('all') or the one chosen."""
+        subjects = list(self.model.assets.subjects)
+        if clip.subject in subjects:
+            return [clip.subject]
+        return subjects if self.style == "all" else [self.style]
+
+    def clip(self, index: int) -> tuple[ClipResult, tuple | None]:
+        """The clip's metrics for every method, averaged over its styles, and the inputs of the
+        figures (first style)."""
+        model, example = self.model, self.dataset.example(index)
+        clip = self.dataset.clips[index]
+        n = int(example["num_frames"])
+        features = _padded_features(
+            example, batching.bucket_for(n, self.buckets), example["template"]
+        )
+        per_style, figure_input = [], None
+        for style_subject in self.styles_for(clip):
+            subject = np.array([model.assets.subjects.index(style_subject)])
+            batch = model_batch(features, subject, len(model.assets.subjects), targets=False)
+            clip_key = jax.random.fold_in(self.key, index)
+            mean, rotation_samples = sample_model(
+                model, self.generate, batch, n, clip_key, self.samples
+            )
+            predictions = method_predictions(mean, rotation_samples, example, self.mean_mixture)
+            per_style.append(
+                {
+                    method: clip_metrics(p, example, self.regions, self.fps, audio.SAMPLE_RATE)
+                    for method, p in predictions.items()
+                }
+            )
+            if figure_input is None:
+                figure_input = (clip, example, mean, rotation_samples)
+        values = {
+            method: {
+                name: float(np.mean([s[method][name] for s in per_style])) for name, _, _ in METRICS
+            }
+            for method in METHODS
+        }
+        values["ground truth"] = {
+            "speech_head_consistency": metrics.speech_head_consistency(
+                example["audio"], audio.SAMPLE_RATE, example["rotation"], self.fps
+            )
+        }
+        return ClipResult(clip.name, n, values), figure_input
+
+
+def _style_note(dataset: ClipDataset, subjects, style: str) -> str:
+    unseen = sum(c.subject not in subjects for c in dataset.clips)
+    if not unseen:
+        return "All speakers were seen in training (each clip uses its own identity)."
+    return (
+        f"{unseen} clips of speakers unseen in training, animated in the style of "
+        + ("each training subject in turn, metrics averaged over the styles." if style == "all"
+           else f"training subject {style}.")
+    )  # fmt: skip
+
+
 def evaluate(
     workdir: str,
     split: str,
@@ -169,11 +304,9 @@ def evaluate(
 ) -> dict:
     from tqdm import tqdm
 
-    from sdetalk_jax.data.writer import write_bytes
-
     model = TrainedModel.load(workdir, checkpoint=checkpoint)
     config = model.config
-    corpus = runtime.open_corpus(config)
+    corpus = open_corpus(config)
     if split not in biwi.SPLITS:
         raise RunError(f"unknown split '{split}' (known: {', '.join(biwi.SPLITS)})")
     dataset = ClipDataset.from_corpus(
@@ -181,107 +314,24 @@ def evaluate(
     )
     if style != "all" and style not in model.assets.subjects:
         model.subject_index(style)  # raises with the list of subjects
-    regions = {
-        "lips": corpus.lip_vertices if corpus.lip_vertices is not None else np.arange(0),
-        "upper_face": (
-            corpus.upper_face_vertices if corpus.upper_face_vertices is not None else np.arange(0)
-        ),
-    }
-    if regions["lips"].size == 0 or regions["upper_face"].size == 0:
-        raise RunError(
-            f"{corpus.root}: regions/ (lip and upper-face vertices) are needed for LVE and FDD"
-        )
-    labelled = [c.emotion / c.emotion.sum() for c in corpus.split("train") if c.emotion is not None]
-    mean_mixture = np.mean(labelled, 0) if labelled else None
-    buckets = batching.bucket_lengths(max(dataset.lengths), min_length=config.data.bucket_min)
-    generate = model.generate_fn()
-    hidden = model.networks.config.hidden
-    num_subjects = len(model.assets.subjects)
-    key = jax.random.key(seed)
+    evaluation = _Evaluation(
+        model=model, dataset=dataset, generate=model.generate_fn(),
+        buckets=batching.bucket_lengths(max(dataset.lengths), min_length=config.data.bucket_min),
+        regions=_regions(corpus), fps=corpus.fps,
+        mean_mixture=mean_emotion_mixture(corpus.split("train")), key=jax.random.key(seed),
+        samples=samples, style=style,
+    )  # fmt: skip
     results, figure_inputs = [], []
     for index in tqdm(range(len(dataset.clips)), desc=f"evaluate {split}", disable=not progress):
-        example = dataset.example(index)
-        clip = dataset.clips[index]
-        n = int(example["num_frames"])
-        length = batching.bucket_for(n, buckets)
-        padded = _pad_example(example, length, dataset.samples_per_frame)
-        seen = clip.subject in model.assets.subjects
-        styles = (
-            [clip.subject] if seen else (list(model.assets.subjects) if style == "all" else [style])
-        )
-        per_style = []
-        for style_subject in styles:
-            batch = {
-                **{k: jnp.asarray(v) for k, v in padded.items()},
-                "subject_onehot": jax.nn.one_hot(
-                    jnp.array([model.assets.subjects.index(style_subject)]), num_subjects
-                ),
-                "template": jnp.asarray(example["template"])[None],
-            }
-            mean = jax.device_get(generate(model.params, batch, jnp.zeros((1, length, hidden))))
-            clip_key = jax.random.fold_in(key, index)
-            rotation_samples = [
-                np.asarray(
-                    generate(
-                        model.params, batch,
-                        jax.random.normal(jax.random.fold_in(clip_key, k), (1, length, hidden)),
-                    )["rotation"][0, :n]
-                )
-                for k in range(samples)
-            ]  # fmt: skip
-            still = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 3, 3))
-            zero = np.zeros((n, 3), np.float32)
-            baseline_emotion = mean_mixture if mean_mixture is not None else mean["mixture"][0]
-            predictions = {
-                "SDETalk": {
-                    "expression": mean["expression"][0, :n], "rotation": mean["rotation"][0, :n],
-                    "translation": mean["translation"][0, :n], "emotion": mean["mixture"][0],
-                    "rotation_samples": rotation_samples,
-                },
-                "neutral generator alone": {
-                    "expression": mean["neutral"][0, :n], "rotation": still, "translation": zero,
-                    "emotion": baseline_emotion, "rotation_samples": [],
-                },
-                "template alone": {
-                    "expression": np.broadcast_to(example["template"], (n, example["template"].size)),
-                    "rotation": still, "translation": zero, "emotion": baseline_emotion,
-                    "rotation_samples": [],
-                },
-            }  # fmt: skip
-            per_style.append(
-                {
-                    method: clip_metrics(p, example, regions, corpus.fps, audio.SAMPLE_RATE)
-                    for method, p in predictions.items()
-                }
-            )
-            if plots and style_subject == styles[0]:
-                figure_inputs.append((clip, example, mean, rotation_samples))
-        values = {
-            method: {
-                name: float(np.mean([s[method][name] for s in per_style])) for name, _, _ in METRICS
-            }
-            for method in METHODS
-        }
-        values["ground truth"] = {
-            "speech_head_consistency": metrics.speech_head_consistency(
-                example["audio"], audio.SAMPLE_RATE, example["rotation"], corpus.fps
-            )
-        }
-        results.append(ClipResult(clip.name, n, values))
+        result, figure_input = evaluation.clip(index)
+        results.append(result)
+        if plots:
+            figure_inputs.append(figure_input)
 
     table = combine(results)
     truth_consistency = float(
         np.mean([r.values["ground truth"]["speech_head_consistency"] for r in results])
     )
-    unseen = sum(c.subject not in model.assets.subjects for c in dataset.clips)
-    if unseen:
-        style_note = (
-            f"{unseen} clips of speakers unseen in training, animated in the style of "
-            + ("each training subject in turn, metrics averaged over the styles." if style == "all"
-               else f"training subject {style}.")
-        )  # fmt: skip
-    else:
-        style_note = "All speakers were seen in training (each clip uses its own identity)."
     report = {
         "split": split,
         "clips": len(results),
@@ -295,8 +345,9 @@ def evaluate(
         "per_clip": [dataclasses.asdict(r) for r in results],
     }
     out_dir = out_dir or os.path.join(workdir, "eval")
+    style_note = _style_note(dataset, model.assets.subjects, style)
     markdown = markdown_table(table, split, len(results), style_note, truth_consistency)
-    runtime.write_json(os.path.join(out_dir, f"{split}.json"), report)
+    write_json(os.path.join(out_dir, f"{split}.json"), report)
     write_bytes(os.path.join(out_dir, f"{split}.md"), markdown.encode())
     print(markdown)
     if plots and figure_inputs:
@@ -310,11 +361,7 @@ def evaluate(
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m sdetalk_jax.evaluate", description=__doc__.split("\n")[0]
-    )
+    parser = cli.parser("python -m sdetalk_jax.evaluate", __doc__)
     parser.add_argument("--workdir", required=True, help="training run folder")
     parser.add_argument("--split", default="test-a", choices=biwi.SPLITS)
     parser.add_argument(
@@ -339,8 +386,7 @@ def main(argv=None) -> int:
             checkpoint=args.checkpoint, plots=args.plots, out_dir=args.out,
         )  # fmt: skip
     except (RunError, biwi.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return cli.report(error)
     return 0
 
 

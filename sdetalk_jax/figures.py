@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from sdetalk_jax import render
-from sdetalk_jax.data.synthetic.analysis import frame_envelope, head_angular_speed
+from sdetalk_jax.metrics import frame_envelope, head_angular_speed
 
 MAX_ROWS = 3
 
@@ -35,7 +35,7 @@ def expression_figure(path: str, figure_inputs, assets) -> str:
     from matplotlib import cm
     from matplotlib import colors as mcolors
 
-    from sdetalk_jax.data.writer import atomic_output
+    from sdetalk_jax.fileio import atomic_output
 
     chosen = _pick_clips(figure_inputs)
     skin = render.vertex_colors(
@@ -84,7 +84,7 @@ def head_motion_figure(path: str, figure_inputs, fps: float, sample_rate: int) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sdetalk_jax.data.writer import atomic_output
+    from sdetalk_jax.fileio import atomic_output
 
     chosen = _pick_clips(figure_inputs)
     figure, axes = plt.subplots(len(chosen), 1, figsize=(10, 2.6 * len(chosen)), squeeze=False)

@@ -2,7 +2,7 @@
 
 `TrainedModel.load(workdir)` rebuilds the networks from the run's `config.json`, restores the
 generator's parameters from the best checkpoint (or the latest one) and reads the run's assets
-(subject templates, mesh, regions), saved by training in `WORKDIR/assets.npz`.
+(subject templates, mesh, regions), saved by training in `WORKDIR/assets.npz` (`checkpoint`).
 
 `TrainedModel.animate_waveform` turns audio of any length into frames with a fixed memory footprint:
 the audio is cut into windows of `window_s` seconds that overlap by `overlap_s`, each window goes
@@ -13,100 +13,18 @@ neighbouring windows are crossfaded linearly across their overlap.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax import audio, runtime
-from sdetalk_jax.data import biwi
-
-ASSETS = "assets.npz"
-
-
-class RunError(ValueError):
-    """A workdir that cannot be used: no config, no checkpoint, unknown subject, ..."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Assets:
-    """What inference needs from the corpus, kept with the run so that animating needs no data."""
-
-    subjects: tuple[str, ...]  # training subjects, in identity (one-hot) order
-    templates: dict[str, np.ndarray]  # subject -> [V, 3] (all corpus subjects)
-    faces: np.ndarray  # [F, 3] triangles
-    lip_vertices: np.ndarray
-    upper_face_vertices: np.ndarray
-    fps: float
-    emotion_categories: tuple[str, ...]
-
-    @classmethod
-    def from_corpus(cls, corpus: biwi.Corpus, subjects) -> Assets:
-        faces_path = os.path.join(corpus.root, "mesh", "faces.npy")
-        faces = (
-            np.load(faces_path, allow_pickle=False)
-            if os.path.exists(faces_path)
-            else np.zeros((0, 3), np.int32)
-        )
-        empty = np.zeros((0,), np.int64)
-        return cls(
-            subjects=tuple(subjects),
-            templates={k: np.asarray(v, np.float32) for k, v in corpus.templates.items()},
-            faces=faces.astype(np.int32),
-            lip_vertices=empty if corpus.lip_vertices is None else corpus.lip_vertices,
-            upper_face_vertices=(
-                empty if corpus.upper_face_vertices is None else corpus.upper_face_vertices
-            ),
-            fps=float(corpus.fps),
-            emotion_categories=tuple(corpus.emotion_categories),
-        )
-
-    def save(self, path: str) -> None:
-        from sdetalk_jax.data.writer import write_npz
-
-        arrays = {f"template/{k}": v for k, v in self.templates.items()}
-        arrays.update(
-            faces=self.faces,
-            lip_vertices=self.lip_vertices,
-            upper_face_vertices=self.upper_face_vertices,
-            fps=np.float64(self.fps),
-            subjects=np.array(self.subjects, dtype=np.str_),
-            emotion_categories=np.array(self.emotion_categories, dtype=np.str_),
-        )
-        write_npz(path, **arrays)
-
-    @classmethod
-    def load(cls, path: str) -> Assets:
-        with np.load(path, allow_pickle=False) as archive:
-            templates = {
-                key.split("/", 1)[1]: archive[key]
-                for key in archive.files
-                if key.startswith("template/")
-            }
-            return cls(
-                subjects=tuple(str(s) for s in archive["subjects"]),
-                templates=templates,
-                faces=archive["faces"],
-                lip_vertices=archive["lip_vertices"],
-                upper_face_vertices=archive["upper_face_vertices"],
-                fps=float(archive["fps"]),
-                emotion_categories=tuple(str(s) for s in archive["emotion_categories"]),
-            )
-
-
-def load_run_config(workdir: str):
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise RunError(
-            f"{workdir}: no config.json; is this a training workdir? "
-            "(python -m sdetalk_jax.train --config ... --workdir DIR writes one)"
-        )
-    with open(path) as handle:
-        return ml_collections.ConfigDict(json.load(handle))
+from sdetalk_jax import audio, optim
+from sdetalk_jax.checkpoint import ASSETS, Assets, RunError, load_run_config, restore_run_state
+from sdetalk_jax.data.corpus import open_corpus
+from sdetalk_jax.data.pipeline import model_batch
+from sdetalk_jax.models.networks import Networks
+from sdetalk_jax.models.sdetalk import SDETalkConfig
+from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
 
 def crossfade_weights(length: int, overlap: int, first: bool, last: bool) -> np.ndarray:
@@ -144,7 +62,7 @@ def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class TrainedModel:
     config: object
-    networks: runtime.Networks
+    networks: Networks
     params: dict
     assets: Assets
     encoder: object
@@ -159,39 +77,19 @@ class TrainedModel:
         if os.path.exists(assets_path):
             assets = Assets.load(assets_path)
         else:  # a run from before assets were saved: read them from its corpus
-            corpus = runtime.open_corpus(config)
-            assets = Assets.from_corpus(corpus, config.data.splits.train_subjects)
-        encoder = runtime.context_encoder(config)
-        model_config = runtime.sdetalk.SDETalkConfig.from_config(
-            config.model,
-            num_vertices=next(iter(assets.templates.values())).shape[0],
-            context_dim=encoder.hidden_size,
-            num_subjects=len(assets.subjects),
-            num_emotions=max(len(assets.emotion_categories), 1),
-            motion_unit=1.0 / config.loss.vertex_scale,
+            assets = Assets.from_corpus(open_corpus(config), config.data.splits.train_subjects)
+        encoder = ContextEncoder.from_config(config)
+        model_config = SDETalkConfig.for_run(
+            config, context_dim=encoder.hidden_size, **assets.dimensions
         )
-        networks = runtime.Networks.build(model_config)
+        networks = Networks.build(model_config)
         # Only the shapes are needed to restore into: no parameters are computed.
         abstract = jax.eval_shape(
-            lambda key: runtime.initial_state(networks, config, key), jax.random.key(0)
+            lambda key: optim.initial_state(networks, config, key), jax.random.key(0)
         )
-        managers = (
-            [runtime.BEST, runtime.CHECKPOINTS] if checkpoint == "best" else [runtime.CHECKPOINTS]
-        )
-        for name in managers:
-            folder = os.path.join(workdir, name)
-            if not os.path.isdir(folder):
-                continue
-            manager = runtime.checkpoint_manager(workdir, name, keep=1, read_only=True)
-            if manager.latest_step() is not None:
-                restored, _ = runtime.restore_checkpoint(manager, abstract)
-                return cls(
-                    config, networks, restored["params"]["generator"], assets, encoder,
-                    int(restored["step"]),
-                )  # fmt: skip
-        raise RunError(
-            f"{workdir}: no checkpoint found (looked in {', '.join(managers)}); train first with "
-            f"python -m sdetalk_jax.train --config ... --workdir {workdir}"
+        state = restore_run_state(workdir, abstract, checkpoint)
+        return cls(
+            config, networks, state["params"]["generator"], assets, encoder, int(state["step"])
         )
 
     def subject_index(self, subject: str) -> int:
@@ -245,7 +143,7 @@ class TrainedModel:
         overlap = min(int(round(overlap_s * fps)), window // 2)
         window = min(window, num_frames)
         starts = window_starts(num_frames, window, overlap)
-        identity = jax.nn.one_hot(self.subject_index(subject), len(self.assets.subjects))
+        subjects = np.array([self.subject_index(subject)])
         template_flat = self.template_for(subject, template)
         generate = self.generate_fn()
         hidden = self.networks.config.hidden
@@ -256,13 +154,13 @@ class TrainedModel:
         ):
             piece = waveform[start * samples_per_frame : (start + window) * samples_per_frame]
             context = audio.interpolate_frames(self.encoder.encode(piece), window)
-            batch = {
-                "context": jnp.asarray(context)[None],
-                "mel": jnp.asarray(audio.frame_aligned_log_mel(piece, window))[None],
-                "subject_onehot": identity[None],
-                "template": jnp.asarray(template_flat)[None],
-                "frame_mask": jnp.ones((1, window), bool),
+            features = {
+                "context": context[None],
+                "mel": audio.frame_aligned_log_mel(piece, window)[None],
+                "template": template_flat[None],
+                "frame_mask": np.ones((1, window), bool),
             }
+            batch = model_batch(features, subjects, len(self.assets.subjects), targets=False)
             noise = jax.random.normal(jax.random.fold_in(key, index), (1, window, hidden))
             outputs = jax.device_get(generate(self.params, batch, noise))
             weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)

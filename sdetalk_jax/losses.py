@@ -62,19 +62,6 @@ def reconstruction_losses(outputs, batch, config):
     return losses
 
 
-def per_frame_factors(outputs):
-    """Identity p broadcast over frames next to context c and embedding e: [B, N, D] each."""
-    frames = outputs["embedding"].shape[1]
-    identity = outputs["identity"]
-    return {
-        "identity": jnp.broadcast_to(
-            identity[:, None], (identity.shape[0], frames, identity.shape[-1])
-        ),
-        "context": outputs["context"],
-        "embedding": outputs["embedding"],
-    }
-
-
 def estimator_log_likelihood(estimates, factors, weights):
     """Mean log q(y|x) over real frames, summed over the three pairs: what the estimators maximise."""
     total = 0.0
@@ -171,3 +158,26 @@ def auxiliary_losses(identity_logits, mixture, batch):
     picked = jnp.take_along_axis(log_probabilities, jnp.maximum(subject, 0)[:, None], axis=-1)[:, 0]
     identity = -jnp.sum(picked * known) / jnp.maximum(known.sum(), 1.0)
     return identity, emotion_classification_loss(mixture, batch)
+
+
+def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
+    """What the generator minimises (Sec. 2.2), from its terms: (L_e, total) with
+
+        L_e   = mi_weight L_mi (Eq. 6) + L_cls + lambda_emotional L_emotional
+        total = L_rec (Eq. 5) + lambda_e L_e - lambda_d L_d (Eq. 7)
+                + lambda_g (L_adv + D's identity and emotion terms on the generated faces)
+
+    L_emotional ("spoken with emotion") is our addition, 0 in the paper (docs/paper-notes.md).
+    `terms` holds reconstruction, mi, classification, emotional_speech, diversity, adversarial."""
+    guidance = (
+        config.mi_weight * terms["mi"]
+        + terms["classification"]
+        + config.lambda_emotional * terms["emotional_speech"]
+    )
+    total = (
+        terms["reconstruction"]
+        + config.lambda_e * guidance
+        - config.lambda_d * terms["diversity"]
+        + config.lambda_g * (terms["adversarial"] + auxiliary_identity + auxiliary_emotion)
+    )
+    return guidance, total

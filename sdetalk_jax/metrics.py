@@ -10,12 +10,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-
-from sdetalk_jax.data.synthetic.analysis import (
-    frame_envelope,
-    head_angular_speed,
-    lagged_correlation,
-)
+from scipy import ndimage, signal
 
 MM = 1000.0  # millimetres per metre
 
@@ -25,9 +20,27 @@ def _frames(vertices: np.ndarray) -> np.ndarray:
     return vertices.reshape(vertices.shape[0], -1, 3)
 
 
+def _flat_frames(vertices: np.ndarray) -> np.ndarray:
+    vertices = np.asarray(vertices, np.float64)
+    return vertices.reshape(vertices.shape[0], -1)
+
+
+def vertex_distances(prediction, target):
+    """L2 distance per vertex [..., V] between two meshes [..., V*3], in their own units.
+
+    The one definition of the vertex error, for numpy arrays (float64 in the evaluation) and JAX
+    arrays (float32 inside the jitted validation step): each caller keeps its own precision."""
+    difference = prediction - target
+    if isinstance(difference, np.ndarray):
+        xp = np
+    else:  # traced inside jit; imported here so that numpy-only users never load JAX
+        import jax.numpy as xp
+    return xp.linalg.norm(difference.reshape(difference.shape[:-1] + (-1, 3)), axis=-1)
+
+
 def vertex_distances_mm(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per frame and vertex L2 distance [N, V] in mm."""
-    return np.linalg.norm(_frames(prediction) - _frames(target), axis=-1) * MM
+    return vertex_distances(_flat_frames(prediction), _flat_frames(target)) * MM
 
 
 def mean_vertex_error_mm(prediction, target) -> float:
@@ -101,6 +114,37 @@ def speech_head_consistency(
     speed = head_angular_speed(rotation, fps)
     lags = range(0, max(1, min(int(round(max_lag_s * fps)), num_frames - 3)) + 1)
     return max(lagged_correlation(envelope, speed, lag) for lag in lags)
+
+
+def frame_envelope(
+    waveform: np.ndarray, sample_rate: int, num_frames: int, fps: float
+) -> np.ndarray:
+    """Hilbert envelope of the audio averaged per face frame (the paper's Fig. 6 envelope)."""
+    envelope = np.abs(signal.hilbert(waveform.astype(np.float64)))
+    edges = np.linspace(0, len(envelope), num_frames + 1).astype(int)
+    edges = np.minimum(edges, len(envelope))
+    per_frame = np.add.reduceat(envelope, edges[:-1]) / np.maximum(np.diff(edges), 1)
+    return ndimage.gaussian_filter1d(per_frame, 1.0)
+
+
+def head_angular_speed(rotation: np.ndarray, fps: float) -> np.ndarray:
+    """Angle turned between consecutive frames, in rad/s, [N] (first frame repeats the second)."""
+    rotation = np.asarray(rotation, np.float64)  # arccos near 1 needs the precision
+    relative = np.einsum("tij,tkj->tik", rotation[1:], rotation[:-1])
+    cosine = np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
+    speed = np.arccos(cosine) * fps
+    return np.concatenate([speed[:1], speed])
+
+
+def lagged_correlation(leading: np.ndarray, following: np.ndarray, lag: int) -> float:
+    """Pearson correlation of leading[t] with following[t + lag]."""
+    if lag > 0:
+        leading, following = leading[:-lag], following[lag:]
+    elif lag < 0:
+        leading, following = leading[-lag:], following[:lag]
+    if leading.std() == 0 or following.std() == 0:
+        return 0.0
+    return float(np.corrcoef(leading, following)[0, 1])
 
 
 def emotion_error(prediction: np.ndarray, target: np.ndarray) -> float:

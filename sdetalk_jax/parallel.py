@@ -8,13 +8,15 @@ gradient all-reduce. Each process loads only its own rows of a global batch
 array without copying other processes' rows.
 
 Several processes (hosts, or several processes on one machine) are joined by
-`jax.distributed.initialize`, from the config or the environment (`initialize_distributed`).
+`jax.distributed.initialize`, from the config or the environment (`initialize_distributed`), and
+they stop together: a SIGTERM seen by any of them stops all at the same step (`StopRequest`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 
 import jax
 import numpy as np
@@ -140,3 +142,34 @@ def to_host(tree):
         return np.asarray(value)
 
     return jax.tree.map(fetch, tree)
+
+
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint."""
+
+
+class StopRequest:
+    """SIGTERM (a cluster pre-empting the job) sets a flag; the loop checks it after every step,
+    saves a checkpoint and stops. All processes stop at the same step (they agree on the flag)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array(self.requested))
+        return bool(np.any(flags))

@@ -1,38 +1,37 @@
 """Training SDETalk: `python -m sdetalk_jax.train --config configs/biwi.py --workdir runs/biwi`.
 
 One jitted step alternates the three updates of Sec. 2.2: the vCLUB estimators (maximum likelihood),
-the consistency discriminator, then the generator (L_rec + lambda_e (L_mi + L_cls) - lambda_d L_d +
-lambda_g L_adv). Every random draw comes from `fold_in(training key, step)`, split by purpose, so a
-resumed run draws exactly what an uninterrupted one would. Running the same command again resumes
-from the last checkpoint, data position included.
+the consistency discriminator, then the generator (`losses.generator_objective`). Every random draw
+comes from `fold_in(training key, step)`, split by purpose, so a resumed run draws exactly what an
+uninterrupted one would. Running the same command again resumes from the last checkpoint, data
+position included.
+
+Reading order: the step (`make_train_step` and its three updates), then the loop (`setup`,
+`restore_or_init`, `Trainer.run_epoch`, `Trainer.end_epoch`, `train`), then the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
-import signal
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from sdetalk_jax import losses, parallel, runtime
-from sdetalk_jax.data import batching
-from sdetalk_jax.data.pipeline import ClipDataset
-from sdetalk_jax.inference import ASSETS, Assets
-
-# Batch keys the networks read; the rest (raw audio, ...) stays on the host.
-MODEL_KEYS = (
-    "context", "mel", "template", "vertices", "neutral_vertices", "rotation", "translation",
-    "emotion", "subject", "has_head_pose", "has_emotion", "has_neutral", "emotional", "frame_mask",
-    "clip_mask",
-)  # fmt: skip
+from sdetalk_jax import checkpoint, cli, losses, optim, parallel, validation
+from sdetalk_jax.data import batching, biwi
+from sdetalk_jax.data.corpus import open_corpus
+from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
+from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
+from sdetalk_jax.models.networks import Networks, speaker_mel_baseline
+from sdetalk_jax.models.sdetalk import SDETalkConfig, per_frame_factors, pose_faces
+from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,27 +63,93 @@ def purpose_keys(seeds: dict[str, int]) -> dict:
     }
 
 
-def prepare_batch(batch: dict, num_subjects: int) -> dict:
-    """The model's inputs of a (local) batch, as numpy: the keys the networks read and the
-    identity one-hot (an unseen subject, index -1, gets zeros)."""
-    out = {key: np.asarray(batch[key]) for key in MODEL_KEYS}
-    subject = out["subject"]
-    out["subject_onehot"] = (subject[:, None] == np.arange(num_subjects)[None]).astype(np.float32)
-    return out
+# ---------------------------------------------------------------------------------------------
+# The step
 
 
-def real_faces(batch):
-    """Ground-truth posed faces f_bar = f_bar^e R_bar + T_bar (Eq. 4)."""
-    faces = batch["vertices"].reshape(batch["vertices"].shape[:2] + (-1, 3))
-    posed = (
-        jnp.einsum("bnvi,bnij->bnvj", faces, batch["rotation"]) + batch["translation"][:, :, None]
+def estimator_update(networks: Networks, params, opt_state, factors, frame_weights, tx):
+    """vCLUB estimators: maximise log q(y|x) on the current (fixed) factors.
+    Returns (params, opt_state, negative log-likelihood)."""
+
+    def estimator_loss(estimator_params):
+        estimates = networks.estimators.apply({"params": estimator_params}, factors)
+        return -losses.estimator_log_likelihood(estimates, factors, frame_weights)
+
+    nll, grads = jax.value_and_grad(estimator_loss)(params)
+    params, opt_state = optim.apply_update(tx, grads, opt_state, params)
+    return params, opt_state, nll
+
+
+def discriminator_update(networks: Networks, params, opt_state, outputs, batch, loss_config, tx):
+    """D: real (e, f_bar) against fake (e, f), plus its identity and emotion heads on real faces.
+    Returns (params, opt_state, {total, adversarial, identity, emotion})."""
+    real = pose_faces(batch["vertices"], batch["rotation"], batch["translation"])  # Eq. 4
+    clip_weights = batch["clip_mask"].astype(jnp.float32)
+
+    def discriminator_loss(discriminator_params):
+        def apply(faces):
+            return networks.discriminator.apply(
+                {"params": discriminator_params},
+                outputs["embedding"],
+                faces,
+                batch["template"],
+                batch["frame_mask"],
+            )
+
+        real_logits, identity_logits, mixture = apply(real)
+        fake_logits, _, _ = apply(outputs["posed"])
+        adversarial, _ = losses.adversarial_losses(
+            real_logits, fake_logits, clip_weights, loss_config.gan
+        )
+        identity, emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
+        return adversarial + identity + emotion, (adversarial, identity, emotion)
+
+    (total, (adversarial, identity, emotion)), grads = jax.value_and_grad(
+        discriminator_loss, has_aux=True
+    )(params)
+    params, opt_state = optim.apply_update(tx, grads, opt_state, params)
+    terms = {"total": total, "adversarial": adversarial, "identity": identity, "emotion": emotion}
+    return params, opt_state, terms
+
+
+def generator_terms(networks, first, second, noises, batch, others, permutation_key, loss_config):
+    """Every term of the generator's objective from two samples of G (noises z1, z2), with the
+    estimators and the discriminator as just updated (`others`). Returns (terms, total)."""
+    frame_weights = batch["frame_mask"].astype(jnp.float32)
+    terms = losses.reconstruction_losses(first, batch, loss_config)
+    first_factors = per_frame_factors(first)
+    estimates = networks.estimators.apply({"params": others["estimators"]}, first_factors)
+    terms.update(losses.vclub_upper_bound(estimates, first_factors, frame_weights, permutation_key))
+    terms["classification"] = losses.emotion_classification_loss(
+        first["mixture"], batch, loss_config.classify_neutral_clips
     )
-    return posed.reshape(batch["vertices"].shape)
+    terms["diversity"] = losses.diversity_loss(first, second, *noises, batch, loss_config)
+    fake_logits, identity_logits, mixture = networks.discriminator.apply(
+        {"params": others["discriminator"]},
+        jax.lax.stop_gradient(first["embedding"]),
+        first["posed"],
+        batch["template"],
+        batch["frame_mask"],
+    )
+    _, terms["adversarial"] = losses.adversarial_losses(
+        jnp.zeros_like(fake_logits), fake_logits, batch["clip_mask"].astype(jnp.float32),
+        loss_config.gan,
+    )  # fmt: skip
+    aux_identity, aux_emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
+    terms["emotional_speech"] = losses.emotional_speech_loss(first["emotional_logit"], batch)
+    terms["guidance"], total = losses.generator_objective(
+        terms, aux_identity, aux_emotion, loss_config
+    )
+    terms["total"] = total
+    return terms, total
 
 
-def make_train_step(networks: runtime.Networks, loss_config):
+def make_train_step(networks: Networks, loss_config):
+    """(state, batch, noise_key, tx) -> (state, metrics): one update of the estimators, the
+    discriminator and the generator, in that order (Sec. 2.2)."""
+
     def step_fn(state, batch, noise_key, tx):
-        params = state["params"]
+        params, opt_state = state["params"], state["opt_state"]
         step_key = jax.random.fold_in(noise_key, state["step"])  # the same draws after a resume
         noise_key_1, noise_key_2, permutation_key = jax.random.split(step_key, 3)
         # One dropout mask per step, the same for both noise samples: L_d then compares what the
@@ -97,104 +162,32 @@ def make_train_step(networks: runtime.Networks, loss_config):
             )
 
         shape = batch["frame_mask"].shape + (networks.config.hidden,)
-        noise_1 = jax.random.normal(noise_key_1, shape)
-        noise_2 = jax.random.normal(noise_key_2, shape)
+        noises = (jax.random.normal(noise_key_1, shape), jax.random.normal(noise_key_2, shape))
         frame_weights = batch["frame_mask"].astype(jnp.float32)
-        clip_weights = batch["clip_mask"].astype(jnp.float32)
 
-        # 1. vCLUB estimators: maximise log q(y|x) on the current (fixed) factors.
-        outputs = jax.lax.stop_gradient(generate(params["generator"], noise_1))
-        factors = losses.per_frame_factors(outputs)
+        outputs = jax.lax.stop_gradient(generate(params["generator"], noises[0]))
+        estimator_params, estimator_opt, estimator_nll = estimator_update(
+            networks, params["estimators"], opt_state["estimators"],
+            per_frame_factors(outputs), frame_weights, tx,
+        )  # fmt: skip
+        discriminator_params, discriminator_opt, d_terms = discriminator_update(
+            networks, params["discriminator"], opt_state["discriminator"], outputs, batch,
+            loss_config, tx,
+        )  # fmt: skip
+        others = {"estimators": estimator_params, "discriminator": discriminator_params}
 
-        def estimator_loss(estimator_params):
-            estimates = networks.estimators.apply({"params": estimator_params}, factors)
-            return -losses.estimator_log_likelihood(estimates, factors, frame_weights)
-
-        estimator_nll, grads = jax.value_and_grad(estimator_loss)(params["estimators"])
-        updates, estimator_opt = tx.update(
-            grads, state["opt_state"]["estimators"], params["estimators"]
-        )
-        estimator_params = optax.apply_updates(params["estimators"], updates)
-
-        # 2. Discriminator: real (e, f_bar) against fake (e, f), plus its identity / emotion heads on real.
-        real = real_faces(batch)
-
-        def discriminator_loss(discriminator_params):
-            def apply(faces):
-                return networks.discriminator.apply(
-                    {"params": discriminator_params},
-                    outputs["embedding"],
-                    faces,
-                    batch["template"],
-                    batch["frame_mask"],
-                )
-
-            real_logits, identity_logits, mixture = apply(real)
-            fake_logits, _, _ = apply(outputs["posed"])
-            adversarial, _ = losses.adversarial_losses(
-                real_logits, fake_logits, clip_weights, loss_config.gan
-            )
-            identity, emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
-            return adversarial + identity + emotion, (adversarial, identity, emotion)
-
-        (discriminator_total, (d_adversarial, d_identity, d_emotion)), grads = jax.value_and_grad(
-            discriminator_loss, has_aux=True
-        )(params["discriminator"])
-        updates, discriminator_opt = tx.update(
-            grads, state["opt_state"]["discriminator"], params["discriminator"]
-        )
-        discriminator_params = optax.apply_updates(params["discriminator"], updates)
-
-        # 3. Generator.
         def generator_loss(generator_params):
-            first = generate(generator_params, noise_1)
-            second = generate(generator_params, noise_2)
-            terms = losses.reconstruction_losses(first, batch, loss_config)
-            first_factors = losses.per_frame_factors(first)
-            estimates = networks.estimators.apply({"params": estimator_params}, first_factors)
-            terms.update(
-                losses.vclub_upper_bound(estimates, first_factors, frame_weights, permutation_key)
+            first = generate(generator_params, noises[0])
+            second = generate(generator_params, noises[1])
+            terms, total = generator_terms(
+                networks, first, second, noises, batch, others, permutation_key, loss_config
             )
-            terms["classification"] = losses.emotion_classification_loss(
-                first["mixture"], batch, loss_config.classify_neutral_clips
-            )
-            terms["diversity"] = losses.diversity_loss(
-                first, second, noise_1, noise_2, batch, loss_config
-            )
-            fake_logits, identity_logits, mixture = networks.discriminator.apply(
-                {"params": discriminator_params},
-                jax.lax.stop_gradient(first["embedding"]),
-                first["posed"],
-                batch["template"],
-                batch["frame_mask"],
-            )
-            _, terms["adversarial"] = losses.adversarial_losses(
-                jnp.zeros_like(fake_logits), fake_logits, clip_weights, loss_config.gan
-            )
-            aux_identity, aux_emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
-            terms["emotional_speech"] = losses.emotional_speech_loss(
-                first["emotional_logit"], batch
-            )
-            terms["guidance"] = (  # L_e, plus our "spoken with emotion" term (0 in the paper)
-                loss_config.mi_weight * terms["mi"]
-                + terms["classification"]
-                + loss_config.lambda_emotional * terms["emotional_speech"]
-            )
-            total = (
-                terms["reconstruction"]
-                + loss_config.lambda_e * terms["guidance"]
-                - loss_config.lambda_d * terms["diversity"]
-                + loss_config.lambda_g * (terms["adversarial"] + aux_identity + aux_emotion)
-            )
-            terms["total"] = total
             return total, terms
 
         (_, terms), grads = jax.value_and_grad(generator_loss, has_aux=True)(params["generator"])
-        updates, generator_opt = tx.update(
-            grads, state["opt_state"]["generator"], params["generator"]
+        generator_params, generator_opt = optim.apply_update(
+            tx, grads, opt_state["generator"], params["generator"]
         )
-        generator_params = optax.apply_updates(params["generator"], updates)
-
         new_state = {
             "step": state["step"] + 1,
             "params": {
@@ -211,10 +204,10 @@ def make_train_step(networks: runtime.Networks, loss_config):
         metrics = {
             **terms,
             "estimator_nll": estimator_nll,
-            "discriminator": discriminator_total,
-            "discriminator_adversarial": d_adversarial,
-            "discriminator_identity": d_identity,
-            "discriminator_emotion": d_emotion,
+            "discriminator": d_terms["total"],
+            "discriminator_adversarial": d_terms["adversarial"],
+            "discriminator_identity": d_terms["identity"],
+            "discriminator_emotion": d_terms["emotion"],
         }
         return new_state, metrics
 
@@ -227,7 +220,7 @@ def compiled_train_step(
     """The training step jitted over the mesh: state replicated, batch split along its rows.
     (state, batch) -> (state, metrics); the state's buffers are donated. `total_steps` is the
     length of the learning-rate schedule, if it decays."""
-    tx = runtime.optimizer(config, total_steps)
+    tx = optim.optimizer(config, total_steps)
     step_fn = functools.partial(make_train_step(networks, config.loss), noise_key=noise_key, tx=tx)
     return jax.jit(
         step_fn,
@@ -237,178 +230,211 @@ def compiled_train_step(
     )
 
 
-def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixture):
-    """Per-batch sums for validation: vertex errors (model, template, neutral-only), emotion
-    error (model, mean mixture), head-motion difference between two noise keys.
+# ---------------------------------------------------------------------------------------------
+# The loop
 
-    Errors are those of the mean prediction (z = 0, the centre of the diversified embedding); the
-    diversity is measured between two samples with random z."""
-    key_1, key_2 = jax.random.split(jax.random.fold_in(jax.random.key(1), batch_index))
-    shape = batch["frame_mask"].shape + (networks.config.hidden,)
-    mean = networks.generator.apply({"params": params}, batch, jnp.zeros(shape))
-    first = networks.generator.apply({"params": params}, batch, jax.random.normal(key_1, shape))
-    second = networks.generator.apply({"params": params}, batch, jax.random.normal(key_2, shape))
-    frames = batch["frame_mask"].astype(jnp.float32)
-    clips = batch["clip_mask"].astype(jnp.float32) * batch["has_emotion"].astype(jnp.float32)
 
-    emotional = batch["emotional"].astype(jnp.float32)[:, None]
-    kinds = {
-        "": frames,
-        "/emotional_clips": frames * emotional,
-        "/neutral_clips": frames * (1 - emotional),
-    }
+@dataclasses.dataclass
+class Setup:
+    """Everything a run is built from, before any state exists."""
 
-    def vertex_error_mm(prediction, kind=""):
-        difference = (prediction - batch["vertices"]).reshape(prediction.shape[:2] + (-1, 3))
-        per_frame = (
-            jnp.mean(jnp.linalg.norm(difference, axis=-1), axis=-1) * loss_config.vertex_scale
+    placement: parallel.Placement
+    corpus: biwi.Corpus
+    assets: checkpoint.Assets
+    train_set: ClipDataset
+    val_set: ClipDataset
+    networks: Networks
+    buckets: tuple[int, ...]
+    mean_mixture: jax.Array
+    seeds: dict[str, int]
+    keys: dict
+
+
+def setup(config) -> Setup:
+    """Opens the corpus, the frozen encoder and the datasets, and builds the networks."""
+    lead = jax.process_index() == 0
+    placement = parallel.Placement(parallel.data_mesh())
+    parallel.check_global_batch(config.train.global_batch, placement.mesh)
+    corpus = open_corpus(config, progress=config.train.progress and lead)
+    encoder = ContextEncoder.from_config(config)
+    train_subjects = tuple(config.data.splits.train_subjects)
+    train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
+    val_set = ClipDataset.from_corpus(corpus, "val", train_subjects, context_encoder=encoder)
+    assets = checkpoint.Assets.from_corpus(corpus, train_subjects)
+    model_config = SDETalkConfig.for_run(
+        config, context_dim=encoder.hidden_size, **assets.dimensions
+    )
+    longest = max(max(train_set.lengths), max(val_set.lengths))
+    buckets = batching.bucket_lengths(
+        longest, min_length=config.data.bucket_min, growth=config.data.bucket_growth
+    )
+    mean_mixture = mean_emotion_mixture(train_set.clips)
+    if mean_mixture is None:
+        mean_mixture = np.full((model_config.num_emotions,), 1.0)
+    seeds = purpose_seeds(config.train)
+    return Setup(
+        placement=placement, corpus=corpus, assets=assets, train_set=train_set, val_set=val_set,
+        networks=Networks.build(model_config), buckets=buckets,
+        mean_mixture=placement.replicate(mean_mixture.astype(np.float32)), seeds=seeds,
+        keys=purpose_keys(seeds),
+    )  # fmt: skip
+
+
+def write_run_metadata(config, workdir: str, assets: checkpoint.Assets) -> None:
+    """The run's config, its software environment, and what `animate` needs to run without the
+    corpus (templates, mesh, regions, subject order)."""
+    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    write_json(os.path.join(workdir, "environment.json"), environment_record())
+    assets.save(os.path.join(workdir, checkpoint.ASSETS))
+
+
+def restore_or_init(run: Setup, config, manager) -> tuple[dict, dict]:
+    """(state, data position): the last checkpoint's, or a new run's from the init key."""
+    placement = run.placement
+    initial = jax.device_get(optim.initial_state(run.networks, config, run.keys["init"]))
+    if run.networks.config.speaker_baseline and manager.latest_step() is None:
+        # A pass over the training audio; a resumed run restores the learnt baseline instead.
+        baseline = initial["params"]["generator"]["emotion"]["speaker_baseline"]
+        baseline["kernel"] = speaker_mel_baseline(run.train_set, run.networks.config)
+    state = placement.replicate(initial)
+    if manager.latest_step() is None:
+        return state, {"epoch": 0, "batch": 0}
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), state
+    )
+    state, position = checkpoint.restore_checkpoint(manager, abstract)
+    _log(
+        f"resuming from step {int(parallel.to_host(state['step']))} "
+        f"(epoch {position['epoch']}, batch {position['batch']})"
+    )
+    return state, position
+
+
+class Checkpoints:
+    """The last few states and the best one. Which step was saved last is tracked here rather than
+    read back from disk: every process must take the same decision (orbax saves are collective),
+    even while process 0 is still finalising an asynchronous save that another cannot see yet."""
+
+    def __init__(self, workdir: str, keep: int):
+        self.latest = checkpoint.checkpoint_manager(workdir, keep=keep)
+        self.best = checkpoint.checkpoint_manager(workdir, checkpoint.BEST, keep=1, best=True)
+        self.saved_step = self.latest.latest_step() or 0
+
+    def save(self, state, position, step: int, metrics: dict | None = None) -> None:
+        checkpoint.save_checkpoint(self.latest, state, position)
+        self.saved_step = step
+        if metrics is not None:
+            checkpoint.save_checkpoint(self.best, state, position, metrics=metrics)
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+
+def _validation_line(epoch: int, validation: dict) -> str:
+    v = validation
+    return (
+        f"epoch {epoch + 1}: val vertex error {v['vertex_error_mm']:.3f} mm "
+        f"(template {v['template_vertex_error_mm']:.3f}, neutral generator "
+        f"{v['neutral_vertex_error_mm']:.3f}; emotional clips "
+        f"{v['vertex_error_mm/emotional_clips']:.3f} vs "
+        f"{v['neutral_vertex_error_mm/emotional_clips']:.3f}, neutral clips "
+        f"{v['vertex_error_mm/neutral_clips']:.3f} vs "
+        f"{v['neutral_vertex_error_mm/neutral_clips']:.3f}), emotion error "
+        f"{v['emotion_error']:.4f} (mean mixture {v['mean_mixture_emotion_error']:.4f})"
+    )
+
+
+def _check_finite(metrics: dict, step: int, epoch: int, batch_index: int, workdir: str) -> None:
+    if not all(math.isfinite(v) for v in metrics.values()):
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        raise TrainingDiverged(
+            f"non-finite loss at step {step} (epoch {epoch}, batch {batch_index}): {bad}; "
+            f"all losses: {metrics}. The last good checkpoint in {workdir}/checkpoints is intact."
         )
-        return jnp.sum(per_frame * kinds[kind])
-
-    template = jnp.broadcast_to(batch["template"][:, None], batch["vertices"].shape)
-    # Angle between the two samples' rotations from the Frobenius norm of their difference,
-    # ||R1 - R2|| = 2 sqrt(2) sin(angle / 2): well conditioned for the small angles this is
-    # (the arccos of the trace loses most digits near the identity).
-    chord = jnp.linalg.norm(
-        (first["rotation"] - second["rotation"]).reshape(frames.shape + (9,)), axis=-1
-    )
-    rotation_difference = jnp.degrees(
-        2 * jnp.arcsin(jnp.clip(chord / (2 * np.sqrt(2.0)), 0.0, 1.0))
-    )
-    terms = losses.reconstruction_losses(mean, batch, loss_config)
-    sums = {"frames" + kind: jnp.sum(weights) for kind, weights in kinds.items()}
-    for kind in kinds:  # split by clip kind: G must add an expression to emotional speech only
-        sums["vertex_error_mm" + kind] = vertex_error_mm(mean["expression"], kind)
-        sums["neutral_vertex_error_mm" + kind] = vertex_error_mm(mean["neutral"], kind)
-    return {
-        **sums,
-        "clips": jnp.sum(clips),
-        "sampled_vertex_error_mm": vertex_error_mm(first["expression"]),
-        "template_vertex_error_mm": vertex_error_mm(template),
-        "emotion_error": jnp.sum(
-            jnp.sum(jnp.square(mean["mixture"] - batch["emotion"]), -1) * clips
-        ),
-        "mean_mixture_emotion_error": jnp.sum(
-            jnp.sum(jnp.square(mean_mixture - batch["emotion"]), -1) * clips
-        ),
-        "head_rotation_key_difference_deg": jnp.sum(rotation_difference * frames),
-        "reconstruction": terms["reconstruction"] * jnp.sum(frames),
-    }
 
 
-def compiled_evaluation(networks, loss_config, placement: parallel.Placement):
-    r = placement.replicated
-    return jax.jit(
-        functools.partial(evaluation_sums, networks, loss_config),
-        in_shardings=(r, placement.batch, r, r),
-        out_shardings=r,
-    )
+@dataclasses.dataclass
+class Trainer:
+    """The loop's fixed parts; `state`, `position` and `step` are what it advances."""
 
+    config: object
+    workdir: str
+    run: Setup
+    step_fn: object
+    eval_fn: object
+    writer: MetricWriter
+    checkpoints: Checkpoints
+    plans_per_epoch: int
+    state: dict
+    position: dict
+    step: int
 
-def evaluate_split(
-    dataset, networks, config, params, eval_fn, buckets, mean_mixture, placement
-) -> dict:
-    """Validation metrics of a split: each process evaluates its rows of every batch, the sums are
-    reduced over the mesh by the jitted function."""
-    totals: dict[str, float] = {}
-    for batch_index, batch in dataset.batches(
-        global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0, shuffle=False,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    ):  # fmt: skip
-        prepared = placement.shard_batch(prepare_batch(batch, networks.config.num_subjects))
-        sums = eval_fn(params, prepared, placement.replicate(np.int32(batch_index)), mean_mixture)
-        for name, value in parallel.to_host(sums).items():
-            totals[name] = totals.get(name, 0.0) + float(value)
-    clips = max(totals.pop("clips"), 1.0)
-    frames = {
-        name: max(totals.pop(name), 1.0) for name in list(totals) if name.startswith("frames")
-    }
-    results = {}
-    for name, value in totals.items():
-        kind = name[name.index("/") :] if "/" in name else ""
-        results[name] = value / (clips if "emotion_error" in name else frames["frames" + kind])
-    return results
+    def run_epoch(self, epoch: int, stop: parallel.StopRequest) -> bool:
+        """Trains one epoch from the saved position; returns whether it ended (False when
+        train.max_steps stopped it part-way). Raises Preempted after a SIGTERM, once saved."""
+        from tqdm import tqdm
 
+        config, run, lead = self.config, self.run, jax.process_index() == 0
+        start_batch = self.position["batch"] if epoch == self.position["epoch"] else 0
+        bar = tqdm(
+            total=self.plans_per_epoch, initial=start_batch, unit="batch",
+            desc=f"epoch {epoch + 1}/{config.train.epochs}",
+            disable=not (config.train.progress and lead),
+        )  # fmt: skip
+        max_steps = config.train.max_steps or math.inf
+        for batch_index, batch in run.train_set.batches(
+            global_batch=config.train.global_batch, buckets=run.buckets, seed=run.seeds["data"],
+            epoch=epoch, start_batch=start_batch, process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ):  # fmt: skip
+            if self.step >= max_steps:
+                break
+            prepared = run.placement.shard_batch(
+                model_batch(batch, batch["subject"], run.networks.config.num_subjects)
+            )
+            self.state, metrics = self.step_fn(self.state, prepared)
+            metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
+            _check_finite(metrics, self.step, epoch, batch_index, self.workdir)
+            self.step += 1
+            self.writer.write(self.step, "train", metrics)
+            bar.set_postfix(
+                rec=f"{metrics['reconstruction']:.3g}", cls=f"{metrics['classification']:.3g}",
+                mi=f"{metrics['mi']:.3g}", d=f"{metrics['discriminator']:.3g}",
+            )  # fmt: skip
+            bar.update(1)
+            self.position = {"epoch": epoch, "batch": batch_index + 1}
+            every = config.train.checkpoint_every_steps
+            if every and self.step % every == 0:
+                self.checkpoints.save(self.state, self.position, self.step)
+            if stop.agreed():
+                self.checkpoints.save(self.state, self.position, self.step)
+                raise parallel.Preempted(
+                    f"SIGTERM: stopped after step {self.step} (epoch {epoch}, batch "
+                    f"{batch_index + 1}) and saved a checkpoint in {self.workdir}/checkpoints; "
+                    "run the same command to resume"
+                )
+        bar.close()
+        return not (self.step >= max_steps and self.position["batch"] < self.plans_per_epoch)
 
-class MetricWriter:
-    """JSON lines and TensorBoard event files in the workdir (process 0 only)."""
-
-    def __init__(self, workdir: str, enabled: bool = True):
-        self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.tensorboard = None
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(self, step: int, prefix: str, values: dict) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in values.items()}}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-        for name, value in record.items():
-            if name != "step":
-                self.tensorboard.add_scalar(name, value, step)
-
-    def close(self):
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def environment_record() -> dict:
-    """Python, every installed distribution with its exact version, the devices and processes."""
-    from importlib import metadata
-
-    packages = {}
-    for distribution in metadata.distributions():
-        name = distribution.metadata["Name"]
-        if name:
-            packages[name.lower()] = distribution.version
-    return {
-        "python": sys.version.split()[0],
-        "packages": dict(sorted(packages.items())),
-        "devices": [str(d) for d in jax.devices()],
-        "process_count": jax.process_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
-
-
-class StopRequest:
-    """SIGTERM (a cluster pre-empting the job) sets a flag; the loop checks it after every step,
-    saves a checkpoint and stops. All processes stop at the same step (they agree on the flag)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def agreed(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.array(self.requested))
-        return bool(np.any(flags))
-
-
-class Preempted(RuntimeError):
-    """Training stopped on SIGTERM after saving a checkpoint."""
-
-
-def _log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
+    def end_epoch(self, epoch: int, epoch_start: float) -> dict:
+        """Validates, writes the records and saves the end-of-epoch checkpoint (and the best)."""
+        self.position = {"epoch": epoch + 1, "batch": 0}
+        validation_metrics = validation.evaluate_split(
+            self.run.val_set, self.run.networks, self.config,
+            self.state["params"]["generator"], self.eval_fn, self.run.buckets,
+            self.run.mean_mixture, self.run.placement,
+        )  # fmt: skip
+        self.writer.write(self.step, "val", validation_metrics)
+        # Wall-clock time is the one thing that differs between identical runs: it is kept
+        # under its own prefix (docs/scaling.md).
+        self.writer.write(self.step, "time", {"epoch_seconds": time.perf_counter() - epoch_start})
+        _log(_validation_line(epoch, validation_metrics))
+        self.checkpoints.save(
+            self.state, self.position, self.step,
+            metrics={"val_vertex_error_mm": validation_metrics["vertex_error_mm"]},
+        )  # fmt: skip
+        return validation_metrics
 
 
 def train(config, workdir: str) -> dict:
@@ -416,192 +442,74 @@ def train(config, workdir: str) -> dict:
     validation metrics. Raises Preempted after a SIGTERM, once the checkpoint is saved."""
     lead = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    mesh = parallel.data_mesh()
-    placement = parallel.Placement(mesh)
-    parallel.check_global_batch(config.train.global_batch, mesh)
-    corpus = runtime.open_corpus(config, progress=config.train.progress and lead)
-    encoder = runtime.context_encoder(config)
-    train_subjects = tuple(config.data.splits.train_subjects)
-    train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
-    val_set = ClipDataset.from_corpus(corpus, "val", train_subjects, context_encoder=encoder)
-    networks = runtime.Networks.build(runtime.model_config(config, corpus, encoder.hidden_size))
-    longest = max(max(train_set.lengths), max(val_set.lengths))
-    buckets = batching.bucket_lengths(
-        longest, min_length=config.data.bucket_min, growth=config.data.bucket_growth
-    )
-    labelled = [c.emotion / c.emotion.sum() for c in train_set.clips if c.emotion is not None]
-    mean_mixture = placement.replicate(
-        np.mean(labelled, 0).astype(np.float32)
-        if labelled
-        else np.full((networks.config.num_emotions,), 1.0, np.float32)
-    )
-    seeds = purpose_seeds(config.train)
-    keys = purpose_keys(seeds)
-
+    run = setup(config)
     if lead:
-        runtime.write_json(
-            os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
-        )
-        runtime.write_json(os.path.join(workdir, "environment.json"), environment_record())
-        # What `animate` needs to run without the corpus: templates, mesh, regions, subject order.
-        Assets.from_corpus(corpus, train_subjects).save(os.path.join(workdir, ASSETS))
-
-    manager = runtime.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
-    initial = jax.device_get(runtime.initial_state(networks, config, keys["init"]))
-    if networks.config.speaker_baseline and manager.latest_step() is None:
-        # A pass over the training audio; a resumed run restores the learnt baseline instead.
-        baseline = initial["params"]["generator"]["emotion"]["speaker_baseline"]
-        baseline["kernel"] = runtime.speaker_mel_baseline(train_set, networks.config)
-    state = placement.replicate(initial)
-    best_manager = runtime.checkpoint_manager(workdir, runtime.BEST, keep=1, best=True)
-    position = {"epoch": 0, "batch": 0}
-    if manager.latest_step() is not None:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), state
-        )
-        state, position = runtime.restore_checkpoint(manager, abstract)
-        _log(
-            f"resuming from step {int(parallel.to_host(state['step']))} "
-            f"(epoch {position['epoch']}, batch {position['batch']})"
-        )
-
+        write_run_metadata(config, workdir, run.assets)
+    checkpoints = Checkpoints(workdir, config.train.keep_checkpoints)
+    state, position = restore_or_init(run, config, checkpoints.latest)
     plans_per_epoch = len(
         batching.epoch_plan(
-            train_set.lengths, global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0,
+            run.train_set.lengths, global_batch=config.train.global_batch, buckets=run.buckets,
+            seed=0, epoch=0,
         )
     )  # fmt: skip
-    step_fn = compiled_train_step(
-        networks, config, placement, keys["noise"], plans_per_epoch * config.train.epochs
-    )
-    eval_fn = compiled_evaluation(networks, config.loss, placement)
-    writer = MetricWriter(workdir, enabled=lead)
-    max_steps = config.train.max_steps or math.inf
-    validation: dict = {}
-    step = int(parallel.to_host(state["step"]))
-    from tqdm import tqdm
-
-    # Which step was saved last is tracked here rather than read back from disk: every process
-    # must take the same decision (orbax saves are collective), even while process 0 is still
-    # finalising an asynchronous save that another process cannot see yet.
-    saved = {"step": manager.latest_step() or 0}
-
-    def save(metrics=None):
-        runtime.save_checkpoint(manager, state, position)
-        saved["step"] = step
-        if metrics is not None:
-            runtime.save_checkpoint(best_manager, state, position, metrics=metrics)
-
+    trainer = Trainer(
+        config=config, workdir=workdir, run=run,
+        step_fn=compiled_train_step(
+            run.networks, config, run.placement, run.keys["noise"],
+            plans_per_epoch * config.train.epochs,
+        ),
+        eval_fn=validation.compiled_evaluation(run.networks, config.loss, run.placement),
+        writer=MetricWriter(workdir, enabled=lead), checkpoints=checkpoints,
+        plans_per_epoch=plans_per_epoch, state=state, position=position,
+        step=int(parallel.to_host(state["step"])),
+    )  # fmt: skip
+    validation_metrics: dict = {}
     try:
-        with StopRequest() as stop:
+        with parallel.StopRequest() as stop:
             for epoch in range(position["epoch"], config.train.epochs):
-                start_batch = position["batch"] if epoch == position["epoch"] else 0
-                bar = tqdm(
-                    total=plans_per_epoch, initial=start_batch, unit="batch",
-                    desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                    disable=not (config.train.progress and lead),
-                )  # fmt: skip
                 epoch_start = time.perf_counter()
-                for batch_index, batch in train_set.batches(
-                    global_batch=config.train.global_batch, buckets=buckets, seed=seeds["data"],
-                    epoch=epoch, start_batch=start_batch, process_index=jax.process_index(),
-                    process_count=jax.process_count(),
-                ):  # fmt: skip
-                    if step >= max_steps:
-                        break
-                    prepared = placement.shard_batch(
-                        prepare_batch(batch, networks.config.num_subjects)
-                    )
-                    state, metrics = step_fn(state, prepared)
-                    metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
-                    if not all(math.isfinite(v) for v in metrics.values()):
-                        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-                        raise TrainingDiverged(
-                            f"non-finite loss at step {step} (epoch {epoch}, batch {batch_index}): {bad}; "
-                            f"all losses: {metrics}. The last good checkpoint in {workdir}/checkpoints is intact."
-                        )
-                    step += 1
-                    writer.write(step, "train", metrics)
-                    bar.set_postfix(
-                        rec=f"{metrics['reconstruction']:.3g}", cls=f"{metrics['classification']:.3g}",
-                        mi=f"{metrics['mi']:.3g}", d=f"{metrics['discriminator']:.3g}",
-                    )  # fmt: skip
-                    bar.update(1)
-                    position = {"epoch": epoch, "batch": batch_index + 1}
-                    every = config.train.checkpoint_every_steps
-                    if every and step % every == 0:
-                        save()
-                    if stop.agreed():
-                        save()
-                        raise Preempted(
-                            f"SIGTERM: stopped after step {step} (epoch {epoch}, batch "
-                            f"{batch_index + 1}) and saved a checkpoint in {workdir}/checkpoints; "
-                            "run the same command to resume"
-                        )
-                bar.close()
-                if step >= max_steps and position["batch"] < plans_per_epoch:
+                if not trainer.run_epoch(epoch, stop):
                     break
-                position = {"epoch": epoch + 1, "batch": 0}
-                validation = evaluate_split(
-                    val_set, networks, config, state["params"]["generator"], eval_fn, buckets,
-                    mean_mixture, placement,
-                )  # fmt: skip
-                writer.write(step, "val", validation)
-                # Wall-clock time is the one thing that differs between identical runs: it is kept
-                # under its own prefix (docs/scaling.md).
-                writer.write(step, "time", {"epoch_seconds": time.perf_counter() - epoch_start})
-                _log(
-                    f"epoch {epoch + 1}: val vertex error {validation['vertex_error_mm']:.3f} mm "
-                    f"(template {validation['template_vertex_error_mm']:.3f}, neutral generator "
-                    f"{validation['neutral_vertex_error_mm']:.3f}; emotional clips "
-                    f"{validation['vertex_error_mm/emotional_clips']:.3f} vs "
-                    f"{validation['neutral_vertex_error_mm/emotional_clips']:.3f}, neutral clips "
-                    f"{validation['vertex_error_mm/neutral_clips']:.3f} vs "
-                    f"{validation['neutral_vertex_error_mm/neutral_clips']:.3f}), emotion error "
-                    f"{validation['emotion_error']:.4f} (mean mixture "
-                    f"{validation['mean_mixture_emotion_error']:.4f})"
-                )
-                save(metrics={"val_vertex_error_mm": validation["vertex_error_mm"]})
+                validation_metrics = trainer.end_epoch(epoch, epoch_start)
     finally:
-        manager.wait_until_finished()
-        best_manager.wait_until_finished()
-        writer.close()
-    if step > 0 and saved["step"] != step:
-        save()
-        manager.wait_until_finished()
-    return validation
+        checkpoints.wait()
+        trainer.writer.close()
+    if trainer.step > 0 and checkpoints.saved_step != trainer.step:
+        checkpoints.save(trainer.state, trainer.position, trainer.step)
+        checkpoints.latest.wait_until_finished()
+    return validation_metrics
 
 
-def main(argv=None):
-    from absl import app, flags
-    from ml_collections import config_flags
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
-    config_flags.DEFINE_config_file(
-        "config", None, "Python config file (configs/*.py).", lock_config=True
-    )
-    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, config.")
-    flags.mark_flags_as_required(["config", "workdir"])
 
-    def run(_):
-        from absl import logging
+# ---------------------------------------------------------------------------------------------
+# The command line
 
-        from sdetalk_jax.data.biwi import DataError
 
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-        config = flags.FLAGS.config
-        if config.train.deterministic_gpu:  # nothing has touched a device yet
-            parallel.request_deterministic_gpu_ops()
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("python -m sdetalk_jax.train", __doc__)
+    cli.add_config_arguments(parser)
+    parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, config")
+    args, config = cli.parse_with_config(parser, argv)
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    if config.train.deterministic_gpu:  # nothing has touched a device yet
+        parallel.request_deterministic_gpu_ops()
+    try:
         parallel.initialize_distributed(config.get("distributed"))
-        try:
-            train(config, flags.FLAGS.workdir)
-        except Preempted as stopped:
-            _log(str(stopped))
-            sys.exit(0)
-        except (DataError, TrainingDiverged, parallel.ConfigError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(1)
-
-    app.run(run, argv=argv)
+        train(config, args.workdir)
+    except parallel.Preempted as stopped:
+        _log(str(stopped))
+        return 0
+    except (biwi.DataError, TrainingDiverged, parallel.ConfigError) as error:
+        return cli.report(error)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

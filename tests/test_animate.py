@@ -10,8 +10,9 @@ import pytest
 import soundfile
 
 from sdetalk_jax import animate, evaluate, render
+from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.data import synthetic
-from sdetalk_jax.inference import RunError, TrainedModel
+from sdetalk_jax.inference import TrainedModel
 from sdetalk_jax.train import train
 from tests.conftest import tiny_training_config
 

@@ -159,8 +159,8 @@ def test_example_from_44k_stereo_clip(small_corpus):
 
 
 def test_speaker_mel_baseline_is_each_training_speakers_mean_scaled_mel(small_corpus):
-    from sdetalk_jax import runtime
     from sdetalk_jax.models import sdetalk
+    from sdetalk_jax.models.networks import speaker_mel_baseline
 
     corpus = biwi.scan_corpus(small_corpus)
     # Identity speakers F2 and F5: M3's training clips are of an unseen speaker (left out), and
@@ -169,7 +169,7 @@ def test_speaker_mel_baseline_is_each_training_speakers_mean_scaled_mel(small_co
     assert {c.subject for c in dataset.clips} == {"F2", "M3"}
     config = sdetalk.SDETalkConfig(num_vertices=NUM_VERTICES, context_dim=8, num_subjects=2,
                                    num_emotions=3)  # fmt: skip
-    baseline = runtime.speaker_mel_baseline(dataset, config)
+    baseline = speaker_mel_baseline(dataset, config)
     assert baseline.shape == (2, 128)
     f2 = [i for i, c in enumerate(dataset.clips) if c.subject == "F2"]
     expected = np.concatenate([dataset.log_mel(i) for i in f2]).mean(0)

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from sdetalk_jax import losses, runtime
+from sdetalk_jax import losses, optim
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.models import sdetalk
-from sdetalk_jax.train import make_train_step, real_faces
+from sdetalk_jax.models.networks import Networks
+from sdetalk_jax.train import make_train_step
 
 CONFIG = sdetalk.SDETalkConfig(
     num_vertices=40, context_dim=16, num_subjects=3, num_emotions=5, hidden=32, heads=4,
@@ -69,7 +70,7 @@ def _make_batch(lengths, frames, seed):
 
 @pytest.fixture(scope="module")
 def networks_and_params():
-    networks = runtime.Networks.build(CONFIG)
+    networks = Networks.build(CONFIG)
     return networks, networks.init_params(jax.random.key(0))
 
 
@@ -107,7 +108,7 @@ def all_losses(networks, params, batch):
     out, noise = generator_outputs(networks, params, batch)
     second, noise_2 = generator_outputs(networks, params, batch, seed=2)
     terms = losses.reconstruction_losses(out, batch, LossConfig)
-    factors = losses.per_frame_factors(out)
+    factors = sdetalk.per_frame_factors(out)
     estimates = networks.estimators.apply({"params": params["estimators"]}, factors)
     weights = batch["frame_mask"].astype(jnp.float32)
     terms["log_likelihood"] = losses.estimator_log_likelihood(estimates, factors, weights)
@@ -186,7 +187,7 @@ def test_mi_bound_moves_identity_and_emotion_not_estimators(networks_and_params)
 
     def bound(generator_params, estimator_params):
         out, _ = generator_outputs(networks, {**params, "generator": generator_params}, batch)
-        factors = losses.per_frame_factors(out)
+        factors = sdetalk.per_frame_factors(out)
         estimates = networks.estimators.apply({"params": estimator_params}, factors)
         return losses.vclub_upper_bound(estimates, factors, weights, jax.random.key(3))["mi"]
 
@@ -197,7 +198,7 @@ def test_mi_bound_moves_identity_and_emotion_not_estimators(networks_and_params)
 
 def test_one_training_step_updates_all_three_networks(networks_and_params):
     networks, params = networks_and_params
-    from sdetalk_jax.runtime import optimizer
+    from sdetalk_jax.optim import optimizer
 
     tx = optimizer(PAPER)
     state = {
@@ -214,7 +215,8 @@ def test_one_training_step_updates_all_three_networks(networks_and_params):
         after = traverse_util.flatten_dict(new_state["params"][name])
         assert any(not np.array_equal(before[k], after[k]) for k in before), name
     assert all(np.isfinite(float(v)) for v in metrics.values())
-    assert real_faces(batch).shape == batch["vertices"].shape
+    posed = sdetalk.pose_faces(batch["vertices"], batch["rotation"], batch["translation"])
+    assert posed.shape == batch["vertices"].shape
 
 
 def test_rotation_from_6d_identity():
@@ -238,27 +240,27 @@ def test_classification_loss_can_leave_out_neutral_recordings():
 def test_warmup_cosine_schedule_rises_then_decays_to_zero():
     train_config = PAPER.train.copy_and_resolve_references()
     train_config.lr_schedule, train_config.warmup_steps = "warmup_cosine", 10
-    schedule = runtime.learning_rate(train_config, 100)
+    schedule = optim.learning_rate(train_config, 100)
     rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
     peak = train_config.learning_rate
     assert (
         rates[0] == 0.0 and rates[1] == pytest.approx(peak / 2) and rates[2] == pytest.approx(peak)
     )
     assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(0.0, abs=1e-12)
-    assert runtime.learning_rate(PAPER.train, 100) == peak  # the paper's fixed rate
+    assert optim.learning_rate(PAPER.train, 100) == peak  # the paper's fixed rate
     # The optimiser state's structure does not depend on the schedule's length (restoring needs
     # none), and a schedule's Adam updates follow the schedule.
     params = {"w": jnp.ones(3)}
     config = PAPER.copy_and_resolve_references()
     config.train = train_config
-    short, long = runtime.optimizer(config, 5), runtime.optimizer(config, 500)
+    short, long = optim.optimizer(config, 5), optim.optimizer(config, 500)
     assert jax.tree.structure(short.init(params)) == jax.tree.structure(long.init(params))
     grads = {"w": jnp.ones(3)}
     update, _ = short.update(grads, short.init(params), params)
     np.testing.assert_array_equal(update["w"], 0.0)  # step 0 of the warm-up: rate 0
     train_config.lr_schedule = "exponential"
     with pytest.raises(ValueError, match="lr_schedule"):
-        runtime.learning_rate(train_config, 100)
+        optim.learning_rate(train_config, 100)
 
 
 def test_emotional_speech_loss_is_binary_cross_entropy_over_real_clips():
@@ -276,7 +278,7 @@ def test_dropout_acts_only_in_training_and_is_keyed():
     import dataclasses
 
     config = dataclasses.replace(CONFIG, dropout=0.5)
-    networks = runtime.Networks.build(config)
+    networks = Networks.build(config)
     params = {"params": networks.init_params(jax.random.key(0))["generator"]}
     batch = make_batch([12, 9], 12)
     noise = jnp.zeros(batch["frame_mask"].shape + (config.hidden,))
@@ -294,7 +296,7 @@ def test_dropout_acts_only_in_training_and_is_keyed():
     assert np.abs(trained(1) - trained(2)).max() > 1e-3
     assert np.abs(trained(1) - evaluated).max() > 1e-3
     # At rate 0 training is deterministic and needs no key.
-    plain = runtime.Networks.build(CONFIG)
+    plain = Networks.build(CONFIG)
     np.testing.assert_array_equal(
         plain.generator.apply(params, batch, noise, deterministic=False)["embedding"],
         plain.generator.apply(params, batch, noise)["embedding"],

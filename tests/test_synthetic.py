@@ -96,7 +96,7 @@ def test_viseme_classes(phoneme, expected):
 
 
 def test_preview_is_written(tmp_path):
-    from sdetalk_jax.data.preview import write_preview
+    from sdetalk_jax.data.synthetic.preview import write_preview
 
     root = generate(tmp_path / "p", subjects=1, sentences=1)
     path = write_preview(root)
@@ -244,7 +244,7 @@ def test_two_seeds_give_different_head_motion_for_the_same_clip(tmp_path):
 
 
 def test_a_corpus_of_another_format_is_kept_but_reported(tmp_path, capsys):
-    from sdetalk_jax import runtime
+    from sdetalk_jax.data import corpus
 
     parameters = dict(subjects=2, sentences=3, vertices=120, seed=0)
     root = tmp_path / "old"
@@ -252,7 +252,7 @@ def test_a_corpus_of_another_format_is_kept_but_reported(tmp_path, capsys):
     info = {"generator": synth.GENERATOR, "parameters": synth.corpus_parameters(**parameters)}
     for version, reported in ((synth.FORMAT_VERSION - 1, True), (synth.FORMAT_VERSION, False)):
         (root / "corpus.json").write_text(json.dumps({**info, "format_version": version}))
-        runtime.warn_if_other_synthetic(os.fspath(root), parameters)
+        corpus.warn_if_other_synthetic(os.fspath(root), parameters)
         output = capsys.readouterr().out
         assert ("--force" in output and f"'format_version': {version}" in output) == reported
     assert sorted(os.listdir(root)) == ["corpus.json"]  # nothing replaced or removed

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from sdetalk_jax import runtime
+from sdetalk_jax import checkpoint
 from sdetalk_jax.data import synthetic
 from sdetalk_jax.data.biwi import DataError
 from sdetalk_jax.train import TrainingDiverged, train
@@ -32,7 +32,7 @@ def config(corpus_root, tmp_path):
 
 
 def final_params(workdir):
-    manager = runtime.checkpoint_manager(workdir)
+    manager = checkpoint.checkpoint_manager(workdir)
     step = manager.latest_step()
     restored = manager.restore(step)
     return step, traverse_util.flatten_dict(jax.device_get(restored["state"]["params"]))
@@ -62,9 +62,9 @@ def test_train_writes_metrics_config_and_checkpoints(config, tmp_path):
         assert json.load(handle)["train"]["global_batch"] == 4
     with open(os.path.join(workdir, "environment.json")) as handle:
         assert "jax" in json.load(handle)["packages"]
-    assert runtime.checkpoint_manager(workdir).latest_step() > 0
+    assert checkpoint.checkpoint_manager(workdir).latest_step() > 0
     assert (
-        runtime.checkpoint_manager(workdir, runtime.BEST, keep=1, best=True).latest_step()
+        checkpoint.checkpoint_manager(workdir, checkpoint.BEST, keep=1, best=True).latest_step()
         is not None
     )
 
@@ -77,7 +77,7 @@ def test_resume_gives_bitwise_the_same_parameters(config, tmp_path):
     interrupted = os.fspath(tmp_path / "interrupted")
     config.train.max_steps = 3  # stops in the middle of the second epoch (2 batches per epoch)
     train(config, interrupted)
-    assert runtime.checkpoint_manager(interrupted).latest_step() == 3
+    assert checkpoint.checkpoint_manager(interrupted).latest_step() == 3
     config.train.max_steps = 0
     train(config, interrupted)  # the same command again: resumes at step 3, epoch 1, batch 1
     step_resumed, params_resumed = final_params(interrupted)
@@ -160,7 +160,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(
     ) as info:
         train(config, workdir)
     assert "last good checkpoint" in str(info.value)
-    manager = runtime.checkpoint_manager(workdir)
+    manager = checkpoint.checkpoint_manager(workdir)
     assert manager.latest_step() == 2  # saved after steps 1 and 2; nothing after the NaN
     restored = manager.restore(2)  # complete and readable
     assert int(restored["state"]["step"]) == 2

@@ -24,22 +24,29 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from sdetalk_jax import runtime, train  # noqa: E402
+from sdetalk_jax import checkpoint, optim, train  # noqa: E402
+from sdetalk_jax.data.corpus import open_corpus  # noqa: E402
+from sdetalk_jax.models.networks import Networks  # noqa: E402
+from sdetalk_jax.models.sdetalk import SDETalkConfig  # noqa: E402
+from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder  # noqa: E402
 from tests.tiny_config import get_config  # noqa: E402
 
 
 def dump_params(config, workdir: str) -> None:
     """Restores the latest checkpoint on this process's mesh and writes its parameters."""
-    corpus = runtime.open_corpus(config)
-    encoder = runtime.context_encoder(config)
-    networks = runtime.Networks.build(runtime.model_config(config, corpus, encoder.hidden_size))
+    corpus = open_corpus(config)
+    encoder = ContextEncoder.from_config(config)
+    assets = checkpoint.Assets.from_corpus(corpus, config.data.splits.train_subjects)
+    networks = Networks.build(
+        SDETalkConfig.for_run(config, context_dim=encoder.hidden_size, **assets.dimensions)
+    )
     placement = parallel.Placement(parallel.data_mesh())
-    state = runtime.initial_state(networks, config, jax.random.key(0))
+    state = optim.initial_state(networks, config, jax.random.key(0))
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), state
     )
-    manager = runtime.checkpoint_manager(workdir, read_only=True)
-    restored, position = runtime.restore_checkpoint(manager, abstract)
+    manager = checkpoint.checkpoint_manager(workdir, read_only=True)
+    restored, position = checkpoint.restore_checkpoint(manager, abstract)
     flat = traverse_util.flatten_dict(parallel.to_host(restored["params"]), sep="/")
     flat["step"] = parallel.to_host(restored["step"])
     path = os.path.join(workdir, f"params_{jax.process_index()}.npz")
@@ -47,7 +54,7 @@ def dump_params(config, workdir: str) -> None:
 
 
 def kill_during_save(step_to_kill: int) -> None:
-    real_save = runtime.save_checkpoint
+    real_save = checkpoint.save_checkpoint
 
     def save(manager, state, position, metrics=None):
         real_save(manager, state, position, metrics)
@@ -58,7 +65,7 @@ def kill_during_save(step_to_kill: int) -> None:
                 handle.write(" ".join(pending) + "\n")
             os.kill(os.getpid(), 9)
 
-    runtime.save_checkpoint = save
+    checkpoint.save_checkpoint = save
 
 
 def main() -> int:
@@ -83,7 +90,7 @@ def main() -> int:
         kill_during_save(args.kill_during_save_at)
     try:
         train.train(config, args.workdir)
-    except train.Preempted as stopped:
+    except parallel.Preempted as stopped:
         print(stopped, flush=True)
     dump_params(config, args.workdir)
     print(f"devices {jax.device_count()} processes {jax.process_count()}", flush=True)

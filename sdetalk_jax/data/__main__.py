@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from sdetalk_jax import cli
 from sdetalk_jax.data import batching, biwi
 
 
@@ -13,8 +13,7 @@ def check(root: str, *, global_batch: int = 8, quiet: bool = False) -> int:
     try:
         corpus = biwi.scan_corpus(root, progress=not quiet)
     except biwi.DataError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
+        return cli.report(err)
     for line in biwi.summarize(corpus):
         print(line)
     train_lengths = [clip.num_frames for clip in corpus.split("train")]
@@ -33,7 +32,7 @@ def check(root: str, *, global_batch: int = 8, quiet: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdetalk_jax.data", description=__doc__)
+    parser = cli.parser("python -m sdetalk_jax.data", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser("check", help="validate a corpus in the BIWI layout")
     check_parser.add_argument("--root", required=True, help="corpus folder (see docs/data.md)")

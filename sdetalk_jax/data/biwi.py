@@ -354,24 +354,8 @@ def _missing_root_message(root: str, what: str) -> str:
     )
 
 
-def scan_corpus(
-    root: str | os.PathLike,
-    splits: SplitSpec | None = None,
-    *,
-    check_audio: bool = True,
-    progress: bool = False,
-) -> Corpus:
-    """Reads and checks every clip under `root`; bad clips are left out and listed in `problems`.
-
-    Raises DataError only when nothing can be read at all (no folder, no templates, no clips).
-    """
-    root = os.fspath(root)
-    splits = splits or SplitSpec()
-    if not os.path.isdir(root):
-        raise DataError(_missing_root_message(root, "corpus folder not found"))
-    problems: list[Problem] = []
-    fps = read_fps(root)
-
+def _read_templates(root: str, problems: list[Problem]) -> tuple[str, dict[str, np.ndarray]]:
+    """(path, {subject: [V, 3]}) of the corpus's templates; raises DataError when unusable."""
     template_path = find_templates(root)
     if template_path is None:
         raise DataError(_missing_root_message(root, "no templates.pkl or templates.npz"))
@@ -389,8 +373,11 @@ def scan_corpus(
         problems.append(
             Problem(template_path, f"templates disagree on vertex count: {sorted(widths)}")
         )
-    num_vertices = max(widths)
+    return template_path, templates
 
+
+def _read_regions(root: str, num_vertices: int, problems: list[Problem]) -> dict:
+    """{'lve': lip vertices, 'fdd': upper-face vertices}, None where missing or unreadable."""
     regions = {}
     for region in ("lve", "fdd"):
         path = os.path.join(root, "regions", f"{region}.txt")
@@ -407,17 +394,25 @@ def scan_corpus(
         except ValueError as err:
             problems.append(Problem(path, str(err).removeprefix(f"{path}: ")))
             regions[region] = None
+    return regions
 
-    categories: tuple[str, ...] = ()
-    emotion_labels: dict[str, np.ndarray] = {}
+
+def _read_labels(root: str, problems: list[Problem]) -> tuple[tuple[str, ...], dict]:
+    """(emotion categories, {clip: weights}); empty when the corpus has no label table."""
     labels_path = os.path.join(root, EMOTION_LABELS_FILE)
-    if os.path.exists(labels_path):
-        try:
-            categories, emotion_labels, label_problems = read_emotion_labels(labels_path)
-            problems.extend(label_problems)
-        except ValueError as err:
-            problems.append(Problem(labels_path, str(err).removeprefix(f"{labels_path}: ")))
+    if not os.path.exists(labels_path):
+        return (), {}
+    try:
+        categories, emotion_labels, label_problems = read_emotion_labels(labels_path)
+        problems.extend(label_problems)
+        return categories, emotion_labels
+    except ValueError as err:
+        problems.append(Problem(labels_path, str(err).removeprefix(f"{labels_path}: ")))
+        return (), {}
 
+
+def _clip_names(root: str, problems: list[Problem]) -> tuple[set[str], set[str]]:
+    """(names with vertices, names with audio); raises DataError when there are no clips."""
     vertex_dir = os.path.join(root, "vertices_npy")
     wav_dir = os.path.join(root, "wav")
     if not os.path.isdir(vertex_dir) or not os.path.isdir(wav_dir):
@@ -432,80 +427,121 @@ def scan_corpus(
         )
     if not vertex_names:
         raise DataError(_missing_root_message(root, "no clips in vertices_npy/"))
+    return vertex_names, wav_names
 
-    names = sorted(vertex_names)
-    iterator: Iterable[str] = names
+
+@dataclasses.dataclass(frozen=True)
+class _ScanContext:
+    """What checking one clip needs to know of the whole corpus."""
+
+    root: str
+    fps: float
+    splits: SplitSpec
+    template_path: str
+    templates: dict
+    emotion_labels: dict
+    vertex_names: set
+    wav_names: set
+    check_audio: bool
+
+
+def _check_clip(name: str, scan: _ScanContext, problems: list[Problem]) -> Clip | None:
+    """The clip `name` if every file of it is usable; its problems are appended either way."""
+    root = scan.root
+    vertices_path = os.path.join(root, "vertices_npy", f"{name}.npy")
+    parsed = parse_clip_name(name)
+    if parsed is None:
+        problems.append(Problem(vertices_path, "clip name is not of the form F2_e01 / F2_01"))
+        return None
+    if parsed.subject not in scan.templates:
+        problems.append(
+            Problem(
+                vertices_path, f"no template for subject '{parsed.subject}' in {scan.template_path}"
+            )
+        )
+        return None
+    width = scan.templates[parsed.subject].shape[0] * 3
+    clip_problems: list[Problem] = []
+    num_frames = _check_vertices(vertices_path, width, clip_problems)
+    audio_path = os.path.join(root, "wav", f"{name}.wav")
+    audio_seconds = None
+    if num_frames is not None:
+        if name not in scan.wav_names:
+            clip_problems.append(Problem(audio_path, "audio file missing for this clip"))
+        elif scan.check_audio:
+            audio_seconds = _check_audio(audio_path, num_frames, scan.fps, clip_problems)
+        else:
+            audio_seconds = num_frames / scan.fps
+
+    head_pose_path = os.path.join(root, "head_pose", f"{name}.npz")
+    if not os.path.exists(head_pose_path):
+        head_pose_path = None
+    elif num_frames is not None and not _check_head_pose(head_pose_path, num_frames, clip_problems):
+        head_pose_path = None
+
+    neutral_path = os.path.join(root, "neutral_vertices_npy", f"{name}.npy")
+    if not os.path.exists(neutral_path):
+        neutral_path = None
+    elif num_frames is not None:
+        neutral_frames = _check_vertices(neutral_path, width, clip_problems)
+        if neutral_frames is not None and neutral_frames != num_frames:
+            clip_problems.append(
+                Problem(neutral_path, f"{neutral_frames} frames, its clip has {num_frames}")
+            )
+
+    problems.extend(clip_problems)
+    if any(p.severity == "error" for p in clip_problems) or num_frames is None:
+        return None
+    return Clip(
+        name=name,
+        subject=parsed.subject,
+        sentence=parsed.sentence,
+        emotional=parsed.emotional,
+        split=scan.splits.split_of(parsed),
+        num_frames=num_frames,
+        audio_path=audio_path,
+        vertices_path=vertices_path,
+        head_pose_path=head_pose_path,
+        neutral_vertices_path=neutral_path,
+        emotion=scan.emotion_labels.get(name),
+        counterpart=parsed.counterpart if parsed.counterpart in scan.vertex_names else None,
+        audio_seconds=float(audio_seconds),
+    )
+
+
+def scan_corpus(
+    root: str | os.PathLike,
+    splits: SplitSpec | None = None,
+    *,
+    check_audio: bool = True,
+    progress: bool = False,
+) -> Corpus:
+    """Reads and checks every clip under `root`; bad clips are left out and listed in `problems`.
+
+    Raises DataError only when nothing can be read at all (no folder, no templates, no clips).
+    """
+    root = os.fspath(root)
+    splits = splits or SplitSpec()
+    if not os.path.isdir(root):
+        raise DataError(_missing_root_message(root, "corpus folder not found"))
+    problems: list[Problem] = []
+    fps = read_fps(root)
+    template_path, templates = _read_templates(root, problems)
+    num_vertices = max(t.shape[0] for t in templates.values())
+    regions = _read_regions(root, num_vertices, problems)
+    categories, emotion_labels = _read_labels(root, problems)
+    vertex_names, wav_names = _clip_names(root, problems)
+    scan = _ScanContext(
+        root=root, fps=fps, splits=splits, template_path=template_path, templates=templates,
+        emotion_labels=emotion_labels, vertex_names=vertex_names, wav_names=wav_names,
+        check_audio=check_audio,
+    )  # fmt: skip
+    names: Iterable[str] = sorted(vertex_names)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(names, desc="checking clips", unit="clip")
-
-    clips = []
-    for name in iterator:
-        vertices_path = os.path.join(vertex_dir, f"{name}.npy")
-        parsed = parse_clip_name(name)
-        if parsed is None:
-            problems.append(Problem(vertices_path, "clip name is not of the form F2_e01 / F2_01"))
-            continue
-        if parsed.subject not in templates:
-            problems.append(
-                Problem(
-                    vertices_path, f"no template for subject '{parsed.subject}' in {template_path}"
-                )
-            )
-            continue
-        width = templates[parsed.subject].shape[0] * 3
-        clip_problems: list[Problem] = []
-        num_frames = _check_vertices(vertices_path, width, clip_problems)
-        audio_path = os.path.join(wav_dir, f"{name}.wav")
-        audio_seconds = None
-        if num_frames is not None:
-            if name not in wav_names:
-                clip_problems.append(Problem(audio_path, "audio file missing for this clip"))
-            elif check_audio:
-                audio_seconds = _check_audio(audio_path, num_frames, fps, clip_problems)
-            else:
-                audio_seconds = num_frames / fps
-
-        head_pose_path = os.path.join(root, "head_pose", f"{name}.npz")
-        if not os.path.exists(head_pose_path):
-            head_pose_path = None
-        elif num_frames is not None and not _check_head_pose(
-            head_pose_path, num_frames, clip_problems
-        ):
-            head_pose_path = None
-
-        neutral_path = os.path.join(root, "neutral_vertices_npy", f"{name}.npy")
-        if not os.path.exists(neutral_path):
-            neutral_path = None
-        elif num_frames is not None:
-            neutral_frames = _check_vertices(neutral_path, width, clip_problems)
-            if neutral_frames is not None and neutral_frames != num_frames:
-                clip_problems.append(
-                    Problem(neutral_path, f"{neutral_frames} frames, its clip has {num_frames}")
-                )
-
-        emotion = emotion_labels.get(name)
-        problems.extend(clip_problems)
-        if any(p.severity == "error" for p in clip_problems) or num_frames is None:
-            continue
-        clips.append(
-            Clip(
-                name=name,
-                subject=parsed.subject,
-                sentence=parsed.sentence,
-                emotional=parsed.emotional,
-                split=splits.split_of(parsed),
-                num_frames=num_frames,
-                audio_path=audio_path,
-                vertices_path=vertices_path,
-                head_pose_path=head_pose_path,
-                neutral_vertices_path=neutral_path,
-                emotion=emotion,
-                counterpart=parsed.counterpart if parsed.counterpart in vertex_names else None,
-                audio_seconds=float(audio_seconds),
-            )
-        )
+        names = tqdm(names, desc="checking clips", unit="clip")
+    clips = [clip for name in names if (clip := _check_clip(name, scan, problems)) is not None]
     return Corpus(
         root=root,
         fps=fps,

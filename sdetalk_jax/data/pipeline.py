@@ -160,3 +160,37 @@ class ClipDataset:
             process_count=process_count,
             start_batch=start_batch,
         )
+
+
+# What the networks read of a batch: their inputs, and the targets that training and validation
+# compare with. Everything else (raw audio, frame counts) stays on the host.
+INPUT_KEYS = ("context", "mel", "template", "frame_mask")
+TARGET_KEYS = (
+    "vertices", "neutral_vertices", "rotation", "translation", "emotion", "subject",
+    "has_head_pose", "has_emotion", "has_neutral", "emotional", "clip_mask",
+)  # fmt: skip
+
+
+def identity_onehot(subjects, num_subjects: int) -> np.ndarray:
+    """One-hot identities [B, num_subjects] of subject indices [B]; an unseen speaker (-1) gets
+    zeros."""
+    subjects = np.asarray(subjects)
+    return (subjects[:, None] == np.arange(num_subjects)[None]).astype(np.float32)
+
+
+def model_batch(features, subjects, num_subjects: int, *, targets: bool = True) -> dict:
+    """The one way a model batch is made, in training, evaluation and inference: from per-clip
+    features already computed and stacked ([B, N, ...]: context, mel, frame_mask; template
+    [B, V*3]; with `targets`, the TARGET_KEYS of a batch from `ClipDataset.batches`) and the
+    identity whose speaking style to use for each row (`subjects` [B], -1 for none), as numpy."""
+    keys = INPUT_KEYS + (TARGET_KEYS if targets else ())
+    batch = {key: np.asarray(features[key]) for key in keys}
+    batch["subject_onehot"] = identity_onehot(subjects, num_subjects)
+    return batch
+
+
+def mean_emotion_mixture(clips) -> np.ndarray | None:
+    """The mean of the clips' emotion labels, each normalised to sum to one (float64), or None when
+    none is labelled: the 'training mean' baseline of the emotion error."""
+    labelled = [clip.emotion / clip.emotion.sum() for clip in clips if clip.emotion is not None]
+    return np.mean(labelled, 0) if labelled else None

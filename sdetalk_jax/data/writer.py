@@ -1,68 +1,23 @@
 """Writing a corpus in the BIWI layout (used by the synthetic generator and by tests).
 
-Every file is written to a temporary name beside its target and renamed into place, so an
-interrupted run never leaves a half-written file under the name a reader looks for.
+Every file is written atomically (`sdetalk_jax.fileio`): an interrupted run never leaves a
+half-written file under the name a reader looks for.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import pickle
-import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import soundfile
 
 from sdetalk_jax.data.biwi import EMOTION_LABELS_FILE
-
-
-@contextlib.contextmanager
-def atomic_output(path: str, mode: str = "wb"):
-    """Yields a handle to a temporary file that replaces `path` only if the block succeeds."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
-    )
-    try:
-        with os.fdopen(descriptor, mode) as handle:
-            yield handle
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    with atomic_output(path) as handle:
-        handle.write(data)
-
-
-def write_npy(path: str, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    write_bytes(path, buffer.getvalue())
-
-
-def write_npz(path: str, **arrays: np.ndarray) -> None:
-    """An uncompressed .npz that `np.load` reads, with fixed zip timestamps so that the same arrays
-    always give the same bytes (`np.savez` stamps the current time)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for key in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
-            archive.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue()
-            )
-    write_bytes(path, buffer.getvalue())
+from sdetalk_jax.fileio import write_bytes, write_npy, write_npz
 
 
 def write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:

@@ -53,6 +53,27 @@ class SDETalkConfig:
         values.update(derived)
         return cls(**values)
 
+    @classmethod
+    def for_run(
+        cls,
+        run_config,
+        *,
+        num_vertices: int,
+        context_dim: int,
+        num_subjects: int,
+        num_emotions: int,
+    ) -> SDETalkConfig:
+        """The networks of a run: `run_config.model` with the sizes its data gives (the trainer
+        reads them from the corpus, inference from the run's saved assets)."""
+        return cls.from_config(
+            run_config.model,
+            num_vertices=num_vertices,
+            context_dim=context_dim,
+            num_subjects=num_subjects,
+            num_emotions=max(num_emotions, 1),
+            motion_unit=1.0 / run_config.loss.vertex_scale,
+        )
+
 
 def sinusoidal_positions(length: int, dim: int) -> jnp.ndarray:
     position = np.arange(length)[:, None]
@@ -74,6 +95,14 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
 def scaled_mel(mel):
     """The emotion network's input scale: log-mel values lie in about [-14, 6]."""
     return (mel + 4.0) / 5.0
+
+
+def pose_faces(faces, rotation, translation):
+    """f = f^e R + T (Eq. 4): faces [B, N, V*3], rotation [B, N, 3, 3] (row vectors times R),
+    translation [B, N, 3] -> posed faces [B, N, V*3]."""
+    vertices = faces.reshape(faces.shape[:2] + (-1, 3))
+    posed = jnp.einsum("bnvi,bnij->bnvj", vertices, rotation) + translation[:, :, None]
+    return posed.reshape(faces.shape)
 
 
 def rotation_from_6d(raw: jax.Array) -> jax.Array:
@@ -170,7 +199,7 @@ class EmotionEmbeddingNetwork(nn.Module):
         if config.speaker_baseline:
             # Louder, faster or higher than *this* speaker usually is: without the speaker's level
             # the same recording is calm for one voice and aroused for another. The trainer starts
-            # it at each speaker's mean (runtime.speaker_mel_baseline); an unknown speaker (zero
+            # it at each speaker's mean (networks.speaker_mel_baseline); an unknown speaker (zero
             # one-hot) gets none.
             baseline = nn.Dense(
                 mel.shape[-1], use_bias=False, kernel_init=nn.initializers.zeros,
@@ -288,8 +317,6 @@ class Generator(nn.Module):
             jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask, deterministic
         )
         expression = neutral_fixed + offset  # f^e
-        faces = expression.reshape(expression.shape[:2] + (-1, 3))
-        posed = jnp.einsum("bnvi,bnij->bnvj", faces, rotation) + translation[:, :, None]  # Eq. 4
         return {
             "identity": identity,
             "context": context,
@@ -300,7 +327,7 @@ class Generator(nn.Module):
             "expression": expression,
             "rotation": rotation,
             "translation": translation,
-            "posed": posed.reshape(expression.shape),
+            "posed": pose_faces(expression, rotation, translation),  # Eq. 4
         }
 
 
@@ -350,6 +377,20 @@ def gaussian_log_likelihood(y, mean, log_variance):
 
 
 MI_PAIRS = (("identity", "context"), ("identity", "embedding"), ("context", "embedding"))
+
+
+def per_frame_factors(outputs):
+    """The factors of Eq. 6 from the generator's outputs: identity p broadcast over frames next to
+    context c and embedding e, [B, N, D] each."""
+    frames = outputs["embedding"].shape[1]
+    identity = outputs["identity"]
+    return {
+        "identity": jnp.broadcast_to(
+            identity[:, None], (identity.shape[0], frames, identity.shape[-1])
+        ),
+        "context": outputs["context"],
+        "embedding": outputs["embedding"],
+    }
 
 
 class MIEstimators(nn.Module):

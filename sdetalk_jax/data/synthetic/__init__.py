@@ -14,10 +14,8 @@ Same arguments and seed give byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import multiprocessing
 import os
 import shutil
@@ -27,10 +25,13 @@ import time
 import numpy as np
 from scipy import ndimage, signal
 
+from sdetalk_jax import cli
 from sdetalk_jax.data import espeak, face_model, writer
+from sdetalk_jax.data.corpus import SYNTHETIC_FORMAT_VERSION as FORMAT_VERSION
+from sdetalk_jax.data.corpus import SYNTHETIC_GENERATOR as GENERATOR
+from sdetalk_jax.data.corpus import existing_synthetic_parameters as existing_parameters
+from sdetalk_jax.data.corpus import synthetic_parameters as corpus_parameters
 
-GENERATOR = "sdetalk_jax.data.synthetic"
-FORMAT_VERSION = 3
 FPS = 25
 
 # Training subjects first, so a small corpus (--subjects 6) still has every training speaker.
@@ -455,25 +456,8 @@ def _jobs(root: str, subjects, sentences: int, num_vertices: int, seed: int, fps
     return topology, templates, labels, jobs
 
 
-def corpus_parameters(subjects: int, sentences: int, vertices: int, seed: int) -> dict:
-    return {"subjects": subjects, "sentences": sentences, "vertices": vertices, "seed": seed}
-
-
 def _recorded(parameters: dict) -> dict:
     return {**parameters, "format_version": FORMAT_VERSION}
-
-
-def existing_parameters(root: str) -> dict | None:
-    """The parameters of a SynthBIWI corpus already at `root`, or None if there is none."""
-    path = os.path.join(root, "corpus.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        info = json.load(handle)
-    if info.get("generator") != GENERATOR:
-        return None
-    # An older format counts as other parameters: replaced with --force, never silently.
-    return {**info.get("parameters", {}), "format_version": info.get("format_version")}
 
 
 def generate_corpus(
@@ -578,9 +562,7 @@ def _run_jobs(jobs, workers, progress):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {GENERATOR}", description=__doc__.split("\n\n")[0]
-    )
+    parser = cli.parser(f"python -m {GENERATOR}", __doc__)
     parser.add_argument("--out", required=True, help="corpus folder to create")
     parser.add_argument("--subjects", type=int, default=14, help="how many of the 14 BIWI names")
     parser.add_argument("--sentences", type=int, default=40, help="sentences per subject (<= 40)")
@@ -604,11 +586,10 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
         )
     except (FileExistsError, ValueError, espeak.SpeechError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return cli.report(err)
     print(f"{root}: written in {time.perf_counter() - start:.1f}s")
     if args.preview:
-        from sdetalk_jax.data.preview import write_preview
+        from sdetalk_jax.data.synthetic.preview import write_preview
 
         print(f"preview: {write_preview(root)}")
     return 0

@@ -1,22 +1,23 @@
-"""Measurements that show the corpus's relations are real (used by tests and by the preview)."""
+"""Measurements that show the corpus's relations are real (used by tests, benchmarks and the
+preview). The envelope, head-speed and lagged-correlation measures are the evaluation's own
+(`sdetalk_jax.metrics`), so that the corpus is checked with the same rulers as the model."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import signal
 
 from sdetalk_jax import audio
+from sdetalk_jax.metrics import frame_envelope, head_angular_speed, lagged_correlation
 
-
-def frame_envelope(
-    waveform: np.ndarray, sample_rate: int, num_frames: int, fps: float
-) -> np.ndarray:
-    """Hilbert envelope of the audio averaged per face frame (the paper's Fig. 6 envelope)."""
-    envelope = np.abs(signal.hilbert(waveform.astype(np.float64)))
-    edges = np.linspace(0, len(envelope), num_frames + 1).astype(int)
-    edges = np.minimum(edges, len(envelope))
-    per_frame = np.add.reduceat(envelope, edges[:-1]) / np.maximum(np.diff(edges), 1)
-    return ndimage.gaussian_filter1d(per_frame, 1.0)
+__all__ = [
+    "frame_envelope",
+    "frame_rms",
+    "head_angular_speed",
+    "lagged_correlation",
+    "mouth_opening",
+    "prosody_features",
+]
 
 
 def frame_rms(waveform: np.ndarray, num_frames: int) -> np.ndarray:
@@ -30,26 +31,6 @@ def mouth_opening(vertices: np.ndarray, upper_lip: int, lower_lip: int) -> np.nd
     """Vertical distance [N] between a mid upper-lip and a mid lower-lip vertex."""
     frames = vertices.reshape(vertices.shape[0], -1, 3)
     return frames[:, upper_lip, 1] - frames[:, lower_lip, 1]
-
-
-def head_angular_speed(rotation: np.ndarray, fps: float) -> np.ndarray:
-    """Angle turned between consecutive frames, in rad/s, [N] (first frame repeats the second)."""
-    rotation = np.asarray(rotation, np.float64)  # arccos near 1 needs the precision
-    relative = np.einsum("tij,tkj->tik", rotation[1:], rotation[:-1])
-    cosine = np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
-    speed = np.arccos(cosine) * fps
-    return np.concatenate([speed[:1], speed])
-
-
-def lagged_correlation(leading: np.ndarray, following: np.ndarray, lag: int) -> float:
-    """Pearson correlation of leading[t] with following[t + lag]."""
-    if lag > 0:
-        leading, following = leading[:-lag], following[lag:]
-    elif lag < 0:
-        leading, following = leading[-lag:], following[:lag]
-    if leading.std() == 0 or following.std() == 0:
-        return 0.0
-    return float(np.corrcoef(leading, following)[0, 1])
 
 
 def prosody_features(waveform: np.ndarray, sample_rate: int) -> np.ndarray:

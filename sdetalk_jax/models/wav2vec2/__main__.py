@@ -5,19 +5,17 @@ Writes the last hidden states [frames, hidden] of one audio file (any sample rat
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from sdetalk_jax import cli
 from sdetalk_jax.audio import AudioError
-from sdetalk_jax.data.writer import write_npy
+from sdetalk_jax.fileio import write_npy
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sdetalk_jax.models.wav2vec2", description=__doc__
-    )
+    parser = cli.parser("python -m sdetalk_jax.models.wav2vec2", __doc__)
     parser.add_argument(
         "--checkpoint", required=True, help="HF folder (config.json + weights) or hub name"
     )
@@ -29,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = ContextEncoder.from_pretrained(args.checkpoint, cache_dir=args.cache_dir)
         hidden = encoder.encode_file(args.audio)
     except (AudioError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return cli.report(err)
     write_npy(args.out, hidden)
     print(f"{args.out}: {hidden.shape[0]} frames x {hidden.shape[1]} features")
     return 0

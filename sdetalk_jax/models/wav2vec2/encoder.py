@@ -28,6 +28,12 @@ CACHE_FORMAT = 1
 LENGTH_QUANTUM = audio.SAMPLE_RATE
 
 
+def default_cache_dir() -> str:
+    """$XDG_CACHE_HOME/sdetalk_jax/wav2vec2 (~/.cache/... when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.path.join(base, "sdetalk_jax", "wav2vec2")
+
+
 def params_fingerprint(config: Wav2Vec2Config, params, *, normalize: bool) -> str:
     """SHA-256 of the config, the input normalisation and every parameter (path, shape, bytes)."""
     digest = hashlib.sha256()
@@ -64,7 +70,7 @@ class FeatureCache:
         )
 
     def get_or_compute(self, audio_path: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        from sdetalk_jax.data.writer import write_npy
+        from sdetalk_jax.fileio import write_npy
 
         entry = self.path_for(audio_path)
         if os.path.exists(entry):
@@ -103,6 +109,23 @@ class ContextEncoder:
             return hidden
 
         self._forward = jax.jit(forward)
+
+    @classmethod
+    def from_config(cls, config) -> ContextEncoder:
+        """The run's frozen wav2vec 2.0: pretrained from `model.wav2vec2_checkpoint` (a folder or
+        the hub cache), or small and random from `model.wav2vec2_random` (seeded); features cached
+        in `data.feature_cache` (default: `default_cache_dir()`)."""
+        cache_dir = config.data.feature_cache or default_cache_dir()
+        if config.model.wav2vec2_checkpoint:
+            return cls.from_pretrained(config.model.wav2vec2_checkpoint, cache_dir=cache_dir)
+        settings = dict(config.model.wav2vec2_random)
+        seed = settings.pop("seed", 0)
+        encoder_config = Wav2Vec2Config.from_dict(settings)
+        # Jitted: one compilation instead of one per initialiser op.
+        params = jax.jit(Wav2Vec2Model(encoder_config).init)(
+            jax.random.key(seed), np.zeros((1, encoder_config.receptive_field * 2), np.float32)
+        )["params"]
+        return cls(encoder_config, params, cache_dir=cache_dir)
 
     @classmethod
     def from_pretrained(cls, checkpoint: str, *, cache_dir: str | None = None) -> ContextEncoder:

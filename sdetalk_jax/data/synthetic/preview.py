@@ -43,7 +43,7 @@ def write_preview(root: str, clip_name: str | None = None, out: str | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sdetalk_jax.data.writer import atomic_output
+    from sdetalk_jax.fileio import atomic_output
 
     corpus = biwi.scan_corpus(root, check_audio=False)
     emotional = [

@@ -1,0 +1,181 @@
+"""A run folder: its checkpoints, its saved config and the assets that inference needs.
+
+What training writes and inference reads, so that neither imports the other:
+
+    WORKDIR/config.json      the run's config (`load_run_config`)
+    WORKDIR/assets.npz       templates, mesh, regions, subject order, emotion names (`Assets`)
+    WORKDIR/checkpoints/     the last few training states, data position included (orbax)
+    WORKDIR/best/            the state with the lowest validation vertex error
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sdetalk_jax import parallel
+from sdetalk_jax.data import biwi
+from sdetalk_jax.fileio import write_npz
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+ASSETS = "assets.npz"
+
+
+class RunError(ValueError):
+    """A workdir that cannot be used: no config, no checkpoint, unknown subject, ..."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Assets:
+    """What inference needs from the corpus, kept with the run so that animating needs no data."""
+
+    subjects: tuple[str, ...]  # training subjects, in identity (one-hot) order
+    templates: dict[str, np.ndarray]  # subject -> [V, 3] (all corpus subjects)
+    faces: np.ndarray  # [F, 3] triangles
+    lip_vertices: np.ndarray
+    upper_face_vertices: np.ndarray
+    fps: float
+    emotion_categories: tuple[str, ...]
+
+    @classmethod
+    def from_corpus(cls, corpus: biwi.Corpus, subjects) -> Assets:
+        faces_path = os.path.join(corpus.root, "mesh", "faces.npy")
+        faces = (
+            np.load(faces_path, allow_pickle=False)
+            if os.path.exists(faces_path)
+            else np.zeros((0, 3), np.int32)
+        )
+        empty = np.zeros((0,), np.int64)
+        return cls(
+            subjects=tuple(subjects),
+            templates={k: np.asarray(v, np.float32) for k, v in corpus.templates.items()},
+            faces=faces.astype(np.int32),
+            lip_vertices=empty if corpus.lip_vertices is None else corpus.lip_vertices,
+            upper_face_vertices=(
+                empty if corpus.upper_face_vertices is None else corpus.upper_face_vertices
+            ),
+            fps=float(corpus.fps),
+            emotion_categories=tuple(corpus.emotion_categories),
+        )
+
+    @property
+    def dimensions(self) -> dict[str, int]:
+        """The sizes the networks take from the data (`SDETalkConfig.for_run`)."""
+        return {
+            "num_vertices": next(iter(self.templates.values())).shape[0],
+            "num_subjects": len(self.subjects),
+            "num_emotions": len(self.emotion_categories),
+        }
+
+    def save(self, path: str) -> None:
+        arrays = {f"template/{k}": v for k, v in self.templates.items()}
+        arrays.update(
+            faces=self.faces,
+            lip_vertices=self.lip_vertices,
+            upper_face_vertices=self.upper_face_vertices,
+            fps=np.float64(self.fps),
+            subjects=np.array(self.subjects, dtype=np.str_),
+            emotion_categories=np.array(self.emotion_categories, dtype=np.str_),
+        )
+        write_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> Assets:
+        with np.load(path, allow_pickle=False) as archive:
+            templates = {
+                key.split("/", 1)[1]: archive[key]
+                for key in archive.files
+                if key.startswith("template/")
+            }
+            return cls(
+                subjects=tuple(str(s) for s in archive["subjects"]),
+                templates=templates,
+                faces=archive["faces"],
+                lip_vertices=archive["lip_vertices"],
+                upper_face_vertices=archive["upper_face_vertices"],
+                fps=float(archive["fps"]),
+                emotion_categories=tuple(str(s) for s in archive["emotion_categories"]),
+            )
+
+
+def load_run_config(workdir: str):
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise RunError(
+            f"{workdir}: no config.json; is this a training workdir? "
+            "(python -m sdetalk_jax.train --config ... --workdir DIR writes one)"
+        )
+    with open(path) as handle:
+        return ml_collections.ConfigDict(json.load(handle))
+
+
+def checkpoint_manager(
+    workdir: str,
+    name: str = CHECKPOINTS,
+    *,
+    keep: int = 3,
+    best: bool = False,
+    read_only: bool = False,
+):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep,
+        save_interval_steps=0 if read_only else 1,
+        create=not read_only,
+        read_only=read_only,
+        best_fn=(lambda metrics: metrics["val_vertex_error_mm"]) if best else None,
+        best_mode="min",
+        # Saves are atomic (written under a temporary name, then renamed); left-over temporaries of an
+        # interrupted save are removed on start-up and never restored.
+        cleanup_tmp_directories=not read_only,
+        # Two managers (last N and best) save the same step at the end of an epoch: their
+        # cross-process barriers need distinct names.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+    )
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, name)), options=options)
+
+
+def save_checkpoint(manager, state: dict, position: dict, metrics: dict | None = None) -> None:
+    """Saves on every process (orbax writes collectively); the step comes from the state."""
+    step = int(parallel.to_host(state["step"]))
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)
+        ),
+        metrics=metrics,
+    )
+
+
+def restore_checkpoint(manager, abstract_state: dict, step: int | None = None) -> tuple[dict, dict]:
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), position=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], restored["position"]
+
+
+def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "best") -> dict:
+    """The training state of a finished or running run, restored into `abstract_state`.
+    checkpoint: 'best' (lowest validation error; the latest if there is no best) or 'latest'."""
+    names = [BEST, CHECKPOINTS] if checkpoint == "best" else [CHECKPOINTS]
+    for name in names:
+        if not os.path.isdir(os.path.join(workdir, name)):
+            continue
+        manager = checkpoint_manager(workdir, name, keep=1, read_only=True)
+        if manager.latest_step() is not None:
+            state, _ = restore_checkpoint(manager, abstract_state)
+            return state
+    raise RunError(
+        f"{workdir}: no checkpoint found (looked in {', '.join(names)}); train first with "
+        f"python -m sdetalk_jax.train --config ... --workdir {workdir}"
+    )

@@ -1,0 +1,113 @@
+"""What the project writes to disk outside the corpus: files written atomically, the run's metrics
+(JSON lines and TensorBoard) and a record of the software environment.
+
+Every file goes to a temporary name beside its target and is renamed into place, so an interrupted
+run never leaves a half-written file under the name a reader looks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, mode: str = "wb"):
+    """Yields a handle to a temporary file that replaces `path` only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
+    )
+    try:
+        with os.fdopen(descriptor, mode) as handle:
+            yield handle
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with atomic_output(path) as handle:
+        handle.write(data)
+
+
+def write_json(path: str, value) -> None:
+    write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def write_npy(path: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes(path, buffer.getvalue())
+
+
+def write_npz(path: str, **arrays: np.ndarray) -> None:
+    """An uncompressed .npz that `np.load` reads, with fixed zip timestamps so that the same arrays
+    always give the same bytes (`np.savez` stamps the current time)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
+            archive.writestr(
+                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue()
+            )
+    write_bytes(path, buffer.getvalue())
+
+
+class MetricWriter:
+    """JSON lines (`metrics.jsonl`) and TensorBoard event files in the workdir; a no-op when not
+    `enabled` (every process but the first)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tensorboard = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, prefix: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in values.items()}}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        for name, value in record.items():
+            if name != "step":
+                self.tensorboard.add_scalar(name, value, step)
+
+    def close(self):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def environment_record() -> dict:
+    """Python, every installed distribution with its exact version, the devices and processes."""
+    from importlib import metadata
+
+    import jax
+
+    packages = {}
+    for distribution in metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name:
+            packages[name.lower()] = distribution.version
+    return {
+        "python": sys.version.split()[0],
+        "packages": dict(sorted(packages.items())),
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }

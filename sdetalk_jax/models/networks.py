@@ -1,0 +1,76 @@
+"""The three trained networks of a run together: the generator G (with G_n, the emotion network,
+the classifier and the diversity mapping), the consistency discriminator D and the vCLUB
+estimators, their parameters from one key, and the data-dependent start of the speaker baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdetalk_jax.models import sdetalk
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    config: sdetalk.SDETalkConfig
+    generator: sdetalk.Generator
+    discriminator: sdetalk.Discriminator
+    estimators: sdetalk.MIEstimators
+
+    @classmethod
+    def build(cls, model_config: sdetalk.SDETalkConfig) -> Networks:
+        return cls(
+            model_config,
+            sdetalk.Generator(model_config),
+            sdetalk.Discriminator(model_config),
+            sdetalk.MIEstimators(model_config),
+        )
+
+    def dummy_batch(self, frames: int = 8) -> dict:
+        c = self.config
+        return {
+            "context": jnp.zeros((1, frames, c.context_dim)),
+            "mel": jnp.zeros((1, frames, c.mel_bins)),
+            "subject_onehot": jnp.zeros((1, c.num_subjects)),
+            "template": jnp.zeros((1, c.num_vertices * 3)),
+            "frame_mask": jnp.ones((1, frames), bool),
+        }
+
+    def init_params(self, key) -> dict:
+        """Parameters of the three networks from one key (split by purpose)."""
+        generator_key, discriminator_key, estimator_key = jax.random.split(key, 3)
+        batch = self.dummy_batch()
+        noise = jnp.zeros((1, 8, self.config.hidden))
+        generator = self.generator.init(generator_key, batch, noise)["params"]
+        outputs = self.generator.apply({"params": generator}, batch, noise)
+        discriminator = self.discriminator.init(
+            discriminator_key,
+            outputs["embedding"],
+            outputs["posed"],
+            batch["template"],
+            batch["frame_mask"],
+        )["params"]
+        estimators = self.estimators.init(estimator_key, sdetalk.per_frame_factors(outputs))[
+            "params"
+        ]
+        return {"generator": generator, "discriminator": discriminator, "estimators": estimators}
+
+
+def speaker_mel_baseline(dataset, model_config: sdetalk.SDETalkConfig) -> np.ndarray:
+    """Each known speaker's mean scaled log-mel over every frame of its clips in `dataset`
+    [subjects, bins]: the starting value of the emotion network's speaker baseline, so that it
+    reads deviations from the speaker's own voice from the first step. `dataset` is a
+    `data.pipeline.ClipDataset` (its clips, `subject_index` and `log_mel`)."""
+    sums = np.zeros((model_config.num_subjects, model_config.mel_bins), np.float64)
+    counts = np.zeros((model_config.num_subjects, 1), np.float64)
+    for index, clip in enumerate(dataset.clips):
+        subject = dataset.subject_index(clip.subject)
+        if subject < 0:
+            continue
+        mel = np.asarray(sdetalk.scaled_mel(dataset.log_mel(index)), np.float64)
+        sums[subject] += mel.sum(0)
+        counts[subject] += len(mel)
+    return (sums / np.maximum(counts, 1)).astype(np.float32)

@@ -1,0 +1,46 @@
+"""Optimisation: the learning rate, one Adam per network, the initial training state, and the one
+helper that applies an update."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def learning_rate(train_config, total_steps: int):
+    """The paper's fixed rate ('constant'), or a linear warm-up to it followed by a cosine decay to
+    zero at `total_steps` ('warmup_cosine'), for short runs that must end converged."""
+    # .get: runs saved before schedules existed have no such field and used the fixed rate.
+    kind = train_config.get("lr_schedule", "constant")
+    if kind == "constant":
+        return train_config.learning_rate
+    if kind == "warmup_cosine":
+        warmup = min(int(train_config.warmup_steps), max(total_steps - 1, 0))
+        return optax.warmup_cosine_decay_schedule(
+            0.0, train_config.learning_rate, warmup, max(total_steps, warmup + 1)
+        )
+    raise ValueError(f"unknown train.lr_schedule '{kind}' (constant, warmup_cosine)")
+
+
+def optimizer(config, total_steps: int = 1) -> optax.GradientTransformation:
+    """Adam (one instance per network); `total_steps` is the length of a decaying schedule. The
+    optimiser state's structure does not depend on it, so restoring needs no step count."""
+    return optax.adam(learning_rate(config.train, total_steps))
+
+
+def initial_state(networks, config, key) -> dict:
+    """{step, params, opt_state} of a new run; `networks` is a `models.networks.Networks`."""
+    params = jax.jit(networks.init_params)(key)  # one compilation, not one per initialiser op
+    tx = optimizer(config)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": {name: tx.init(value) for name, value in params.items()},
+    }
+
+
+def apply_update(tx: optax.GradientTransformation, grads, opt_state, params):
+    """One optimiser step: (new params, new optimiser state)."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
