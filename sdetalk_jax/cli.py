@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 CONFIG_OVERRIDE_PREFIX = "--config."
@@ -55,11 +56,18 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
         values(flag_argv)
         config = values.config
     except (AttributeError, KeyError) as error:  # a field the config does not have
-        field = str(error.args[0] if error.args else error).strip("'\"")
-        parser.error(f"{args.config} has no field '{field}' (overrides: {' '.join(rest)})")
+        parser.error(f"{args.config} {_missing_field(str(error))} (overrides: {' '.join(rest)})")
     except (flags.Error, TypeError, ValueError, OSError) as error:
         parser.error(f"{args.config}: {error}")
     return args, config
+
+
+def _missing_field(message: str) -> str:
+    """ml_collections' KeyError text (quoted, nested, with a suggestion) as one plain sentence."""
+    field = re.search(r"\w+", message)
+    suggestion = re.search(r'Did you mean "([^"]+)"', message)
+    text = f"has no field '{field.group(0) if field else message}'"
+    return text + (f" (did you mean '{suggestion.group(1)}'?)" if suggestion else "")
 
 
 def report(error: Exception) -> int:
