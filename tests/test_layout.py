@@ -25,7 +25,9 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 def imported_modules(path: pathlib.Path) -> set[str]:
     """Every sdetalk_jax module that `path` imports, at the top or inside a function."""
     found = set()
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    )
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -89,10 +91,16 @@ LAYERS = {
     "sdetalk_jax.metrics": set(),
     "sdetalk_jax.cli": set(),
     "sdetalk_jax.models": {
-        "sdetalk_jax.audio", "sdetalk_jax.fileio", "sdetalk_jax.cli", "sdetalk_jax.models",
+        "sdetalk_jax.audio",
+        "sdetalk_jax.fileio",
+        "sdetalk_jax.cli",
+        "sdetalk_jax.models",
     },  # fmt: skip
     "sdetalk_jax.data": {
-        "sdetalk_jax.audio", "sdetalk_jax.fileio", "sdetalk_jax.metrics", "sdetalk_jax.cli",
+        "sdetalk_jax.audio",
+        "sdetalk_jax.fileio",
+        "sdetalk_jax.metrics",
+        "sdetalk_jax.cli",
         "sdetalk_jax.data",
     },  # fmt: skip
     "sdetalk_jax.losses": {"sdetalk_jax.models"},
