@@ -18,22 +18,39 @@ import zipfile
 import numpy as np
 
 
+def _umask() -> int:
+    """The process's umask (read back by setting it: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_output(path: str, mode: str = "wb"):
-    """Yields a handle to a temporary file that replaces `path` only if the block succeeds."""
+def atomic_path(path: str):
+    """Yields a temporary path beside `path` for a writer that wants a file name (ffmpeg); the file
+    replaces `path` only if the block succeeds, and is removed otherwise. Like any file the process
+    creates, it gets the mode the umask allows (mkstemp alone would make it private, 0600)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
         dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
     )
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, mode) as handle:
-            yield handle
+        os.chmod(temporary, 0o666 & ~_umask())
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, mode: str = "wb"):
+    """Yields a handle to a temporary file that replaces `path` only if the block succeeds."""
+    with atomic_path(path) as temporary, open(temporary, mode) as handle:
+        yield handle
 
 
 def write_bytes(path: str, data: bytes) -> None:

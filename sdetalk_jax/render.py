@@ -8,12 +8,10 @@ ffmpeg that imageio-ffmpeg ships, which also muxes the audio in.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-
 import numpy as np
 from scipy import sparse
+
+from sdetalk_jax.fileio import atomic_path
 
 SKIN = (0.87, 0.72, 0.62)
 LIPS = (0.72, 0.30, 0.30)
@@ -193,22 +191,6 @@ class MeshRenderer:
         self.context.release()
 
 
-@contextlib.contextmanager
-def atomic_path(path: str):
-    """Yields a temporary path beside `path`, renamed onto it only when the block succeeds."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=directory)
-    os.close(handle)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_video(
     path: str,
     frames,
@@ -224,6 +206,7 @@ def write_video(
     import imageio_ffmpeg
     from tqdm import tqdm
 
+    sent = 0
     with atomic_path(path) as temporary:
         writer = imageio_ffmpeg.write_frames(
             temporary,
@@ -237,16 +220,28 @@ def write_video(
             output_params=["-shortest"] if audio_path else None,
             ffmpeg_log_level="error",
         )
-        writer.send(None)  # start ffmpeg
         try:
-            for frame in tqdm(
-                frames, total=total, disable=not progress, desc="render", unit="frame"
-            ):
-                writer.send(np.ascontiguousarray(frame))
-        except BrokenPipeError as error:
-            raise RenderError(f"ffmpeg stopped while writing {path}: {error}") from error
-        finally:
-            writer.close()
+            writer.send(None)  # start ffmpeg
+            try:
+                for frame in tqdm(
+                    frames, total=total, disable=not progress, desc="render", unit="frame"
+                ):
+                    writer.send(np.ascontiguousarray(frame))
+                    sent += 1
+            finally:
+                writer.close()
+            # imageio-ffmpeg does not check ffmpeg's exit status: count what it really wrote, so
+            # that a video cut short is never renamed into place.
+            written, _ = imageio_ffmpeg.count_frames_and_secs(temporary)
+        except (OSError, RuntimeError) as error:
+            raise RenderError(
+                f"ffmpeg failed while writing {path} after {sent} frames; nothing was written "
+                f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
+            ) from error
+        if written != sent:
+            raise RenderError(
+                f"ffmpeg wrote {written} of {sent} frames of {path}; nothing was written"
+            )
 
 
 def render_animation(
