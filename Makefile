@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/python -m sdetalk_jax.data check --root $(DEMO_DATA) --quiet
 	$(BIN)/python -m sdetalk_jax.train --config configs/synthetic.py --workdir $(DEMO_RUN) \
 		--config.data.root=$(DEMO_DATA)
-	$(BIN)/python -m sdetalk_jax.evaluate --workdir $(DEMO_RUN) --split test-a --plots
+	$(BIN)/python -m sdetalk_jax.evaluate --workdir $(DEMO_RUN) --split test-a --plots --force
 	$(BIN)/python -m sdetalk_jax.animate --workdir $(DEMO_RUN) --audio $(DEMO_DATA)/wav/F2_e37.wav \
 		--subject F2 --samples 2 --seed 0 --out $(DEMO_RUN)/animations --force
 

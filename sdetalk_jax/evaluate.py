@@ -290,6 +290,22 @@ def _style_note(dataset: ClipDataset, subjects, style: str) -> str:
     )  # fmt: skip
 
 
+def output_paths(out_dir: str, split: str, plots: bool) -> list[str]:
+    names = [f"{split}.json", f"{split}.md"]
+    if plots:
+        names += [f"{split}_expression.png", f"{split}_head_motion.png"]
+    return [os.path.join(out_dir, name) for name in names]
+
+
+def _refuse_to_overwrite(out_dir: str, split: str, plots: bool, force: bool) -> None:
+    existing = [p for p in output_paths(out_dir, split, plots) if os.path.exists(p)]
+    if existing and not force:
+        raise RunError(
+            f"{existing[0]} already exists ({len(existing)} outputs would be replaced); "
+            "choose another --out or pass --force"
+        )
+
+
 def evaluate(
     workdir: str,
     split: str,
@@ -301,9 +317,12 @@ def evaluate(
     plots: bool = False,
     progress: bool = True,
     out_dir: str | None = None,
+    force: bool = False,
 ) -> dict:
     from tqdm import tqdm
 
+    out_dir = out_dir or os.path.join(workdir, "eval")
+    _refuse_to_overwrite(out_dir, split, plots, force)
     model = TrainedModel.load(workdir, checkpoint=checkpoint)
     config = model.config
     corpus = open_corpus(config)
@@ -344,7 +363,6 @@ def evaluate(
         "ground_truth_speech_head_consistency": truth_consistency,
         "per_clip": [dataclasses.asdict(r) for r in results],
     }
-    out_dir = out_dir or os.path.join(workdir, "eval")
     style_note = _style_note(dataset, model.assets.subjects, style)
     markdown = markdown_table(table, split, len(results), style_note, truth_consistency)
     write_json(os.path.join(out_dir, f"{split}.json"), report)
@@ -377,13 +395,14 @@ def main(argv=None) -> int:
         "--plots", action="store_true", help="also write the Fig. 5 and Fig. 6 PNGs"
     )
     parser.add_argument("--out", default=None, help="output folder (default WORKDIR/eval)")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
     if args.samples < 2:
         parser.error("--samples must be at least 2 (diversity compares samples)")
     try:
         evaluate(
             args.workdir, args.split, samples=args.samples, seed=args.seed, style=args.style,
-            checkpoint=args.checkpoint, plots=args.plots, out_dir=args.out,
+            checkpoint=args.checkpoint, plots=args.plots, out_dir=args.out, force=args.force,
         )  # fmt: skip
     except (RunError, biwi.DataError) as error:
         return cli.report(error)

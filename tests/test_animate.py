@@ -70,6 +70,13 @@ def test_evaluate_writes_tables_for_the_model_and_both_baselines(workdir, tmp_pa
     for name in ("test-b_expression.png", "test-b_head_motion.png"):
         assert os.path.getsize(os.path.join(out, name)) > 10_000
 
+    # Run again: the outputs are kept unless --force (issue 17, item 13).
+    before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)}
+    with pytest.raises(RunError, match="test-b.json already exists"):
+        evaluate.evaluate(workdir, "test-b", samples=2, progress=False, out_dir=out)
+    assert {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)} == before
+    evaluate.evaluate(workdir, "test-b", samples=2, progress=False, out_dir=out, force=True)
+
 
 def test_evaluate_cli_rejects_an_unknown_style_subject(workdir, capsys):
     assert evaluate.main(["--workdir", workdir, "--split", "val", "--style", "Z9"]) == 1

@@ -146,10 +146,24 @@ def test_cli_on_44k_stereo(tmp_path):
 
     missing = subprocess.run(
         [sys.executable, "-m", "sdetalk_jax.models.wav2vec2", "--checkpoint", os.fspath(tmp_path),
-         "--audio", os.fspath(tmp_path / "nope.wav"), "--out", os.fspath(out)],
+         "--audio", os.fspath(tmp_path / "nope.wav"), "--out", os.fspath(tmp_path / "new.npy")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert missing.returncode == 1 and "nope.wav: audio file not found" in missing.stderr
+    assert not (tmp_path / "new.npy").exists()
+
+    # An existing --out is kept unless --force (issue 17, item 13).
+    out.write_bytes(b"the user's own file")
+    command = [
+        sys.executable, "-m", "sdetalk_jax.models.wav2vec2", "--checkpoint", os.fspath(tmp_path),
+        "--audio", os.fspath(wav), "--out", os.fspath(out),
+    ]  # fmt: skip
+    kept = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert kept.returncode == 1 and "h.npy already exists" in kept.stderr
+    assert out.read_bytes() == b"the user's own file"
+    forced = subprocess.run([*command, "--force"], capture_output=True, text=True, check=False)
+    assert forced.returncode == 0, forced.stderr
+    assert np.load(out).shape == hidden.shape
 
 
 def test_feature_cache_keys_on_model_and_audio_and_survives_restart(tmp_path):

@@ -5,6 +5,7 @@ Writes the last hidden states [frames, hidden] of one audio file (any sample rat
 
 from __future__ import annotations
 
+import os
 import sys
 
 from sdetalk_jax import cli
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", required=True, help="input audio file")
     parser.add_argument("--out", required=True, help="output .npy, [frames, hidden] float32")
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (optional)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not args.force:
+        return cli.report(f"{args.out} already exists; choose another --out or pass --force")
     try:
         encoder = ContextEncoder.from_pretrained(args.checkpoint, cache_dir=args.cache_dir)
         hidden = encoder.encode_file(args.audio)
