@@ -22,6 +22,7 @@ from sdetalk_jax import audio, cli
 from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.fileio import write_npz
 from sdetalk_jax.inference import TrainedModel
+from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
 
 def output_paths(out_dir: str, stem: str, samples: int, video: bool) -> list[str]:
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
             seed=args.seed, video=not args.no_video, size=args.size, window_s=args.window_s,
             overlap_s=args.overlap_s, checkpoint=args.checkpoint, force=args.force,
         )  # fmt: skip
-    except (audio.AudioError, RunError, RenderError) as error:
+    except (audio.AudioError, RunError, RenderError, CheckpointError) as error:
         return cli.report(error)
     return 0
 

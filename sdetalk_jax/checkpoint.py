@@ -41,9 +41,13 @@ class Assets:
     upper_face_vertices: np.ndarray
     fps: float
     emotion_categories: tuple[str, ...]
+    # SHA-256 of the frozen context encoder (config, normalisation, every weight): inference
+    # refuses another encoder, whose features would silently change the animation. Empty for runs
+    # saved before it was recorded.
+    encoder_fingerprint: str = ""
 
     @classmethod
-    def from_corpus(cls, corpus: biwi.Corpus, subjects) -> Assets:
+    def from_corpus(cls, corpus: biwi.Corpus, subjects, encoder_fingerprint: str = "") -> Assets:
         faces_path = os.path.join(corpus.root, "mesh", "faces.npy")
         faces = (
             np.load(faces_path, allow_pickle=False)
@@ -61,6 +65,7 @@ class Assets:
             ),
             fps=float(corpus.fps),
             emotion_categories=tuple(corpus.emotion_categories),
+            encoder_fingerprint=encoder_fingerprint,
         )
 
     @property
@@ -81,6 +86,7 @@ class Assets:
             fps=np.float64(self.fps),
             subjects=np.array(self.subjects, dtype=np.str_),
             emotion_categories=np.array(self.emotion_categories, dtype=np.str_),
+            encoder_fingerprint=np.array(self.encoder_fingerprint, dtype=np.str_),
         )
         write_npz(path, **arrays)
 
@@ -100,6 +106,11 @@ class Assets:
                 upper_face_vertices=archive["upper_face_vertices"],
                 fps=float(archive["fps"]),
                 emotion_categories=tuple(str(s) for s in archive["emotion_categories"]),
+                encoder_fingerprint=(
+                    str(archive["encoder_fingerprint"])
+                    if "encoder_fingerprint" in archive.files
+                    else ""
+                ),
             )
 
 
@@ -172,8 +183,16 @@ def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "bes
         if not os.path.isdir(os.path.join(workdir, name)):
             continue
         manager = checkpoint_manager(workdir, name, keep=1, read_only=True)
-        if manager.latest_step() is not None:
-            state, _ = restore_checkpoint(manager, abstract_state)
+        step = manager.latest_step()
+        if step is not None:
+            try:
+                state, _ = restore_checkpoint(manager, abstract_state)
+            except Exception as error:  # orbax raises many kinds on damaged or foreign files
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise RunError(
+                    f"{os.path.join(workdir, name, str(step))}: cannot be restored ({first_line}); "
+                    "is this run folder from this version, and complete?"
+                ) from error
             return state
     raise RunError(
         f"{workdir}: no checkpoint found (looked in {', '.join(names)}); train first with "

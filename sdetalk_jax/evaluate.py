@@ -29,6 +29,7 @@ from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
 from sdetalk_jax.fileio import write_bytes, write_json
 from sdetalk_jax.inference import TrainedModel
+from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
 METHODS = ("SDETalk", "neutral generator alone", "template alone")
 
@@ -404,7 +405,7 @@ def main(argv=None) -> int:
             args.workdir, args.split, samples=args.samples, seed=args.seed, style=args.style,
             checkpoint=args.checkpoint, plots=args.plots, out_dir=args.out, force=args.force,
         )  # fmt: skip
-    except (RunError, biwi.DataError) as error:
+    except (RunError, biwi.DataError, CheckpointError) as error:
         return cli.report(error)
     return 0
 

@@ -59,6 +59,18 @@ def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
+def check_encoder(workdir: str, assets: Assets, encoder: ContextEncoder) -> None:
+    """Refuses a context encoder other than the one the run was trained with: a changed folder,
+    hub revision or initialiser would change every feature, and so the animation, silently."""
+    if assets.encoder_fingerprint and encoder.fingerprint != assets.encoder_fingerprint:
+        raise RunError(
+            f"{workdir} was trained with context encoder {assets.encoder_fingerprint[:16]}, but "
+            f"model.wav2vec2_checkpoint / model.wav2vec2_random in its config.json now give "
+            f"{encoder.fingerprint[:16]} (other weights or settings); restore the encoder the run "
+            "was trained with"
+        )
+
+
 @dataclasses.dataclass
 class TrainedModel:
     config: object
@@ -78,7 +90,8 @@ class TrainedModel:
             assets = Assets.load(assets_path)
         else:  # a run from before assets were saved: read them from its corpus
             assets = Assets.from_corpus(open_corpus(config), config.data.splits.train_subjects)
-        encoder = ContextEncoder.from_config(config)
+        encoder = ContextEncoder.from_config(config, allow_download=False)
+        check_encoder(workdir, assets, encoder)
         model_config = SDETalkConfig.for_run(
             config, context_dim=encoder.hidden_size, **assets.dimensions
         )

@@ -31,6 +31,7 @@ from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_b
 from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
 from sdetalk_jax.models.networks import Networks, speaker_mel_baseline
 from sdetalk_jax.models.sdetalk import SDETalkConfig, per_frame_factors, pose_faces
+from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
 
@@ -260,7 +261,7 @@ def setup(config) -> Setup:
     train_subjects = tuple(config.data.splits.train_subjects)
     train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
     val_set = ClipDataset.from_corpus(corpus, "val", train_subjects, context_encoder=encoder)
-    assets = checkpoint.Assets.from_corpus(corpus, train_subjects)
+    assets = checkpoint.Assets.from_corpus(corpus, train_subjects, encoder.fingerprint)
     model_config = SDETalkConfig.for_run(
         config, context_dim=encoder.hidden_size, **assets.dimensions
     )
@@ -441,8 +442,8 @@ def train(config, workdir: str) -> dict:
     """Trains (or resumes) in `workdir` over every device of every process; returns the last
     validation metrics. Raises Preempted after a SIGTERM, once the checkpoint is saved."""
     lead = jax.process_index() == 0
+    run = setup(config)  # before anything is written: a failure here leaves no run folder behind
     os.makedirs(workdir, exist_ok=True)
-    run = setup(config)
     if lead:
         write_run_metadata(config, workdir, run.assets)
     checkpoints = Checkpoints(workdir, config.train.keep_checkpoints)
@@ -506,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     except parallel.Preempted as stopped:
         _log(str(stopped))
         return 0
-    except (biwi.DataError, TrainingDiverged, parallel.ConfigError) as error:
+    except (biwi.DataError, CheckpointError, TrainingDiverged, parallel.ConfigError) as error:
         return cli.report(error)
     return 0
 

@@ -194,3 +194,64 @@ def test_existing_outputs_are_not_replaced_without_force(workdir, model, speech,
             workdir, speech[0], subject="F2", out_dir=os.fspath(out), model=model, progress=False
         )
     assert (out / "hello_s0.npz").read_bytes() == b"the user's own file"
+
+
+def _copy_run_with_config(workdir, tmp_path, **model_fields):
+    """A copy of the trained run whose config.json names another context encoder."""
+    import shutil
+
+    copy = os.fspath(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    path = os.path.join(copy, "config.json")
+    with open(path) as handle:
+        config = json.load(handle)
+    config["model"].update(model_fields)
+    with open(path, "w") as handle:
+        json.dump(config, handle)
+    return copy
+
+
+def test_inference_refuses_another_context_encoder(workdir, tmp_path, capsys):
+    """Issue 17, item 7: the encoder's fingerprint is part of the run."""
+    with open(os.path.join(workdir, "config.json")) as handle:
+        random_settings = json.load(handle)["model"]["wav2vec2_random"]
+    other = _copy_run_with_config(workdir, tmp_path, wav2vec2_random={**random_settings, "seed": 1})
+    with pytest.raises(RunError, match="was trained with context encoder"):
+        TrainedModel.load(other)
+    assert evaluate.main(["--workdir", other, "--split", "val"]) == 1
+    assert "was trained with context encoder" in capsys.readouterr().err
+
+
+def test_a_missing_encoder_folder_is_one_line_in_evaluate_and_animate(
+    workdir, speech, tmp_path, capsys
+):
+    """Issue 17, item 14: no traceback, nothing written."""
+    missing = os.fspath(tmp_path / "no-such-encoder")
+    broken = _copy_run_with_config(workdir, tmp_path, wav2vec2_checkpoint=missing)
+    out = os.fspath(tmp_path / "out")
+    assert evaluate.main(["--workdir", broken, "--split", "val", "--out", out]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: {missing}: not a checkpoint folder (needs config.json and weights)\n"
+    )
+    code = animate.main(
+        ["--workdir", broken, "--audio", speech[0], "--subject", "F2", "--out", out]
+    )
+    assert code == 1 and capsys.readouterr().err.startswith(f"error: {missing}: not a checkpoint")
+    assert not os.path.exists(out)
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line(workdir, tmp_path, capsys):
+    import shutil
+
+    copy = os.fspath(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    for folder in ("best", "checkpoints"):
+        for step in os.listdir(os.path.join(copy, folder)):
+            state = os.path.join(copy, folder, step, "state")
+            if os.path.isdir(state):
+                shutil.rmtree(state)
+    assert evaluate.main(["--workdir", copy, "--split", "val", "--out", copy + "/e"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {copy}/best/") and "cannot be restored" in error
+    assert error.count("\n") == 1

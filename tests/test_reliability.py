@@ -87,3 +87,46 @@ def test_a_complete_video_is_written(tmp_path):
     target = tmp_path / "clip.mp4"
     render.write_video(os.fspath(target), _frames(10), fps=25, size=64)
     assert render.probe_video(os.fspath(target))["frames"] == 10
+
+
+def test_train_without_its_encoder_says_so_in_one_line_and_creates_nothing(
+    small_corpus, tmp_path, capsys
+):
+    from sdetalk_jax import train
+
+    workdir = tmp_path / "run"
+    missing = tmp_path / "no-such-encoder"
+    code = train.main(
+        [
+            "--config", "configs/biwi.py", "--workdir", os.fspath(workdir),
+            f"--config.data.root={small_corpus}", f"--config.model.wav2vec2_checkpoint={missing}",
+            "--config.train.progress=False",
+        ]
+    )  # fmt: skip
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"error: {missing}: not a checkpoint folder (needs config.json and weights)\n"
+    )
+    assert not workdir.exists()
+
+
+def test_train_with_an_unreachable_hub_name_says_so_in_one_line(small_corpus, tmp_path):
+    """configs/biwi.py names the encoder on the hub; without it on disk (and offline) the user
+    gets one line, no chained tracebacks of the hub client."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "sdetalk_jax.train", "--config", "configs/biwi.py",
+            "--workdir", os.fspath(workdir), f"--config.data.root={small_corpus}",
+            "--config.train.progress=False",
+        ],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": os.fspath(tmp_path / "hf")},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: facebook/wav2vec2-base-960h: not a local folder")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not workdir.exists()

@@ -43,6 +43,10 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model; the message names the tensor or file."""
 
 
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint where the name points: not a folder, not in the cache, no download."""
+
+
 def torch_name(flax_path: tuple[str, ...]) -> str:
     name = ".".join(flax_path)
     for pattern, replacement in _FLAX_TO_TORCH:
@@ -50,8 +54,9 @@ def torch_name(flax_path: tuple[str, ...]) -> str:
     return name
 
 
-def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
-    """A local folder as is; otherwise a hub name looked up in the HF cache, then online."""
+def resolve_checkpoint(checkpoint: str | os.PathLike, *, allow_download: bool = True) -> str:
+    """A local folder as is; otherwise a hub name looked up in the HF cache, then (only when
+    `allow_download`) online. Raises CheckpointNotFound with one clear sentence."""
     checkpoint = os.fspath(checkpoint)
     if os.path.isdir(checkpoint):
         return checkpoint
@@ -60,23 +65,30 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
         or checkpoint.startswith((".", "/", "~"))
         or checkpoint.count("/") > 1
     ):
-        raise FileNotFoundError(
+        raise CheckpointNotFound(
             f"{checkpoint}: not a checkpoint folder (needs config.json and weights)"
         )
     from huggingface_hub import snapshot_download
 
     patterns = ["config.json", *WEIGHT_FILES]
+    advice = (
+        f"Download it on a machine with internet (huggingface-cli download {checkpoint}) and "
+        "pass the folder, or copy the cache."
+    )
     try:
         return snapshot_download(checkpoint, allow_patterns=patterns, local_files_only=True)
-    except Exception:
-        pass
+    except Exception as err:
+        if not allow_download:
+            raise CheckpointNotFound(
+                f"{checkpoint}: not a local folder and not in the Hugging Face cache "
+                f"(nothing is downloaded here). {advice}"
+            ) from err
     try:
         return snapshot_download(checkpoint, allow_patterns=patterns)
     except Exception as err:
-        raise FileNotFoundError(
+        raise CheckpointNotFound(
             f"{checkpoint}: not a local folder, not in the Hugging Face cache, and the hub cannot be "
-            f"reached ({type(err).__name__}). Download it on a machine with internet "
-            f"(huggingface-cli download {checkpoint}) and pass the folder, or copy the cache."
+            f"reached ({type(err).__name__}). {advice}"
         ) from err
 
 

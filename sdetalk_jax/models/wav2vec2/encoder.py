@@ -111,13 +111,16 @@ class ContextEncoder:
         self._forward = jax.jit(forward)
 
     @classmethod
-    def from_config(cls, config) -> ContextEncoder:
+    def from_config(cls, config, *, allow_download: bool = True) -> ContextEncoder:
         """The run's frozen wav2vec 2.0: pretrained from `model.wav2vec2_checkpoint` (a folder or
-        the hub cache), or small and random from `model.wav2vec2_random` (seeded); features cached
-        in `data.feature_cache` (default: `default_cache_dir()`)."""
+        the hub cache; downloaded only when `allow_download` and online), or small and random from
+        `model.wav2vec2_random` (seeded); features cached in `data.feature_cache` (default:
+        `default_cache_dir()`)."""
         cache_dir = config.data.feature_cache or default_cache_dir()
         if config.model.wav2vec2_checkpoint:
-            return cls.from_pretrained(config.model.wav2vec2_checkpoint, cache_dir=cache_dir)
+            return cls.from_pretrained(
+                config.model.wav2vec2_checkpoint, cache_dir=cache_dir, allow_download=allow_download
+            )
         settings = dict(config.model.wav2vec2_random)
         seed = settings.pop("seed", 0)
         encoder_config = Wav2Vec2Config.from_dict(settings)
@@ -128,16 +131,14 @@ class ContextEncoder:
         return cls(encoder_config, params, cache_dir=cache_dir)
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str, *, cache_dir: str | None = None) -> ContextEncoder:
+    def from_pretrained(
+        cls, checkpoint: str, *, cache_dir: str | None = None, allow_download: bool = True
+    ) -> ContextEncoder:
         from sdetalk_jax.models.wav2vec2.convert import load_pretrained, resolve_checkpoint
 
-        config, params = load_pretrained(checkpoint)
-        return cls(
-            config,
-            params,
-            normalize=_reads_normalize(resolve_checkpoint(checkpoint)),
-            cache_dir=cache_dir,
-        )
+        folder = resolve_checkpoint(checkpoint, allow_download=allow_download)
+        config, params = load_pretrained(folder)
+        return cls(config, params, normalize=_reads_normalize(folder), cache_dir=cache_dir)
 
     @property
     def hidden_size(self) -> int:
