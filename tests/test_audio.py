@@ -26,6 +26,38 @@ def test_44k_stereo_becomes_16k_mono(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("rate", "channels"),
+    [(8_000, 1), (48_000, 6), (22_050, 2)],
+    ids=["8k-mono", "48k-6ch", "22k-stereo"],
+)
+def test_any_rate_and_channel_count_becomes_16k_mono(tmp_path, rate, channels):
+    seconds = 1.25
+    t = np.arange(int(seconds * rate)) / rate
+    # One channel carries the tone, the others are quieter copies: the mono mix keeps the pitch.
+    signal = 0.4 * np.sin(2 * np.pi * 330 * t)
+    samples = np.stack([signal * (1.0 if c == 0 else 0.3) for c in range(channels)], axis=1)
+    path = os.fspath(tmp_path / f"{rate}_{channels}.wav")
+    soundfile.write(path, samples.astype(np.float32), rate)
+
+    assert audio.inspect_audio(path).channels == channels
+    waveform = audio.load_audio(path)
+    assert waveform.ndim == 1 and waveform.dtype == np.float32
+    assert abs(len(waveform) - seconds * 16_000) <= 2
+    spectrum = np.abs(np.fft.rfft(waveform))
+    assert abs(np.argmax(spectrum) * 16_000 / len(waveform) - 330) < 2
+
+
+def test_nan_audio_is_refused_with_its_name(tmp_path):
+    samples = 0.3 * np.ones((16_000, 2), np.float32)
+    samples[100, 1] = np.nan
+    path = os.fspath(tmp_path / "nan.wav")
+    soundfile.write(path, samples, 16_000, subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match="NaN or Inf") as info:
+        audio.load_audio(path)
+    assert path in str(info.value)
+
+
+@pytest.mark.parametrize(
     "content, message",
     [
         (None, "not found"),

@@ -65,6 +65,17 @@ def _break(root, kind):
         vertices[3, 5] = np.nan
         np.save(npy, vertices)
         return npy, "NaN or Inf"
+    if kind == "inf":
+        vertices = np.load(npy)
+        vertices[0, 0] = np.inf
+        np.save(npy, vertices)
+        return npy, "NaN or Inf"
+    if kind == "no frames":
+        np.save(npy, np.zeros((0, NUM_VERTICES * 3), np.float32))
+        return npy, "no frames"
+    if kind == "text dtype":
+        np.save(npy, np.full((frames, NUM_VERTICES * 3), "1.0"))
+        return npy, "not numeric"
     if kind == "head pose length":
         writer.write_npz(
             pose, rotation=np.zeros((frames + 3, 3, 3)), translation=np.zeros((frames, 3))
@@ -83,6 +94,9 @@ BAD_CASES = [
     "short audio",
     "width",
     "nan",
+    "inf",
+    "no frames",
+    "text dtype",
     "head pose length",
     "missing template",
 ]
@@ -175,3 +189,92 @@ def test_speaker_mel_baseline_is_each_training_speakers_mean_scaled_mel(small_co
     expected = np.concatenate([dataset.log_mel(i) for i in f2]).mean(0)
     np.testing.assert_allclose(baseline[0], (expected + 4) / 5, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(baseline[1], 0.0)
+
+
+# Issue 17, item 9: corpus-level inputs that used to be dropped with a warning or a traceback.
+
+
+def test_a_template_with_nan_or_another_vertex_count_leaves_its_clips_out(small_corpus, capsys):
+    templates = {
+        "F2": np.full((NUM_VERTICES, 3), np.nan, np.float32),  # NaN
+        "M3": np.zeros((NUM_VERTICES + 5, 3), np.float32),  # another vertex count
+        "F1": np.zeros((NUM_VERTICES, 3), np.float32),
+    }
+    writer.write_templates(small_corpus, templates)
+    corpus = biwi.scan_corpus(small_corpus)
+    assert {c.subject for c in corpus.clips} == {"F1"}
+    messages = [str(p) for p in corpus.errors]
+    assert any("template 'F2' contains NaN or Inf; its clips are left out" in m for m in messages)
+    assert any(f"template 'M3' has {NUM_VERTICES + 5} vertices" in m for m in messages)
+    assert any("unusable template for subject 'F2'" in m for m in messages)
+    assert data_main(["check", "--root", small_corpus, "--quiet"]) == 1
+    assert "template 'F2' contains NaN" in capsys.readouterr().err
+
+
+def _rewrite_labels(root, transform):
+    path = os.path.join(root, biwi.EMOTION_LABELS_FILE)
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(transform(text))
+    return path
+
+
+def test_emotion_table_with_a_byte_order_mark_is_read(small_corpus):
+    _rewrite_labels(small_corpus, lambda text: "\ufeff" + text)
+    corpus = biwi.scan_corpus(small_corpus)
+    assert corpus.emotion_categories == ("happy", "sad", "angry")
+    assert all(c.emotion is not None for c in corpus.clips) and not corpus.problems
+
+
+@pytest.mark.parametrize(
+    "header", ["name,happy,sad,angry", "clip", "clip,happy,,angry", "clip,happy,happy,sad"]
+)
+def test_emotion_table_with_a_bad_header_is_an_error(small_corpus, header):
+    path = _rewrite_labels(small_corpus, lambda text: header + text[text.index("\n") :])
+    with pytest.raises(biwi.DataError, match="header") as info:
+        biwi.scan_corpus(small_corpus)
+    assert path in str(info.value)
+
+
+def test_emotion_rows_repeated_or_in_conflict(small_corpus):
+    lines = []
+
+    def duplicate(text):
+        lines.extend(text.splitlines())
+        row = next(line for line in lines if line.startswith("F2_e01,"))
+        other = next(line for line in lines if line.startswith("M3_e01,"))
+        conflicting = "M3_e01," + ",".join(reversed(other.split(",")[1:]))
+        return text + row + "\n" + conflicting + "\n"
+
+    path = _rewrite_labels(small_corpus, duplicate)
+    corpus = biwi.scan_corpus(small_corpus)
+    names = {c.name for c in corpus.clips}
+    assert "F2_e01" in names  # an identical repeat is harmless: a warning
+    assert any(
+        "'F2_e01' repeats line" in p.message for p in corpus.problems if p.severity == "warning"
+    )
+    assert "M3_e01" not in names  # two different labels: left out until one is removed
+    conflict = [p for p in corpus.errors if "'M3_e01' has other weights" in p.message]
+    assert conflict and conflict[0].path.startswith(path + ":")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not a readable JSON file"),
+        ('{"fps": 0}', "'fps' must be a positive number"),
+        ('{"fps": -25}', "'fps' must be a positive number"),
+        ('{"fps": "25"}', "'fps' must be a positive number"),
+        ("[25]", "expected a JSON object"),
+    ],
+)
+def test_corpus_json_that_cannot_be_used_is_an_error(small_corpus, content, message, capsys):
+    path = os.path.join(small_corpus, "corpus.json")
+    with open(path, "w") as handle:
+        handle.write(content)
+    with pytest.raises(biwi.DataError, match=message) as info:
+        biwi.scan_corpus(small_corpus)
+    assert path in str(info.value)
+    assert data_main(["check", "--root", small_corpus, "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {path}: ")

@@ -183,11 +183,24 @@ class Corpus:
 
 
 def read_fps(root: str) -> float:
+    """The frame rate from `corpus.json` (BIWI's 25 fps when there is none); a file that is there
+    but unreadable, or a rate that is not a positive number, is a DataError naming it."""
     path = os.path.join(root, "corpus.json")
     if not os.path.exists(path):
         return DEFAULT_FPS
-    with open(path) as handle:
-        return float(json.load(handle).get("fps", DEFAULT_FPS))
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            info = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object with 'fps', got {type(info).__name__}")
+    fps = info.get("fps", DEFAULT_FPS)
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < 1000:
+        raise DataError(
+            f"{path}: 'fps' must be a positive number of frames per second, got {fps!r}"
+        )
+    return float(fps)
 
 
 def find_templates(root: str) -> str | None:
@@ -215,15 +228,31 @@ def read_region(path: str, num_vertices: int | None) -> np.ndarray:
     return indices
 
 
-def read_emotion_labels(path: str) -> tuple[tuple[str, ...], dict[str, np.ndarray], list[Problem]]:
-    """The emotion table: header `clip,<category>...`, one row of non-negative weights per clip."""
+def read_emotion_labels(
+    path: str,
+) -> tuple[tuple[str, ...], dict[str, np.ndarray | None], list[Problem]]:
+    """The emotion table: header `clip,<category>...`, one row of non-negative weights per clip.
+
+    A UTF-8 byte-order mark is allowed (spreadsheets write one). A header that is not of that form
+    raises DataError: without it no weight can be read. A clip with two rows that disagree maps to
+    None (the scan leaves it out and says why); a repeated identical row is a warning."""
     problems: list[Problem] = []
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or len(rows[0]) < 2 or rows[0][0].strip() != "clip":
-        raise ValueError(f"{path}: header must be 'clip' followed by the emotion category names")
-    categories = tuple(name.strip() for name in rows[0][1:])
-    labels: dict[str, np.ndarray] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from err
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    if len(header) < 2 or header[0] != "clip" or not all(header[1:]):
+        raise DataError(
+            f"{path}: header must be 'clip' followed by the emotion category names, got "
+            f"{','.join(header)!r}"
+        )
+    if len(set(header[1:])) != len(header) - 1:
+        raise DataError(f"{path}: the header names a category twice: {','.join(header)!r}")
+    categories = tuple(header[1:])
+    labels: dict[str, np.ndarray | None] = {}
+    first_line: dict[str, int] = {}
     for line_number, row in enumerate(rows[1:], start=2):
         if not row or all(not cell.strip() for cell in row):
             continue
@@ -245,7 +274,22 @@ def read_emotion_labels(path: str) -> tuple[tuple[str, ...], dict[str, np.ndarra
         elif weights.sum() <= 0:
             problems.append(Problem(where, f"weights of '{row[0]}' sum to zero"))
         else:
-            labels[row[0].strip()] = weights
+            name = row[0].strip()
+            if name not in labels:
+                labels[name], first_line[name] = weights, line_number
+            elif labels[name] is not None and np.array_equal(labels[name], weights):
+                problems.append(
+                    Problem(where, f"'{name}' repeats line {first_line[name]}", "warning")
+                )
+            else:
+                problems.append(
+                    Problem(
+                        where,
+                        f"'{name}' has other weights on line {first_line[name]}; "
+                        "the clip is left out until one row is removed",
+                    )
+                )
+                labels[name] = None
     return categories, labels, problems
 
 
@@ -273,6 +317,9 @@ def _check_vertices(path: str, width: int | None, problems: list[Problem]) -> in
         vertices = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as err:
         problems.append(Problem(path, f"unreadable vertex array ({err})"))
+        return None
+    if vertices.dtype.kind not in "fiu":
+        problems.append(Problem(path, f"vertex array is not numeric (dtype {vertices.dtype})"))
         return None
     if vertices.ndim != 2:
         problems.append(
@@ -354,8 +401,12 @@ def _missing_root_message(root: str, what: str) -> str:
     )
 
 
-def _read_templates(root: str, problems: list[Problem]) -> tuple[str, dict[str, np.ndarray]]:
-    """(path, {subject: [V, 3]}) of the corpus's templates; raises DataError when unusable."""
+def _read_templates(
+    root: str, problems: list[Problem]
+) -> tuple[str, dict[str, np.ndarray], frozenset[str]]:
+    """(path, {subject: [V, 3]} of the usable templates, the unusable subjects); raises DataError
+    when none is usable. A template with NaN or Inf, or with another vertex count than the most common one, is
+    left out with an error, and so are its clips (no template, no clip)."""
     template_path = find_templates(root)
     if template_path is None:
         raise DataError(_missing_root_message(root, "no templates.pkl or templates.npz"))
@@ -365,15 +416,23 @@ def _read_templates(root: str, problems: list[Problem]) -> tuple[str, dict[str, 
         raise DataError(f"{template_path}: {err}") from err
     if not templates:
         raise DataError(f"{template_path}: no subject templates")
+    counts = [t.shape[0] for t in templates.values()]
+    common = max(set(counts), key=lambda n: (counts.count(n), n))
+    usable = {}
     for subject, template in templates.items():
         if not np.all(np.isfinite(template)):
-            problems.append(Problem(template_path, f"template '{subject}' contains NaN or Inf"))
-    widths = {t.shape[0] for t in templates.values()}
-    if len(widths) != 1:
+            reason = "contains NaN or Inf"
+        elif template.shape[0] != common:
+            reason = f"has {template.shape[0]} vertices, the others {common}"
+        else:
+            usable[subject] = template
+            continue
         problems.append(
-            Problem(template_path, f"templates disagree on vertex count: {sorted(widths)}")
+            Problem(template_path, f"template '{subject}' {reason}; its clips are left out")
         )
-    return template_path, templates
+    if not usable:
+        raise DataError(f"{template_path}: no usable subject template")
+    return template_path, usable, frozenset(templates) - frozenset(usable)
 
 
 def _read_regions(root: str, num_vertices: int, problems: list[Problem]) -> dict:
@@ -402,13 +461,9 @@ def _read_labels(root: str, problems: list[Problem]) -> tuple[tuple[str, ...], d
     labels_path = os.path.join(root, EMOTION_LABELS_FILE)
     if not os.path.exists(labels_path):
         return (), {}
-    try:
-        categories, emotion_labels, label_problems = read_emotion_labels(labels_path)
-        problems.extend(label_problems)
-        return categories, emotion_labels
-    except ValueError as err:
-        problems.append(Problem(labels_path, str(err).removeprefix(f"{labels_path}: ")))
-        return (), {}
+    categories, emotion_labels, label_problems = read_emotion_labels(labels_path)
+    problems.extend(label_problems)
+    return categories, emotion_labels
 
 
 def _clip_names(root: str, problems: list[Problem]) -> tuple[set[str], set[str]]:
@@ -439,6 +494,7 @@ class _ScanContext:
     splits: SplitSpec
     template_path: str
     templates: dict
+    unusable_templates: frozenset
     emotion_labels: dict
     vertex_names: set
     wav_names: set
@@ -454,12 +510,17 @@ def _check_clip(name: str, scan: _ScanContext, problems: list[Problem]) -> Clip 
         problems.append(Problem(vertices_path, "clip name is not of the form F2_e01 / F2_01"))
         return None
     if parsed.subject not in scan.templates:
+        unusable = parsed.subject in scan.unusable_templates
         problems.append(
             Problem(
-                vertices_path, f"no template for subject '{parsed.subject}' in {scan.template_path}"
+                vertices_path,
+                f"{'unusable' if unusable else 'no'} template for subject '{parsed.subject}' in "
+                f"{scan.template_path}",
             )
         )
         return None
+    if name in scan.emotion_labels and scan.emotion_labels[name] is None:
+        return None  # conflicting emotion rows, reported with the table's line numbers
     width = scan.templates[parsed.subject].shape[0] * 3
     clip_problems: list[Problem] = []
     num_frames = _check_vertices(vertices_path, width, clip_problems)
@@ -526,13 +587,13 @@ def scan_corpus(
         raise DataError(_missing_root_message(root, "corpus folder not found"))
     problems: list[Problem] = []
     fps = read_fps(root)
-    template_path, templates = _read_templates(root, problems)
-    num_vertices = max(t.shape[0] for t in templates.values())
+    template_path, templates, unusable = _read_templates(root, problems)
+    num_vertices = next(iter(templates.values())).shape[0]
     regions = _read_regions(root, num_vertices, problems)
     categories, emotion_labels = _read_labels(root, problems)
     vertex_names, wav_names = _clip_names(root, problems)
     scan = _ScanContext(
-        root=root, fps=fps, splits=splits, template_path=template_path, templates=templates,
+        root=root, fps=fps, splits=splits, template_path=template_path, templates=templates, unusable_templates=unusable,
         emotion_labels=emotion_labels, vertex_names=vertex_names, wav_names=wav_names,
         check_audio=check_audio,
     )  # fmt: skip
