@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -76,6 +77,25 @@ class Assets:
             "num_subjects": len(self.subjects),
             "num_emotions": len(self.emotion_categories),
         }
+
+    def differences(self, other: Assets) -> list[str]:
+        """The fields in which two runs' assets differ (empty when they are the same)."""
+        differing = []
+        for field in dataclasses.fields(self):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            if field.name == "encoder_fingerprint" and not (mine and theirs):
+                continue  # a run saved before fingerprints were recorded: unknown, not different
+            if isinstance(mine, dict):
+                same = mine.keys() == theirs.keys() and all(
+                    np.array_equal(mine[k], theirs[k]) for k in mine
+                )
+            elif isinstance(mine, np.ndarray):
+                same = np.array_equal(mine, theirs)
+            else:
+                same = mine == theirs
+            if not same:
+                differing.append(field.name)
+        return differing
 
     def save(self, path: str) -> None:
         arrays = {f"template/{k}": v for k, v in self.templates.items()}
@@ -173,6 +193,96 @@ def restore_checkpoint(manager, abstract_state: dict, step: int | None = None) -
         ),
     )
     return restored["state"], restored["position"]
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `workdir` holds a training checkpoint to resume from."""
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+        return False
+    return checkpoint_manager(workdir, read_only=True).latest_step() is not None
+
+
+def set_aside(workdir: str, step: int) -> str:
+    """Moves a damaged checkpoint out of the manager's sight, into WORKDIR/damaged/ (never
+    deleted: it is the user's). Returns where it went."""
+    source = os.path.join(workdir, CHECKPOINTS, str(step))
+    target = os.path.join(workdir, "damaged", f"{CHECKPOINTS}-{step}")
+    suffix = 0
+    while os.path.exists(target + (f"-{suffix}" if suffix else "")):
+        suffix += 1
+    target += f"-{suffix}" if suffix else ""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(source, target)
+    return target
+
+
+# Fields that may change when a run resumes, because they change only what is still to come:
+# when and how much to log and save, where cached features live, how processes meet.
+MAY_CHANGE_ON_RESUME = (
+    "train.max_steps",
+    "train.progress",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.deterministic_gpu",
+    "data.feature_cache",
+    "distributed",
+)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat if flat or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}
+
+
+def config_differences(saved: dict, wanted: dict) -> list[str]:
+    """Fields (dotted) whose values differ between two configs as JSON, that may not change in a
+    run that resumes. train.epochs may, unless the learning-rate schedule depends on the run's
+    length (warmup_cosine), which would change the past's schedule."""
+    old, new = _flatten(saved), _flatten(wanted)
+    allowed = set(MAY_CHANGE_ON_RESUME)
+    schedule = (old.get("train.lr_schedule", "constant"), new.get("train.lr_schedule", "constant"))
+    if schedule == ("constant", "constant"):
+        allowed.add("train.epochs")
+    differing = sorted(
+        k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>")
+    )
+    return [k for k in differing if not any(k == a or k.startswith(a + ".") for a in allowed)]
+
+
+def check_resumable(workdir: str, config_json: dict, assets: Assets | None = None) -> None:
+    """Refuses to resume a run with a config (or corpus, or encoder) other than its own, naming
+    what differs, before anything is written. Nothing to check without a checkpoint."""
+    if not has_checkpoint(workdir):
+        return
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as handle:
+            saved = json.load(handle)
+        differing = config_differences(saved, config_json)
+        if differing:
+            old, new = _flatten(saved), _flatten(config_json)
+            changes = "; ".join(
+                f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in differing
+            )
+            raise RunError(
+                f"{workdir} holds a run with another config ({changes}); resuming would mix "
+                "settings. Use another --workdir, or the run's own config "
+                f"(python -m sdetalk_jax.train --config {path}). Only "
+                f"{', '.join(MAY_CHANGE_ON_RESUME)} (and train.epochs with a constant learning "
+                "rate) may change when resuming."
+            )
+    assets_path = os.path.join(workdir, ASSETS)
+    if assets is not None and os.path.exists(assets_path):
+        differing = Assets.load(assets_path).differences(assets)
+        if differing:
+            raise RunError(
+                f"{workdir}: this run was trained on other data or with another context encoder "
+                f"({', '.join(differing)} differ); resuming would mix them. Use another --workdir."
+            )
 
 
 def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "best") -> dict:

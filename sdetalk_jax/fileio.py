@@ -82,18 +82,60 @@ def write_npz(path: str, **arrays: np.ndarray) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def truncate_records(path: str, step: int, *, keep_validation_at_step: bool = True) -> int:
+    """Drops the records of `metrics.jsonl` after `step` (and, unless `keep_validation_at_step`,
+    the validation and timing records at it), in place and atomically: a run resumed from the
+    checkpoint of `step` then writes each later step once. Returns how many records it dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as handle:
+        lines = handle.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        at = record.get("step", 0)
+        validation = any(k.startswith(("val/", "time/")) for k in record)
+        if at < step or (at == step and (keep_validation_at_step or not validation)):
+            kept.append(json.dumps(record, sort_keys=True) + "\n")
+    if len(kept) != len(lines):
+        write_bytes(path, "".join(kept).encode())
+    return len(lines) - len(kept)
+
+
 class MetricWriter:
     """JSON lines (`metrics.jsonl`) and TensorBoard event files in the workdir; a no-op when not
-    `enabled` (every process but the first)."""
+    `enabled` (every process but the first).
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    `resume_step`: the step the run (re)starts from. Records after it, left by a run that was
+    killed after its last checkpoint, are dropped from metrics.jsonl and hidden from TensorBoard
+    (its purge_step), so that every step has one record."""
+
+    def __init__(
+        self,
+        workdir: str,
+        enabled: bool = True,
+        *,
+        resume_step: int | None = None,
+        keep_validation_at_step: bool = True,
+    ):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tensorboard = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            purge_step = None
+            if resume_step is not None and os.path.exists(self.path):
+                truncate_records(
+                    self.path, resume_step, keep_validation_at_step=keep_validation_at_step
+                )
+                purge_step = resume_step + 1
+            self.tensorboard = SummaryWriter(
+                os.path.join(workdir, "tensorboard"), purge_step=purge_step
+            )
 
     def write(self, step: int, prefix: str, values: dict) -> None:
         if not self.enabled:

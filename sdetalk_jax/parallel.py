@@ -144,32 +144,60 @@ def to_host(tree):
     return jax.tree.map(fetch, tree)
 
 
+# The exit status of a run stopped by SIGTERM or Ctrl-C after saving what it had: "try again"
+# (EX_TEMPFAIL of sysexits.h). launch/slurm.sbatch requeues the job on it; launch/local.py treats it
+# as a stop, not a failure.
+PREEMPTED_EXIT_CODE = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class Preempted(RuntimeError):
-    """Training stopped on SIGTERM after saving a checkpoint."""
+    """Training stopped on SIGTERM or SIGINT, after saving a checkpoint if there was anything to
+    save; the command exits with PREEMPTED_EXIT_CODE."""
 
 
 class StopRequest:
-    """SIGTERM (a cluster pre-empting the job) sets a flag; the loop checks it after every step,
-    saves a checkpoint and stops. All processes stop at the same step (they agree on the flag)."""
+    """SIGTERM (a cluster pre-empting the job) or SIGINT (Ctrl-C) sets a flag; the loops check it
+    after every training step, validation batch and clip of a pass over the corpus, and stop
+    cleanly. All processes stop at the same step (they agree on the flag)."""
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested = None  # the signal's name once one has arrived
+        self._previous = {}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested = signal.Signals(signum).name
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        for number in STOP_SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+
+    def local(self) -> bool:
+        """Whether this process was asked to stop (for work that is not collective)."""
+        return self.requested is not None
 
     def agreed(self) -> bool:
+        """Whether any process was asked to stop; every process must call it at the same point."""
         if jax.process_count() == 1:
-            return self.requested
+            return self.local()
         from jax.experimental import multihost_utils
 
-        flags = multihost_utils.process_allgather(np.array(self.requested))
+        flags = multihost_utils.process_allgather(np.array(self.local()))
         return bool(np.any(flags))
+
+    @property
+    def name(self) -> str:
+        return self.requested or "SIGTERM"
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the same named point (nothing to do for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -251,12 +251,29 @@ class Setup:
     keys: dict
 
 
-def setup(config) -> Setup:
+def stop_before_training(stop: parallel.StopRequest, during: str):
+    """A check for the passes before training starts (corpus, features, speaker levels): they
+    stop within a clip of a SIGTERM or Ctrl-C, with nothing to save."""
+
+    def check():
+        if stop.local():
+            raise parallel.Preempted(
+                f"{stop.name} during {during}: stopped before training started (nothing to save); "
+                "run the same command to start again"
+            )
+
+    return check
+
+
+def setup(config, stop: parallel.StopRequest) -> Setup:
     """Opens the corpus, the frozen encoder and the datasets, and builds the networks."""
     lead = jax.process_index() == 0
     placement = parallel.Placement(parallel.data_mesh())
     parallel.check_global_batch(config.train.global_batch, placement.mesh)
-    corpus = open_corpus(config, progress=config.train.progress and lead)
+    corpus = open_corpus(
+        config, progress=config.train.progress and lead, generator=lead,
+        barrier=parallel.barrier, between_clips=stop_before_training(stop, "corpus scanning"),
+    )  # fmt: skip
     encoder = ContextEncoder.from_config(config)
     train_subjects = tuple(config.data.splits.train_subjects)
     train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
@@ -289,26 +306,55 @@ def write_run_metadata(config, workdir: str, assets: checkpoint.Assets) -> None:
     assets.save(os.path.join(workdir, checkpoint.ASSETS))
 
 
-def restore_or_init(run: Setup, config, manager) -> tuple[dict, dict]:
-    """(state, data position): the last checkpoint's, or a new run's from the init key."""
+def restore_or_init(run: Setup, config, checkpoints: Checkpoints, stop) -> tuple[dict, dict]:
+    """(state, data position): the last intact checkpoint's, or a new run's from the init key."""
     placement = run.placement
     initial = jax.device_get(optim.initial_state(run.networks, config, run.keys["init"]))
-    if run.networks.config.speaker_baseline and manager.latest_step() is None:
+    resuming = checkpoints.latest.latest_step() is not None
+    if run.networks.config.speaker_baseline and not resuming:
         # A pass over the training audio; a resumed run restores the learnt baseline instead.
         baseline = initial["params"]["generator"]["emotion"]["speaker_baseline"]
-        baseline["kernel"] = speaker_mel_baseline(run.train_set, run.networks.config)
+        baseline["kernel"] = speaker_mel_baseline(
+            run.train_set, run.networks.config,
+            between_clips=stop_before_training(stop, "the pass over the training audio"),
+        )  # fmt: skip
     state = placement.replicate(initial)
-    if manager.latest_step() is None:
+    if not resuming:
         return state, {"epoch": 0, "batch": 0}
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), state
     )
-    state, position = checkpoint.restore_checkpoint(manager, abstract)
+    state, position = restore_latest_intact(checkpoints, abstract)
     _log(
         f"resuming from step {int(parallel.to_host(state['step']))} "
         f"(epoch {position['epoch']}, batch {position['batch']})"
     )
     return state, position
+
+
+def restore_latest_intact(checkpoints: Checkpoints, abstract) -> tuple[dict, dict]:
+    """The newest checkpoint that restores; a damaged one (a disk that filled up, a copy cut
+    short) is moved to WORKDIR/damaged/ with a warning naming its step, and the one before it
+    is tried. Raises RunError when none restores: nothing is started over behind the user's back."""
+    workdir = checkpoints.workdir
+    for step in sorted(checkpoints.latest.all_steps(), reverse=True):
+        try:
+            return checkpoint.restore_checkpoint(checkpoints.latest, abstract, step)
+        except Exception as error:  # orbax raises many kinds on damaged files
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if jax.process_index() == 0:
+                target = checkpoint.set_aside(workdir, step)
+                print(
+                    f"warning: checkpoint step {step} in {workdir}/{checkpoint.CHECKPOINTS} is "
+                    f"damaged ({reason[:200]}); moved to {target}, trying the one before it",
+                    flush=True,
+                )
+            parallel.barrier(f"sdetalk-set-aside-{step}")
+            checkpoints.reopen()
+    raise checkpoint.RunError(
+        f"{workdir}/{checkpoint.CHECKPOINTS}: no checkpoint can be restored (the damaged ones are "
+        f"in {workdir}/damaged); use another --workdir to start a new run"
+    )
 
 
 class Checkpoints:
@@ -317,8 +363,15 @@ class Checkpoints:
     even while process 0 is still finalising an asynchronous save that another cannot see yet."""
 
     def __init__(self, workdir: str, keep: int):
+        self.workdir, self.keep = workdir, keep
         self.latest = checkpoint.checkpoint_manager(workdir, keep=keep)
         self.best = checkpoint.checkpoint_manager(workdir, checkpoint.BEST, keep=1, best=True)
+        self.saved_step = self.latest.latest_step() or 0
+
+    def reopen(self) -> None:
+        """A new view of the last few, after a damaged one was moved away."""
+        self.latest.close()
+        self.latest = checkpoint.checkpoint_manager(self.workdir, keep=self.keep)
         self.saved_step = self.latest.latest_step() or 0
 
     def save(self, state, position, step: int, metrics: dict | None = None) -> None:
@@ -411,21 +464,37 @@ class Trainer:
             if stop.agreed():
                 self.checkpoints.save(self.state, self.position, self.step)
                 raise parallel.Preempted(
-                    f"SIGTERM: stopped after step {self.step} (epoch {epoch}, batch "
+                    f"{stop.name}: stopped after step {self.step} (epoch {epoch}, batch "
                     f"{batch_index + 1}) and saved a checkpoint in {self.workdir}/checkpoints; "
                     "run the same command to resume"
                 )
         bar.close()
         return not (self.step >= max_steps and self.position["batch"] < self.plans_per_epoch)
 
-    def end_epoch(self, epoch: int, epoch_start: float) -> dict:
-        """Validates, writes the records and saves the end-of-epoch checkpoint (and the best)."""
+    def end_epoch(self, epoch: int, epoch_start: float, stop: parallel.StopRequest) -> dict:
+        """Validates, writes the records and saves the end-of-epoch checkpoint (and the best).
+        A stop during validation saves the epoch's trained state (validation runs again on
+        resume) and raises Preempted."""
+
+        def between_batches():
+            if stop.agreed():
+                raise parallel.Preempted(
+                    f"{stop.name}: stopped during the validation after step {self.step}"
+                )
+
+        try:
+            validation_metrics = validation.evaluate_split(
+                self.run.val_set, self.run.networks, self.config,
+                self.state["params"]["generator"], self.eval_fn, self.run.buckets,
+                self.run.mean_mixture, self.run.placement, between_batches=between_batches,
+            )  # fmt: skip
+        except parallel.Preempted as stopped:
+            self.checkpoints.save(self.state, self.position, self.step)
+            raise parallel.Preempted(
+                f"{stopped} and saved a checkpoint in {self.workdir}/checkpoints; run the same "
+                "command to resume"
+            ) from None
         self.position = {"epoch": epoch + 1, "batch": 0}
-        validation_metrics = validation.evaluate_split(
-            self.run.val_set, self.run.networks, self.config,
-            self.state["params"]["generator"], self.eval_fn, self.run.buckets,
-            self.run.mean_mixture, self.run.placement,
-        )  # fmt: skip
         self.writer.write(self.step, "val", validation_metrics)
         # Wall-clock time is the one thing that differs between identical runs: it is kept
         # under its own prefix (docs/scaling.md).
@@ -440,20 +509,33 @@ class Trainer:
 
 def train(config, workdir: str) -> dict:
     """Trains (or resumes) in `workdir` over every device of every process; returns the last
-    validation metrics. Raises Preempted after a SIGTERM, once the checkpoint is saved."""
+    validation metrics. Raises Preempted after a SIGTERM or Ctrl-C, once the checkpoint is saved."""
+    with parallel.StopRequest() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
     lead = jax.process_index() == 0
-    run = setup(config)  # before anything is written: a failure here leaves no run folder behind
+    config_json = json.loads(config.to_json_best_effort())
+    checkpoint.check_resumable(workdir, config_json)  # before the long setup: the config alone
+    run = setup(config, stop)
+    checkpoint.check_resumable(workdir, config_json, run.assets)
+    # Nothing is written before this point: a run that cannot start leaves no folder behind.
     os.makedirs(workdir, exist_ok=True)
     if lead:
         write_run_metadata(config, workdir, run.assets)
     checkpoints = Checkpoints(workdir, config.train.keep_checkpoints)
-    state, position = restore_or_init(run, config, checkpoints.latest)
+    state, position = restore_or_init(run, config, checkpoints, stop)
     plans_per_epoch = len(
         batching.epoch_plan(
             run.train_set.lengths, global_batch=config.train.global_batch, buckets=run.buckets,
             seed=0, epoch=0,
         )
     )  # fmt: skip
+    step = int(parallel.to_host(state["step"]))
+    writer = MetricWriter(
+        workdir, enabled=lead, resume_step=step, keep_validation_at_step=position["batch"] == 0
+    )
     trainer = Trainer(
         config=config, workdir=workdir, run=run,
         step_fn=compiled_train_step(
@@ -461,21 +543,25 @@ def train(config, workdir: str) -> dict:
             plans_per_epoch * config.train.epochs,
         ),
         eval_fn=validation.compiled_evaluation(run.networks, config.loss, run.placement),
-        writer=MetricWriter(workdir, enabled=lead), checkpoints=checkpoints,
-        plans_per_epoch=plans_per_epoch, state=state, position=position,
-        step=int(parallel.to_host(state["step"])),
+        writer=writer, checkpoints=checkpoints, plans_per_epoch=plans_per_epoch, state=state,
+        position=position, step=step,
     )  # fmt: skip
     validation_metrics: dict = {}
     try:
-        with parallel.StopRequest() as stop:
-            for epoch in range(position["epoch"], config.train.epochs):
-                epoch_start = time.perf_counter()
-                if not trainer.run_epoch(epoch, stop):
-                    break
-                validation_metrics = trainer.end_epoch(epoch, epoch_start)
+        for epoch in range(position["epoch"], config.train.epochs):
+            epoch_start = time.perf_counter()
+            if not trainer.run_epoch(epoch, stop):
+                break
+            validation_metrics = trainer.end_epoch(epoch, epoch_start, stop)
+    except parallel.Preempted:
+        checkpoints.wait()
+        # No process exits before every process's part of the save is complete: a scheduler that
+        # kills the rest of a job when one task ends must not cut the checkpoint short.
+        parallel.barrier("sdetalk-stopped-and-saved")
+        raise
     finally:
         checkpoints.wait()
-        trainer.writer.close()
+        writer.close()
     if trainer.step > 0 and checkpoints.saved_step != trainer.step:
         checkpoints.save(trainer.state, trainer.position, trainer.step)
         checkpoints.latest.wait_until_finished()
@@ -506,8 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         train(config, args.workdir)
     except parallel.Preempted as stopped:
         _log(str(stopped))
-        return 0
-    except (biwi.DataError, CheckpointError, TrainingDiverged, parallel.ConfigError) as error:
+        return parallel.PREEMPTED_EXIT_CODE
+    except (
+        biwi.DataError, CheckpointError, checkpoint.RunError, TrainingDiverged,
+        parallel.ConfigError,
+    ) as error:  # fmt: skip
         return cli.report(error)
     return 0
 

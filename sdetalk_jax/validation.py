@@ -85,15 +85,19 @@ def compiled_evaluation(networks, loss_config, placement: parallel.Placement):
 
 
 def evaluate_split(
-    dataset, networks, config, params, eval_fn, buckets, mean_mixture, placement
-) -> dict:
+    dataset, networks, config, params, eval_fn, buckets, mean_mixture, placement,
+    between_batches=None,
+) -> dict:  # fmt: skip
     """Validation metrics of a split: each process evaluates its rows of every batch, the sums are
-    reduced over the mesh by the jitted function."""
+    reduced over the mesh by the jitted function. `between_batches` is called by every process
+    before each batch and may raise to stop."""
     totals: dict[str, float] = {}
     for batch_index, batch in dataset.batches(
         global_batch=config.train.global_batch, buckets=buckets, seed=0, epoch=0, shuffle=False,
         process_index=jax.process_index(), process_count=jax.process_count(),
     ):  # fmt: skip
+        if between_batches is not None:
+            between_batches()
         prepared = placement.shard_batch(
             model_batch(batch, batch["subject"], networks.config.num_subjects)
         )

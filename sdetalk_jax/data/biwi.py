@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -576,10 +576,13 @@ def scan_corpus(
     *,
     check_audio: bool = True,
     progress: bool = False,
+    between_clips: Callable[[], None] | None = None,
 ) -> Corpus:
     """Reads and checks every clip under `root`; bad clips are left out and listed in `problems`.
 
     Raises DataError only when nothing can be read at all (no folder, no templates, no clips).
+    `between_clips` is called before each clip and may raise to stop the scan (a trainer asked to
+    stop by its cluster must not wait for a whole corpus to be read).
     """
     root = os.fspath(root)
     splits = splits or SplitSpec()
@@ -602,7 +605,13 @@ def scan_corpus(
         from tqdm import tqdm
 
         names = tqdm(names, desc="checking clips", unit="clip")
-    clips = [clip for name in names if (clip := _check_clip(name, scan, problems)) is not None]
+    clips = []
+    for name in names:
+        if between_clips is not None:
+            between_clips()
+        clip = _check_clip(name, scan, problems)
+        if clip is not None:
+            clips.append(clip)
     return Corpus(
         root=root,
         fps=fps,

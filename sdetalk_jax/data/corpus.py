@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 from sdetalk_jax.data import biwi
 
@@ -40,17 +41,31 @@ def existing_synthetic_parameters(root: str) -> dict | None:
     return {**info.get("parameters", {}), "format_version": info.get("format_version")}
 
 
-def open_corpus(config, *, progress: bool = False) -> biwi.Corpus:
-    """Scans the configured corpus (generating SynthBIWI first when the config asks for it)."""
+def open_corpus(
+    config,
+    *,
+    progress: bool = False,
+    generator: bool = True,
+    barrier: Callable[[str], None] | None = None,
+    between_clips: Callable[[], None] | None = None,
+) -> biwi.Corpus:
+    """Scans the configured corpus, generating SynthBIWI first when the config asks for it.
+
+    In a run of several processes only the one with `generator` set generates; `barrier(name)`,
+    called by every process whenever the config may generate, holds the others until it is done.
+    `between_clips` is called before each clip is checked and may raise to stop."""
     root = config.data.root
-    if config.data.generate_if_missing and not os.path.exists(root):
-        print(f"{root}: not found; generating the synthetic corpus (docs/data.md)")
-        generate_synthetic(root, dict(config.data.synthetic), progress=progress)
-    elif config.data.generate_if_missing:
-        warn_if_other_synthetic(root, dict(config.data.synthetic))
+    if config.data.generate_if_missing:
+        if generator and not os.path.exists(root):
+            print(f"{root}: not found; generating the synthetic corpus (docs/data.md)")
+            generate_synthetic(root, dict(config.data.synthetic), progress=progress)
+        if barrier is not None:
+            barrier("sdetalk-synthetic-corpus")
+        if generator:
+            warn_if_other_synthetic(root, dict(config.data.synthetic))
     splits = biwi.SplitSpec.from_config(config.data.splits)
     try:
-        corpus = biwi.scan_corpus(root, splits, progress=progress)
+        corpus = biwi.scan_corpus(root, splits, progress=progress, between_clips=between_clips)
     except biwi.DataError as err:
         if "docs/data.md" in str(err):
             raise

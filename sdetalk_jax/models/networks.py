@@ -59,14 +59,19 @@ class Networks:
         return {"generator": generator, "discriminator": discriminator, "estimators": estimators}
 
 
-def speaker_mel_baseline(dataset, model_config: sdetalk.SDETalkConfig) -> np.ndarray:
+def speaker_mel_baseline(
+    dataset, model_config: sdetalk.SDETalkConfig, between_clips=None
+) -> np.ndarray:
     """Each known speaker's mean scaled log-mel over every frame of its clips in `dataset`
     [subjects, bins]: the starting value of the emotion network's speaker baseline, so that it
     reads deviations from the speaker's own voice from the first step. `dataset` is a
-    `data.pipeline.ClipDataset` (its clips, `subject_index` and `log_mel`)."""
+    `data.pipeline.ClipDataset` (its clips, `subject_index` and `log_mel`); `between_clips` is
+    called before each clip and may raise to stop."""
     sums = np.zeros((model_config.num_subjects, model_config.mel_bins), np.float64)
     counts = np.zeros((model_config.num_subjects, 1), np.float64)
     for index, clip in enumerate(dataset.clips):
+        if between_clips is not None:
+            between_clips()
         subject = dataset.subject_index(clip.subject)
         if subject < 0:
             continue
