@@ -217,8 +217,10 @@ def set_aside(workdir: str, step: int) -> str:
 
 
 # Fields that may change when a run resumes, because they change only what is still to come:
-# when and how much to log and save, where cached features live, how processes meet.
+# when and how much to log and save, where the corpus and cached features live (the corpus's
+# content is checked through the run's assets), how processes meet.
 MAY_CHANGE_ON_RESUME = (
+    "data.root",
     "train.max_steps",
     "train.progress",
     "train.checkpoint_every_steps",
@@ -270,8 +272,7 @@ def check_resumable(workdir: str, config_json: dict, assets: Assets | None = Non
             )
             raise RunError(
                 f"{workdir} holds a run with another config ({changes}); resuming would mix "
-                "settings. Use another --workdir, or the run's own config "
-                f"(python -m sdetalk_jax.train --config {path}). Only "
+                f"settings. Use another --workdir, or the run's own settings (in {path}). Only "
                 f"{', '.join(MAY_CHANGE_ON_RESUME)} (and train.epochs with a constant learning "
                 "rate) may change when resuming."
             )

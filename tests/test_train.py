@@ -170,3 +170,143 @@ def test_missing_corpus_points_at_the_docs(config, tmp_path):
     config.data.root = os.fspath(tmp_path / "no-such-corpus")
     with pytest.raises(DataError, match="docs/data.md"):
         train(config, os.fspath(tmp_path / "run"))
+
+
+# Issue 17: runs that survive misuse and damage.
+
+
+@pytest.fixture(scope="module")
+def straight_run(corpus_root, tmp_path_factory):
+    """One uninterrupted run of the tiny config: what every interrupted one must end equal to."""
+    base = tmp_path_factory.mktemp("straight")
+    config = tiny_training_config(corpus_root, os.fspath(base / "cache"))
+    workdir = os.fspath(base / "run")
+    train(config, workdir)
+    return workdir
+
+
+def _assert_same_end(workdir, reference):
+    step, params = final_params(workdir)
+    step_reference, params_reference = final_params(reference)
+    assert step == step_reference
+    for name, value in params_reference.items():
+        np.testing.assert_array_equal(params[name], value, err_msg="/".join(name))
+    # One record per step, the same as the uninterrupted run's.
+    assert _metrics_without_times(workdir) == _metrics_without_times(reference)
+
+
+def _snapshot(workdir):
+    return {
+        name: os.path.getmtime(os.path.join(workdir, name))
+        for name in ("config.json", "environment.json", "assets.npz", "metrics.jsonl")
+    }
+
+
+def test_resuming_with_another_config_is_refused_before_anything_is_written(config, tmp_path):
+    from sdetalk_jax.checkpoint import RunError
+
+    workdir = os.fspath(tmp_path / "run")
+    config.train.max_steps = 3
+    train(config, workdir)
+    before = _snapshot(workdir)
+    weight = config.loss.lambda_e
+    config.loss.lambda_e = weight / 2
+    with pytest.raises(RunError, match=rf"loss\.lambda_e: {weight} -> {weight / 2}") as info:
+        train(config, workdir)
+    assert "Use another --workdir" in str(info.value)
+    config.loss.lambda_e = weight
+    config.train.epochs = 3  # the warm-up + cosine schedule depends on the run's length
+    with pytest.raises(RunError, match=r"train\.epochs: 2 -> 3"):
+        train(config, workdir)
+    assert _snapshot(workdir) == before
+    assert checkpoint.checkpoint_manager(workdir).latest_step() == 3
+    config.train.epochs = 2
+    config.train.max_steps = 0  # may change: it only says when to stop
+    config.train.checkpoint_every_steps = 1
+    train(config, workdir)
+    assert checkpoint.checkpoint_manager(workdir).latest_step() > 3  # resumed and went on
+
+
+def test_resuming_on_other_data_is_refused(config, corpus_root, tmp_path):
+    import shutil
+
+    from sdetalk_jax.checkpoint import RunError
+    from sdetalk_jax.data import safe_pickle, writer
+
+    workdir = os.fspath(tmp_path / "run")
+    config.train.max_steps = 2
+    train(config, workdir)
+    other = os.fspath(tmp_path / "other-corpus")
+    shutil.copytree(corpus_root, other)
+    templates = safe_pickle.load_templates(os.path.join(other, "templates.pkl"))
+    writer.write_templates(other, {k: v + 0.001 for k, v in templates.items()})
+    config.data.root = other
+    with pytest.raises(RunError, match="trained on other data.*templates"):
+        train(config, workdir)
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_restored(
+    config, straight_run, tmp_path, capsys
+):
+    import shutil
+
+    workdir = os.fspath(tmp_path / "run")
+    config.train.max_steps = 3
+    config.train.checkpoint_every_steps = 1
+    train(config, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "3", "state"))  # a copy cut short
+    capsys.readouterr()
+    config.train.max_steps = 0
+    train(config, workdir)
+    out = capsys.readouterr().out
+    assert "warning: checkpoint step 3 in" in out and "is damaged" in out
+    assert "resuming from step 2" in out
+    assert os.path.isdir(os.path.join(workdir, "damaged", "checkpoints-3"))  # kept, not deleted
+    _assert_same_end(workdir, straight_run)
+
+
+def test_sigterm_during_corpus_scanning_stops_before_anything_is_written(
+    config, tmp_path, monkeypatch
+):
+    import signal
+
+    from sdetalk_jax.data import biwi
+    from sdetalk_jax.parallel import Preempted
+
+    real_check = biwi._check_clip
+
+    def check_and_be_preempted(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the corpus is read
+        return real_check(*args)
+
+    monkeypatch.setattr(biwi, "_check_clip", check_and_be_preempted)
+    workdir = tmp_path / "run"
+    with pytest.raises(Preempted, match="SIGTERM during corpus scanning"):
+        train(config, os.fspath(workdir))
+    assert not workdir.exists()
+
+
+def test_sigterm_during_validation_saves_and_the_resumed_run_matches(
+    config, straight_run, tmp_path, monkeypatch
+):
+    import signal
+
+    from sdetalk_jax import validation
+    from sdetalk_jax.parallel import Preempted
+
+    real_evaluate = validation.evaluate_split
+
+    def preempted_evaluation(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives as validation starts
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "evaluate_split", preempted_evaluation)
+    workdir = os.fspath(tmp_path / "run")
+    with pytest.raises(Preempted, match="during the validation after step") as info:
+        train(config, workdir)
+    assert "saved a checkpoint" in str(info.value)
+    step = int(str(info.value).split("after step ")[1].split()[0])
+    assert checkpoint.checkpoint_manager(workdir).latest_step() == step  # the epoch's last
+    monkeypatch.setattr(validation, "evaluate_split", real_evaluate)
+    train(config, workdir)
+    _assert_same_end(workdir, straight_run)
