@@ -196,10 +196,11 @@ def restore_checkpoint(manager, abstract_state: dict, step: int | None = None) -
 
 
 def has_checkpoint(workdir: str) -> bool:
-    """Whether `workdir` holds a training checkpoint to resume from."""
-    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
-        return False
-    return checkpoint_manager(workdir, read_only=True).latest_step() is not None
+    """Whether `workdir` holds a training checkpoint to resume from: a committed step folder
+    (orbax writes each under a temporary name first). Read from the folder, not through an orbax
+    manager, whose creation is a collective step in a run of several processes."""
+    folder = os.path.join(workdir, CHECKPOINTS)
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
 def set_aside(workdir: str, step: int) -> str:

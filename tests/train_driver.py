@@ -78,6 +78,9 @@ def main() -> int:
     parser.add_argument("--global-batch", type=int, default=4)
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--kill-during-save-at", type=int, default=0)
+    parser.add_argument(
+        "--generate", action="store_true", help="generate a tiny SynthBIWI at --root if missing"
+    )
     args = parser.parse_args()
     config = get_config()
     config.data.root = args.root
@@ -86,6 +89,9 @@ def main() -> int:
     config.train.epochs = args.epochs
     config.train.global_batch = args.global_batch
     config.train.checkpoint_every_steps = args.checkpoint_every
+    if args.generate:
+        config.data.generate_if_missing = True
+        config.data.synthetic = dict(subjects=2, sentences=5, vertices=120, seed=0)
     if args.kill_during_save_at:
         kill_during_save(args.kill_during_save_at)
     try:
