@@ -56,7 +56,6 @@ def test_existing_folders_are_never_clobbered(tmp_path):
     with pytest.raises(FileExistsError, match="not a SynthBIWI corpus"):
         generate(precious)
     assert (precious / "notes.txt").read_text() == "keep me"
-    assert not any(p.name.startswith("mine.partial") for p in tmp_path.iterdir())
 
     root = generate(tmp_path / "corpus")
     stamp = os.stat(os.path.join(root, "corpus.json")).st_mtime_ns
@@ -256,3 +255,23 @@ def test_a_corpus_of_another_format_is_kept_but_reported(tmp_path, capsys):
         output = capsys.readouterr().out
         assert ("--force" in output and f"'format_version': {version}" in output) == reported
     assert sorted(os.listdir(root)) == ["corpus.json"]  # nothing replaced or removed
+
+
+def test_a_generation_that_fails_midway_leaves_the_old_corpus_and_no_staging(tmp_path, monkeypatch):
+    root = generate(tmp_path / "corpus")
+    stamp = os.stat(os.path.join(root, "corpus.json")).st_mtime_ns
+    started = []
+
+    def failing_jobs(jobs, workers, progress):
+        started.append(len(os.listdir(tmp_path)))  # the staging folder exists by now
+        raise RuntimeError("the machine ran out of disk")
+
+    monkeypatch.setattr(synth, "_run_jobs", failing_jobs)
+    with pytest.raises(RuntimeError, match="out of disk"):
+        synth.generate_corpus(
+            root, subjects=2, sentences=2, vertices=200, seed=1, workers=1, progress=False,
+            force=True,
+        )  # fmt: skip
+    assert started == [2]  # the corpus and its staging folder, side by side
+    assert sorted(os.listdir(tmp_path)) == ["corpus"]  # no staging folder left
+    assert os.stat(os.path.join(root, "corpus.json")).st_mtime_ns == stamp  # untouched

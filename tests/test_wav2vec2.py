@@ -92,16 +92,21 @@ def test_bin_checkpoint_with_ctc_head_and_prefix(tmp_path):
 
 
 class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_malicious_bin_is_refused(tmp_path):
     save_reference(tmp_path, "post-layernorm (base-960h)")
     os.remove(tmp_path / "model.safetensors")
-    torch.save({"weights": _Payload()}, tmp_path / "pytorch_model.bin")
+    marker = tmp_path / "payload-ran"
+    torch.save({"weights": _Payload(marker)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pytorch_model.bin: refused or unreadable"):
         load_pretrained(os.fspath(tmp_path))
+    assert not marker.exists()  # the payload did not run
 
 
 def test_mismatched_config_names_the_tensor(tmp_path):
@@ -117,10 +122,45 @@ def test_mismatched_config_names_the_tensor(tmp_path):
         load_pretrained(os.fspath(tmp_path))
 
 
-def test_unknown_hub_name_offline_gives_guidance(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
+def _hub_that_has_nothing(calls):
+    """snapshot_download as on a machine whose cache lacks the model and that is offline."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def snapshot_download(name, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        raise LocalEntryNotFoundError(f"{name} is not cached and the network is off")
+
+    return snapshot_download
+
+
+def test_unknown_hub_name_gives_guidance_and_inference_never_downloads(monkeypatch):
+    import huggingface_hub
+
+    from sdetalk_jax.models.wav2vec2.convert import resolve_checkpoint
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _hub_that_has_nothing(calls))
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded here"):
+        resolve_checkpoint("facebook/no-such-model-here", allow_download=False)
+    assert calls == [True]  # the cache was read; the hub was never asked
+    calls.clear()
+    with pytest.raises(CheckpointError, match="the hub cannot be reached"):
         load_pretrained("facebook/no-such-model-here")
+    assert calls == [True, False]  # cache first, then the hub
+
+
+def test_unknown_hub_name_offline_in_a_fresh_process():
+    """HF_HUB_OFFLINE is read when huggingface_hub is imported: set it before, in a new process."""
+    code = (
+        "from sdetalk_jax.models.wav2vec2.convert import load_pretrained\n"
+        "try:\n    load_pretrained('facebook/no-such-model-here')\n"
+        "except FileNotFoundError as error:\n    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert "not in the Hugging Face cache, and the hub cannot be reached" in result.stdout
 
 
 def stereo_44k(path, seconds=1.5):
