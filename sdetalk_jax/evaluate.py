@@ -140,8 +140,35 @@ def combine(results: list[ClipResult]) -> dict[str, dict[str, float]]:
     return table
 
 
-def markdown_table(table: dict, split: str, clips: int, style_note: str, truth_consistency) -> str:
-    header = "| method | " + " | ".join(f"{name} ({unit})" for name, unit, _ in METRICS) + " |"
+# A corpus in CodeTalker's unitless coordinates (docs/data.md) has no millimetres: its lengths are
+# reported in its own unit (the metrics compute in mm, as for metres, then are rescaled).
+_UNITLESS = {"mm": ("unitless", 1e-3), "mm^2": ("unitless^2", 1e-6)}
+
+
+def metric_units(corpus_units: str) -> dict[str, str]:
+    """The unit of each metric on a corpus whose lengths are in `corpus_units` ("m", "unitless")."""
+    return {
+        name: _UNITLESS.get(unit, (unit, 1.0))[0] if corpus_units == "unitless" else unit
+        for name, unit, _ in METRICS
+    }
+
+
+def in_corpus_units(values: dict[str, float], corpus_units: str) -> dict[str, float]:
+    """One method's metrics of a clip, in the corpus's own length unit."""
+    if corpus_units != "unitless":
+        return values
+    units = {name: unit for name, unit, _ in METRICS}
+    return {
+        name: value * _UNITLESS.get(units.get(name), (None, 1.0))[1]
+        for name, value in values.items()
+    }
+
+
+def markdown_table(
+    table: dict, split: str, clips: int, style_note: str, truth_consistency, units=None
+) -> str:
+    units = units or metric_units("m")
+    header = "| method | " + " | ".join(f"{name} ({units[name]})" for name, _, _ in METRICS) + " |"
     lines = [
         f"### {split}: {clips} clips",
         "",
@@ -341,9 +368,13 @@ def evaluate(
         mean_mixture=mean_emotion_mixture(corpus.split("train")), key=jax.random.key(seed),
         samples=samples, style=style,
     )  # fmt: skip
+    corpus_units = biwi.read_units(corpus.root)
     results, figure_inputs = [], []
     for index in tqdm(range(len(dataset.clips)), desc=f"evaluate {split}", disable=not progress):
         result, figure_input = evaluation.clip(index)
+        result.values.update(
+            {method: in_corpus_units(result.values[method], corpus_units) for method in METHODS}
+        )
         results.append(result)
         if plots:
             figure_inputs.append(figure_input)
@@ -359,13 +390,15 @@ def evaluate(
         "samples": samples,
         "seed": seed,
         "style": style,
-        "units": {name: unit for name, unit, _ in METRICS},
+        "units": metric_units(corpus_units),
         "methods": table,
         "ground_truth_speech_head_consistency": truth_consistency,
         "per_clip": [dataclasses.asdict(r) for r in results],
     }
     style_note = _style_note(dataset, model.assets.subjects, style)
-    markdown = markdown_table(table, split, len(results), style_note, truth_consistency)
+    markdown = markdown_table(
+        table, split, len(results), style_note, truth_consistency, metric_units(corpus_units)
+    )
     write_json(os.path.join(out_dir, f"{split}.json"), report)
     write_bytes(os.path.join(out_dir, f"{split}.md"), markdown.encode())
     print(markdown)

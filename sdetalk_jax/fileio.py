@@ -71,6 +71,11 @@ def write_npy(path: str, array: np.ndarray) -> None:
 def write_npz(path: str, **arrays: np.ndarray) -> None:
     """An uncompressed .npz that `np.load` reads, with fixed zip timestamps so that the same arrays
     always give the same bytes (`np.savez` stamps the current time)."""
+    write_bytes(path, npz_bytes(**arrays))
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """The bytes `write_npz` writes."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for key in sorted(arrays):
@@ -79,7 +84,7 @@ def write_npz(path: str, **arrays: np.ndarray) -> None:
             archive.writestr(
                 zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue()
             )
-    write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def truncate_records(path: str, step: int, *, keep_validation_at_step: bool = True) -> int:

@@ -17,6 +17,7 @@ COMMANDS = (
     "sdetalk_jax.animate",
     "sdetalk_jax.data.__main__",
     "sdetalk_jax.data.synthetic",
+    "sdetalk_jax.data.import_biwi",
     "sdetalk_jax.models.wav2vec2.__main__",
 )
 

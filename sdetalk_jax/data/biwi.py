@@ -203,6 +203,19 @@ def read_fps(root: str) -> float:
     return float(fps)
 
 
+def read_units(root: str) -> str:
+    """The corpus's length unit from `corpus.json`: "m" (the default, SynthBIWI and an import in
+    metres) or "unitless" (an import with CodeTalker's normalisation)."""
+    path = os.path.join(root, "corpus.json")
+    if not os.path.exists(path):
+        return "m"
+    with open(path, encoding="utf-8-sig") as handle:
+        units = json.load(handle).get("units", "m")
+    if units not in ("m", "unitless"):
+        raise DataError(f"{path}: 'units' must be 'm' or 'unitless', got {units!r}")
+    return units
+
+
 def find_templates(root: str) -> str | None:
     for name in ("templates.npz", "templates.pkl"):
         path = os.path.join(root, name)
