@@ -238,7 +238,7 @@ def test_only_one_of_two_processes_generates_the_corpus(tmp_path):
     launcher = [sys.executable, os.path.join(REPO, "launch", "local.py"), "--processes", "2", "--"]
     command = [
         sys.executable, DRIVER, "--root", root, "--cache", os.fspath(tmp_path / "cache"),
-        "--workdir", workdir, "--generate", "--epochs", "1",
+        "--workdir", workdir, "--generate", "--epochs", "1", "--max-steps", "1",
     ]  # fmt: skip
     result = subprocess.run(
         launcher + command, env=environment(1), capture_output=True, text=True, timeout=600
