@@ -44,6 +44,21 @@ METRICS = (
     ("head_diversity", "deg", "clips"),
     ("speech_head_consistency", "r", "clips"),
     ("emotion_error", "L2^2", "clips"),
+    # Head motion judged as the paper's Fig. 6 does, by size, speed and style, for the mean
+    # prediction (z = 0) and for a noise sample: each sample's phase is its own, so per-frame
+    # error favours a still head (docs/animate.md).
+    ("head_rotation_error_sampled", "deg", "frames"),
+    ("head_speed_ratio", "x", "clips"),
+    ("head_speed_ratio_sampled", "x", "clips"),
+    ("head_angle_ratio", "x", "clips"),
+    ("head_angle_ratio_sampled", "x", "clips"),
+    ("nod_share", "share", "clips"),
+    ("nod_share_sampled", "share", "clips"),
+)
+# Split-level measures that compare clips with one another rather than averaging them.
+SPLIT_METRICS = (
+    ("nod_share_correlation", "r", "nod_share"),
+    ("nod_share_correlation_sampled", "r", "nod_share_sampled"),
 )
 
 DESCRIPTIONS = {
@@ -56,6 +71,15 @@ DESCRIPTIONS = {
     "head_diversity": "mean pairwise angle between the head rotations of K noise samples",
     "speech_head_consistency": "correlation of the audio's Hilbert envelope with head angular speed (best lag 0-0.4 s)",
     "emotion_error": "squared L2 between predicted and labelled emotion mixture (baselines: the training mean)",
+    "head_rotation_error_sampled": "head rotation error of the first noise sample (z = 0 above)",
+    "head_speed_ratio": "mean head angular speed, generated over true (1: as much motion as the speaker)",
+    "head_speed_ratio_sampled": "the same for the first noise sample",
+    "head_angle_ratio": "RMS head angle from the rest pose, generated over true (frame-to-frame jitter cannot pass for it)",
+    "head_angle_ratio_sampled": "the same for the first noise sample",
+    "nod_share": "share of nodding (pitch) in nodding plus shaking (yaw) of the head's motion",
+    "nod_share_sampled": "the same for the first noise sample",
+    "nod_share_correlation": "correlation across clips of the nod share with the speaker's own (split level)",
+    "nod_share_correlation_sampled": "the same for the first noise sample (split level)",
 }
 
 
@@ -113,10 +137,50 @@ def clip_metrics(
             else float("nan")
         ),
     }
+    values.update(head_style_metrics(prediction, example, fps))
     if not example["has_head_pose"]:
         for name in ("head_rotation_error", "head_translation_error"):
             values[name] = float("nan")
     return values
+
+
+def head_style_metrics(prediction: dict, example: dict, fps: float) -> dict[str, float]:
+    """Size, speed and nod-vs-shake style of the head's motion against the speaker's, for the mean
+    prediction and for the first noise sample (a method without samples: its one prediction)."""
+    samples = prediction["rotation_samples"]
+    sampled = samples[0] if len(samples) else prediction["rotation"]
+    truth = example["rotation"]
+    values = {}
+    if not example["has_head_pose"]:
+        names = [name for name, _, _ in METRICS if name.startswith(("head_", "nod_share"))]
+        return {name: float("nan") for name in names if name not in ("head_diversity",)}
+    true_speed = metrics.mean_head_speed_deg(truth, fps)
+    true_angle = metrics.rms_head_angle_deg(truth)
+    for suffix, rotation in (("", prediction["rotation"]), ("_sampled", sampled)):
+        values[f"head_speed_ratio{suffix}"] = (
+            metrics.mean_head_speed_deg(rotation, fps) / true_speed if true_speed > 0 else np.nan
+        )
+        values[f"head_angle_ratio{suffix}"] = (
+            metrics.rms_head_angle_deg(rotation) / true_angle if true_angle > 0 else np.nan
+        )
+        values[f"nod_share{suffix}"] = metrics.nod_share(rotation)
+    values["head_rotation_error_sampled"] = metrics.head_rotation_error_deg(sampled, truth)
+    return values
+
+
+def split_metrics(results: list[ClipResult], table: dict) -> None:
+    """Adds SPLIT_METRICS to each method's row of `table`: how its per-clip values follow the
+    speaker's across clips (NaN with fewer than three clips where both are defined)."""
+    truth = np.array([r.values["ground truth"]["nod_share"] for r in results], np.float64)
+    for method in METHODS:
+        for name, _, per_clip in SPLIT_METRICS:
+            mine = np.array([r.values[method][per_clip] for r in results], np.float64)
+            keep = np.isfinite(mine) & np.isfinite(truth)
+            table[method][name] = (
+                metrics.lagged_correlation(mine[keep], truth[keep], 0)
+                if keep.sum() >= 3
+                else float("nan")
+            )
 
 
 def combine(results: list[ClipResult]) -> dict[str, dict[str, float]]:
@@ -167,23 +231,24 @@ def in_corpus_units(values: dict[str, float], corpus_units: str) -> dict[str, fl
 def markdown_table(
     table: dict, split: str, clips: int, style_note: str, truth_consistency, units=None
 ) -> str:
-    units = units or metric_units("m")
-    header = "| method | " + " | ".join(f"{name} ({units[name]})" for name, _, _ in METRICS) + " |"
+    units = {**(units or metric_units("m")), **{name: unit for name, unit, _ in SPLIT_METRICS}}
+    names = [name for name, _, _ in METRICS] + [name for name, _, _ in SPLIT_METRICS]
+    header = "| method | " + " | ".join(f"{name} ({units[name]})" for name in names) + " |"
     lines = [
         f"### {split}: {clips} clips",
         "",
         header,
-        "|---|" + "---:|" * len(METRICS),
+        "|---|" + "---:|" * len(names),
     ]
     for method, row in table.items():
-        cells = [f"{row[name]:.4g}" if np.isfinite(row[name]) else "n/a" for name, _, _ in METRICS]
+        cells = [f"{row[name]:.4g}" if np.isfinite(row[name]) else "n/a" for name in names]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Ground truth speech/head consistency on these clips: {truth_consistency:.3f}. {style_note}",
         "",
     ]
-    lines += [f"* {name}: {DESCRIPTIONS[name]}" for name, _, _ in METRICS]
+    lines += [f"* {name}: {DESCRIPTIONS[name]}" for name in names]
     return "\n".join(lines) + "\n"
 
 
@@ -302,7 +367,10 @@ class _Evaluation:
         values["ground truth"] = {
             "speech_head_consistency": metrics.speech_head_consistency(
                 example["audio"], audio.SAMPLE_RATE, example["rotation"], self.fps
-            )
+            ),
+            "nod_share": (
+                metrics.nod_share(example["rotation"]) if example["has_head_pose"] else np.nan
+            ),
         }
         return ClipResult(clip.name, n, values), figure_input
 
@@ -380,6 +448,7 @@ def evaluate(
             figure_inputs.append(figure_input)
 
     table = combine(results)
+    split_metrics(results, table)
     truth_consistency = float(
         np.mean([r.values["ground truth"]["speech_head_consistency"] for r in results])
     )
@@ -390,7 +459,7 @@ def evaluate(
         "samples": samples,
         "seed": seed,
         "style": style,
-        "units": metric_units(corpus_units),
+        "units": {**metric_units(corpus_units), **{n: u for n, u, _ in SPLIT_METRICS}},
         "methods": table,
         "ground_truth_speech_head_consistency": truth_consistency,
         "per_clip": [dataclasses.asdict(r) for r in results],

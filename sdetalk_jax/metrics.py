@@ -147,6 +147,50 @@ def lagged_correlation(leading: np.ndarray, following: np.ndarray, lag: int) -> 
     return float(np.corrcoef(leading, following)[0, 1])
 
 
+def head_angle_deg(rotation: np.ndarray) -> np.ndarray:
+    """Each frame's head rotation away from the rest pose (the identity) [N], in degrees."""
+    rotation = np.asarray(rotation, np.float64)
+    return rotation_angles_deg(rotation, np.broadcast_to(np.eye(3), rotation.shape))
+
+
+def rms_head_angle_deg(rotation: np.ndarray) -> float:
+    """Root-mean-square head angle from the rest pose, in degrees: how far the head moves."""
+    return float(np.sqrt(np.mean(np.square(head_angle_deg(rotation)))))
+
+
+def mean_head_speed_deg(rotation: np.ndarray, fps: float) -> float:
+    """Mean head angular speed, in degrees per second: how much the head moves."""
+    return float(np.degrees(head_angular_speed(rotation, fps)).mean())
+
+
+def head_rotation_vectors(rotation: np.ndarray) -> np.ndarray:
+    """The rotation between consecutive frames as axis * angle [N - 1, 3] (radians): its x part is
+    nodding (pitch), its y part shaking (yaw), its z part tilting (roll)."""
+    rotation = np.asarray(rotation, np.float64)
+    relative = np.einsum("tij,tkj->tik", rotation[1:], rotation[:-1])
+    angle = np.arccos(np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0))
+    skew = np.stack(
+        [
+            relative[:, 2, 1] - relative[:, 1, 2],
+            relative[:, 0, 2] - relative[:, 2, 0],
+            relative[:, 1, 0] - relative[:, 0, 1],
+        ],
+        axis=-1,
+    )
+    # angle / (2 sin angle), which tends to 1/2 as the angle goes to 0
+    scale = np.where(angle > 1e-6, angle / (2 * np.sin(np.maximum(angle, 1e-6))), 0.5)
+    return skew * scale[:, None]
+
+
+def nod_share(rotation: np.ndarray) -> float:
+    """The share of nodding in the head's nodding and shaking, summed over the clip: 1 for a head
+    that only nods (pitch), 0 for one that only shakes (yaw), NaN for a still head. The paper's
+    "nodding for positive, shaking for negative reactions" as a number."""
+    motion = np.abs(head_rotation_vectors(rotation)).sum(axis=0)
+    total = motion[0] + motion[1]
+    return float(motion[0] / total) if total > 1e-9 else float("nan")
+
+
 def emotion_error(prediction: np.ndarray, target: np.ndarray) -> float:
     """Squared L2 distance between the predicted and true emotion mixtures (the training L_cls)."""
     return float(np.sum(np.square(np.asarray(prediction, np.float64) - target)))

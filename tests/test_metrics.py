@@ -144,3 +144,50 @@ def test_nearest_rotation_returns_a_rotation_close_to_the_average():
     np.testing.assert_allclose(np.linalg.det(blended), 1.0, atol=1e-6)
     expected = face_model.rotation_matrices(np.zeros(n), np.radians(np.full(n, 15.0)), np.zeros(n))
     np.testing.assert_allclose(blended, expected, atol=1e-6)
+
+
+def _head(pitch, yaw, roll=None):
+    from sdetalk_jax.data.face_model import rotation_matrices
+
+    roll = np.zeros_like(pitch) if roll is None else roll
+    return rotation_matrices(pitch, yaw, roll).astype(np.float64)
+
+
+def test_head_size_speed_and_nod_share_on_hand_made_motion():
+    fps = 25.0
+    t = np.arange(200) / fps
+    wave = np.radians(5.0) * np.sin(2 * np.pi * 1.0 * t)
+    nodding, shaking = _head(wave, 0 * wave), _head(0 * wave, wave)
+    assert metrics.nod_share(nodding) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.nod_share(shaking) == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(metrics.nod_share(np.broadcast_to(np.eye(3), (20, 3, 3))))
+    mixed = _head(wave, 0.5 * wave)
+    assert metrics.nod_share(mixed) == pytest.approx(2 / 3, abs=0.01)
+    # A sine of amplitude 5 deg: RMS angle 5 / sqrt(2), mean speed 4 * 5 deg per period (1 s).
+    assert metrics.rms_head_angle_deg(nodding) == pytest.approx(5 / np.sqrt(2), rel=0.01)
+    assert metrics.mean_head_speed_deg(nodding, fps) == pytest.approx(20.0, rel=0.01)
+    # The rotation vector between frames has the angle turned as its length.
+    vectors = metrics.head_rotation_vectors(nodding)
+    turned = np.radians(metrics.rotation_angles_deg(nodding[1:], nodding[:-1]))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), turned, rtol=1e-3, atol=1e-6)
+
+
+def test_head_style_metrics_of_the_truth_itself_and_of_a_still_head():
+    from sdetalk_jax.evaluate import head_style_metrics
+
+    t = np.arange(120) / 25.0
+    truth = _head(np.radians(4) * np.sin(2 * np.pi * t), np.radians(2) * np.sin(3 * t))
+    example = {"rotation": truth, "has_head_pose": True}
+    same = head_style_metrics({"rotation": truth, "rotation_samples": [truth]}, example, 25.0)
+    for name in ("head_speed_ratio", "head_angle_ratio", "head_speed_ratio_sampled"):
+        assert same[name] == pytest.approx(1.0)
+    assert same["nod_share"] == pytest.approx(metrics.nod_share(truth))
+    assert same["head_rotation_error_sampled"] < 0.01  # arccos of float32 matrices near 1
+    still = np.broadcast_to(np.eye(3), truth.shape)
+    none = head_style_metrics({"rotation": still, "rotation_samples": []}, example, 25.0)
+    assert none["head_speed_ratio"] == 0.0 and none["head_angle_ratio"] == 0.0
+    assert np.isnan(none["nod_share"])
+    unposed = head_style_metrics(
+        {"rotation": truth, "rotation_samples": []}, {**example, "has_head_pose": False}, 25.0
+    )
+    assert all(np.isnan(v) for v in unposed.values())
