@@ -1,5 +1,6 @@
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -301,3 +302,61 @@ def test_dropout_acts_only_in_training_and_is_keyed():
         plain.generator.apply(params, batch, noise, deterministic=False)["embedding"],
         plain.generator.apply(params, batch, noise)["embedding"],
     )
+
+
+def _perturbed(params, scale=0.05, seed=7):
+    """Parameters moved away from initialisation, where heads are zero and rotations identities."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved_leaves = [
+        leaf + scale * jax.random.normal(key, leaf.shape, leaf.dtype)
+        for leaf, key in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree.unflatten(tree, moved_leaves)
+
+
+def test_rotation_from_6d_gives_rotations_and_recovers_a_known_one():
+    rng = np.random.default_rng(0)
+    raw = jnp.asarray(rng.normal(size=(64, 6)))
+    rotations = np.asarray(sdetalk.rotation_from_6d(raw), np.float64)
+    identity = np.broadcast_to(np.eye(3), rotations.shape)
+    np.testing.assert_allclose(rotations @ rotations.transpose(0, 2, 1), identity, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.det(rotations), 1.0, atol=1e-5)
+    # The first two rows of a rotation are its own 6-D parameters.
+    from sdetalk_jax.data.face_model import rotation_matrices
+
+    known = rotation_matrices(np.array([0.3]), np.array([-0.5]), np.array([0.2]))[0]
+    np.testing.assert_allclose(
+        sdetalk.rotation_from_6d(jnp.asarray(known[:2].reshape(6))), known, atol=1e-6
+    )
+
+
+def test_the_generators_mi_term_never_moves_the_estimators(networks_and_params):
+    """The estimators learn only by maximum likelihood; what the generator minimises of Eq. 6
+    must not reach them, whatever its weight (issue 14's missing half of the MI test)."""
+    networks, params = networks_and_params
+    params = _perturbed(params)
+    from sdetalk_jax.optim import optimizer
+
+    tx = optimizer(PAPER)
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": {k: tx.init(v) for k, v in params.items()},
+    }
+    batch = make_batch([12, 8], 12)
+    results = []
+    for weight in (0.0, 10.0):
+        config = ml_collections.ConfigDict(LossConfig.to_dict())
+        config.mi_weight = weight
+        new_state, _ = make_train_step(networks, config)(state, batch, jax.random.key(0), tx)
+        results.append(new_state["params"])
+    before = traverse_util.flatten_dict(results[0]["estimators"])
+    after = traverse_util.flatten_dict(results[1]["estimators"])
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=str(name))
+    moved_generator = traverse_util.flatten_dict(results[1]["generator"])
+    assert any(
+        not np.array_equal(v, traverse_util.flatten_dict(results[0]["generator"])[k])
+        for k, v in moved_generator.items()
+    )  # while the generator does feel the weight

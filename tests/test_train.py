@@ -69,10 +69,8 @@ def test_train_writes_metrics_config_and_checkpoints(config, tmp_path):
     )
 
 
-def test_resume_gives_bitwise_the_same_parameters(config, tmp_path):
-    straight = os.fspath(tmp_path / "straight")
-    train(config, straight)
-    step_straight, params_straight = final_params(straight)
+def test_resume_gives_bitwise_the_same_parameters(config, straight_run, tmp_path):
+    step_straight, params_straight = final_params(straight_run)
 
     interrupted = os.fspath(tmp_path / "interrupted")
     config.train.max_steps = 3  # stops in the middle of the second epoch (2 batches per epoch)
@@ -93,9 +91,8 @@ def _metrics_without_times(workdir):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
 
-def test_same_config_same_seed_gives_bitwise_identical_runs(config, tmp_path):
-    first, second = os.fspath(tmp_path / "first"), os.fspath(tmp_path / "second")
-    train(config, first)
+def test_same_config_same_seed_gives_bitwise_identical_runs(config, straight_run, tmp_path):
+    first, second = straight_run, os.fspath(tmp_path / "second")
     train(config, second)
     step_first, params_first = final_params(first)
     step_second, params_second = final_params(second)
