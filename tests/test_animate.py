@@ -59,7 +59,7 @@ def test_evaluate_writes_tables_for_the_model_and_both_baselines(workdir, tmp_pa
     )
     assert set(report["methods"]) == set(evaluate.METHODS)
     for row in report["methods"].values():
-        assert set(row) == {name for name, _, _ in evaluate.METRICS}
+        assert set(row) == {name for name, _, _ in evaluate.METRICS + evaluate.SPLIT_METRICS}
         assert row["mean_vertex_error"] > 0
     # Baselines keep the head still: no diversity; the model's noise moves it.
     assert report["methods"]["template alone"]["head_diversity"] == 0.0
