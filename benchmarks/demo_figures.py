@@ -72,7 +72,15 @@ def figures(run: str, split: str = "test-a") -> dict:
         "train_records_sha256": _digest(training),
         "train_records": len(training),
         "evaluation": table,
-        "evaluation_per_clip_sha256": _digest(evaluation["per_clip"]),
+        # One digest per method and metric over every clip: a metric added later is new, not a
+        # difference.
+        "evaluation_per_clip_sha256": {
+            f"{method}/{name}": _digest(
+                [clip["values"][method][name] for clip in evaluation["per_clip"]]
+            )
+            for method in evaluation["per_clip"][0]["values"]
+            for name in evaluation["per_clip"][0]["values"][method]
+        },
         "evaluation_checkpoint_step": evaluation["checkpoint_step"],
         "animations_sha256": _animations(run),
     }
@@ -89,7 +97,9 @@ def _flatten(value, prefix=""):
 def compare(before: dict, after: dict) -> int:
     """Prints the validation and evaluation figures side by side; 0 when all are equal."""
     left, right = dict(_flatten(before)), dict(_flatten(after))
-    names = sorted(set(left) | set(right))
+    # Figures the record does not have (a metric added since) are new, not different.
+    added = sorted(set(right) - set(left))
+    names = sorted(set(left))
     differing = [n for n in names if left.get(n) != right.get(n)]
     shown = [n for n in names if n.startswith(("validation | step", "evaluation"))]
     last_val = [n for n in shown if n.startswith("validation")]
@@ -102,6 +112,10 @@ def compare(before: dict, after: dict) -> int:
         equal = "yes" if left.get(name) == right.get(name) else "**no**"
         print(f"| {name} | {left.get(name)} | {right.get(name)} | {equal} |")
     print()
+    if added:
+        print(
+            f"{len(added)} figures are new since the record (not compared): {', '.join(added[:6])} ..."
+        )
     print(f"{len(names)} figures and digests compared (every epoch's validation, every training")
     print("step's losses, every test-a clip, every animation array): ", end="")
     if differing:
