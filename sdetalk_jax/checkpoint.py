@@ -256,9 +256,9 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
     return [k for k in differing if not any(k == a or k.startswith(a + ".") for a in allowed)]
 
 
-def check_resumable(workdir: str, config_json: dict, assets: Assets | None = None) -> None:
-    """Refuses to resume a run with a config (or corpus, or encoder) other than its own, naming
-    what differs, before anything is written. Nothing to check without a checkpoint."""
+def check_resumable(workdir: str, config_json: dict) -> None:
+    """Refuses to resume a run with a config other than its own, naming what differs, before
+    anything is written. Nothing to check without a checkpoint."""
     if not has_checkpoint(workdir):
         return
     path = os.path.join(workdir, "config.json")
@@ -277,8 +277,13 @@ def check_resumable(workdir: str, config_json: dict, assets: Assets | None = Non
                 f"{', '.join(MAY_CHANGE_ON_RESUME)} (and train.epochs with a constant learning "
                 "rate) may change when resuming."
             )
+
+
+def check_same_data(workdir: str, assets: Assets) -> None:
+    """Refuses to resume a run on other data or with another context encoder (its assets differ),
+    naming what differs, before anything is written."""
     assets_path = os.path.join(workdir, ASSETS)
-    if assets is not None and os.path.exists(assets_path):
+    if has_checkpoint(workdir) and os.path.exists(assets_path):
         differing = Assets.load(assets_path).differences(assets)
         if differing:
             raise RunError(

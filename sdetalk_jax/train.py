@@ -519,7 +519,7 @@ def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
     config_json = json.loads(config.to_json_best_effort())
     checkpoint.check_resumable(workdir, config_json)  # before the long setup: the config alone
     run = setup(config, stop)
-    checkpoint.check_resumable(workdir, config_json, run.assets)
+    checkpoint.check_same_data(workdir, run.assets)
     # Nothing is written before this point: a run that cannot start leaves no folder behind.
     os.makedirs(workdir, exist_ok=True)
     if lead:

@@ -311,3 +311,30 @@ def test_the_main_job_trains_on_the_imported_corpus(imported, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     with open(workdir / "metrics.jsonl") as handle:
         assert sum('"train/total"' in line for line in handle) == 3
+
+
+def test_alignment_follows_a_neutral_take_that_starts_late(tmp_path):
+    """The neutral take is the emotional one after 0.4 s of silence: warped onto the emotional
+    take, its frames must land back on the emotional frames they repeat, not a frame-by-frame copy."""
+    rate, fps, frames = 16_000, 25, 60
+    t = np.arange(int(frames / fps * rate)) / rate
+    chirp = (0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)).astype(np.float32)  # distinct per frame
+    delay = 10  # frames of silence
+    rng = np.random.default_rng(0)
+    emotional = rng.normal(size=(frames, 12)).astype(np.float32)
+    neutral = np.concatenate([np.repeat(emotional[:1], delay, 0), emotional])
+    for clip, vertices, audio in (
+        ("F2_e01", emotional, chirp),
+        ("F2_01", neutral, np.concatenate([np.zeros(delay * rate // fps, np.float32), chirp])),
+    ):
+        paths = importer.clip_paths(os.fspath(tmp_path), clip)
+        os.makedirs(os.path.dirname(paths["vertices"]), exist_ok=True)
+        os.makedirs(os.path.dirname(paths["wav"]), exist_ok=True)
+        np.save(paths["vertices"], vertices)
+        soundfile.write(paths["wav"], audio, rate)
+    cost = importer.align_neutral(os.fspath(tmp_path), "F2_e01", "F2_01")
+    aligned = np.load(importer.clip_paths(os.fspath(tmp_path), "F2_e01")["neutral"])
+    assert aligned.shape == emotional.shape and cost is not None
+    warped_error = np.abs(aligned - emotional).mean()
+    copied_error = np.abs(neutral[:frames] - emotional).mean()
+    assert warped_error < 0.2 * copied_error, (warped_error, copied_error)

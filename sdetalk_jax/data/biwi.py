@@ -182,12 +182,12 @@ class Corpus:
 # Reading the pieces
 
 
-def read_fps(root: str) -> float:
-    """The frame rate from `corpus.json` (BIWI's 25 fps when there is none); a file that is there
-    but unreadable, or a rate that is not a positive number, is a DataError naming it."""
+def read_corpus_info(root: str) -> dict:
+    """`corpus.json` as a dict ({} when there is none); a file that is there but is not a JSON
+    object is a DataError naming it."""
     path = os.path.join(root, "corpus.json")
     if not os.path.exists(path):
-        return DEFAULT_FPS
+        return {}
     try:
         with open(path, encoding="utf-8-sig") as handle:
             info = json.load(handle)
@@ -195,10 +195,17 @@ def read_fps(root: str) -> float:
         raise DataError(f"{path}: not a readable JSON file ({err})") from err
     if not isinstance(info, dict):
         raise DataError(f"{path}: expected a JSON object with 'fps', got {type(info).__name__}")
-    fps = info.get("fps", DEFAULT_FPS)
+    return info
+
+
+def read_fps(root: str) -> float:
+    """The frame rate from `corpus.json` (BIWI's 25 fps when it says none); a rate that is not a
+    positive number is a DataError naming the file."""
+    fps = read_corpus_info(root).get("fps", DEFAULT_FPS)
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < 1000:
         raise DataError(
-            f"{path}: 'fps' must be a positive number of frames per second, got {fps!r}"
+            f"{os.path.join(root, 'corpus.json')}: 'fps' must be a positive number of frames per "
+            f"second, got {fps!r}"
         )
     return float(fps)
 
@@ -206,13 +213,11 @@ def read_fps(root: str) -> float:
 def read_units(root: str) -> str:
     """The corpus's length unit from `corpus.json`: "m" (the default, SynthBIWI and an import in
     metres) or "unitless" (an import with CodeTalker's normalisation)."""
-    path = os.path.join(root, "corpus.json")
-    if not os.path.exists(path):
-        return "m"
-    with open(path, encoding="utf-8-sig") as handle:
-        units = json.load(handle).get("units", "m")
+    units = read_corpus_info(root).get("units", "m")
     if units not in ("m", "unitless"):
-        raise DataError(f"{path}: 'units' must be 'm' or 'unitless', got {units!r}")
+        raise DataError(
+            f"{os.path.join(root, 'corpus.json')}: 'units' must be 'm' or 'unitless', got {units!r}"
+        )
     return units
 
 

@@ -294,8 +294,8 @@ def import_clip(release: str, out: str, sequence: Sequence, transform: Transform
     paths = clip_paths(out, sequence.clip)
     if os.path.exists(paths["vertices"]) and os.path.exists(paths["wav"]):
         return False
+    kind, source = audio_source(release, sequence)  # cheap: before the archive is read
     frames = read_sequence(sequence.archive, template.shape[0])
-    kind, source = audio_source(release, sequence)
     if kind == "video":
         extract_audio(source, paths["wav"])
     elif source.endswith(".wav"):
