@@ -49,11 +49,23 @@ def get_config():
     # Our addition (docs/paper-notes.md): a learned per-speaker log-mel baseline subtracted from
     # the emotion network's input. Off: the paper's emotion network reads the mel alone.
     config.model.speaker_baseline = False
+    # Our addition (docs/paper-notes.md): z smoothed over time by a Gaussian of this many frames
+    # before the diversity mapping. 0: the paper's independent noise per frame.
+    config.model.noise_smoothing_frames = 0.0
+    # Our addition: G's cross-attention reads e~ only within this many frames (0: all, the paper).
+    config.model.cross_attention_window = 0
+    # Our addition: the head also turns by a predicted gain times three channels of the noise.
+    config.model.head_noise_path = False
+    config.model.head_drift_frames = 50.0
 
     config.loss = ml_collections.ConfigDict()
     config.loss.vertex_scale = 1000.0  # vertices in metres, losses in millimetres
     config.loss.lambda_r = 0.001  # Eq. 5
     config.loss.lambda_t = 0.001
+    # The rotation term's units (docs/paper-notes.md): "template_mm", how far the rotation error
+    # moves the template's vertices in mm^2, the units of the vertex terms, in which the paper's
+    # weights balance; "matrix", the matrix entries (unitless: at 0.001 a 5 deg error costs ~2e-6).
+    config.loss.rotation_units = "template_mm"
     config.loss.lambda_e = 0.1  # emotional guidance: L_mi + L_cls
     config.loss.mi_weight = 1.0  # weight of L_mi inside L_e (1 in the paper; 0 ablates it)
     config.loss.lambda_d = 0.1  # diversity, Eq. 7 (subtracted)
@@ -65,11 +77,21 @@ def get_config():
     config.loss.classify_neutral_clips = True
     # Weight, inside L_e, of our "spoken with emotion" classification (not in the paper: 0).
     config.loss.lambda_emotional = 0.0
+    # Our head-motion style term (not in the paper: 0, docs/paper-notes.md): the sample's head
+    # moves as fast and as far as the speaker's, per axis, at each moment: speed over a few
+    # frames, size (RMS angle) over more than half a nod.
+    config.loss.lambda_head_style = 0.0
+    config.loss.head_speed_width_frames = 2.0
+    config.loss.head_size_width_frames = 8.0
+    # Where L_r and L_t are taken (docs/paper-notes.md): "sample", on the generated sample's head
+    # (the paper); "mean", ours, on the head at z = 0, so that per-frame L2 shapes the mean
+    # prediction and leaves the samples' motion to the style, diversity and adversarial terms.
+    config.loss.head_reconstruction = "sample"
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
     # Each source of randomness can be pinned on its own (-1: use train.seed): the data order,
-    # the parameter initialisation and the training noise (z, vCLUB negatives). docs/scaling.md.
+    # the parameter initialisation and the training noise (z1, z2). docs/scaling.md.
     config.train.data_seed = -1
     config.train.init_seed = -1
     config.train.noise_seed = -1

@@ -48,6 +48,7 @@ METRICS = (
     # prediction (z = 0) and for a noise sample: each sample's phase is its own, so per-frame
     # error favours a still head (docs/animate.md).
     ("head_rotation_error_sampled", "deg", "frames"),
+    ("speech_head_consistency_sampled", "r", "clips"),
     ("head_speed_ratio", "x", "clips"),
     ("head_speed_ratio_sampled", "x", "clips"),
     ("head_angle_ratio", "x", "clips"),
@@ -72,6 +73,7 @@ DESCRIPTIONS = {
     "speech_head_consistency": "correlation of the audio's Hilbert envelope with head angular speed (best lag 0-0.4 s)",
     "emotion_error": "squared L2 between predicted and labelled emotion mixture (baselines: the training mean)",
     "head_rotation_error_sampled": "head rotation error of the first noise sample (z = 0 above)",
+    "speech_head_consistency_sampled": "the same speech/head correlation for the first noise sample",
     "head_speed_ratio": "mean head angular speed, generated over true (1: as much motion as the speaker)",
     "head_speed_ratio_sampled": "the same for the first noise sample",
     "head_angle_ratio": "RMS head angle from the rest pose, generated over true (frame-to-frame jitter cannot pass for it)",
@@ -138,6 +140,10 @@ def clip_metrics(
         ),
     }
     values.update(head_style_metrics(prediction, example, fps))
+    samples = prediction["rotation_samples"]
+    values["speech_head_consistency_sampled"] = metrics.speech_head_consistency(
+        example["audio"], sample_rate, samples[0] if len(samples) else prediction["rotation"], fps
+    )
     if not example["has_head_pose"]:
         for name in ("head_rotation_error", "head_translation_error"):
             values[name] = float("nan")

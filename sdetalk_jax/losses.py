@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sdetalk_jax.models.sdetalk import MI_PAIRS, gaussian_log_likelihood
+from sdetalk_jax.models.sdetalk import MI_PAIRS, gaussian_log_likelihood, masked_mean
 
 
 def _frame_weights(batch, flag: str | None = None):
@@ -28,10 +28,36 @@ def squared_error_per_frame(prediction, target, scale: float = 1.0):
     return jnp.mean(jnp.square(difference).reshape(difference.shape[:2] + (-1,)), axis=-1)
 
 
+def rotation_error_per_frame(rotation, target, template, config):
+    """The rotation term's per-frame error, in the units `loss.rotation_units` chooses:
+
+    * "template_mm": the mean squared distance that the difference between the two rotations moves
+      the subject's template vertices, in (vertex_scale * unit)^2 (mm^2 for data in metres): the
+      units of L_n and L_exp, so that Eq. 5's weights balance (docs/paper-notes.md);
+    * "matrix": the mean squared difference of the matrix entries (unitless; earlier runs).
+
+    rotation, target [B, N, 3, 3]; template [B, V*3]."""
+    if config.rotation_units == "matrix":
+        return squared_error_per_frame(rotation, target)
+    if config.rotation_units != "template_mm":
+        raise ValueError(f"unknown loss.rotation_units '{config.rotation_units}'")
+    vertices = template.reshape(template.shape[0], -1, 3) * config.vertex_scale
+    # mean_v |v D|^2 = trace(D^T M D) with M the template's second moment [3, 3]: the cost does
+    # not grow with the vertex count.
+    moment = jnp.einsum("bvi,bvj->bij", vertices, vertices) / vertices.shape[1]
+    difference = rotation - target
+    return jnp.einsum("bnij,bik,bnkj->bn", difference, moment, difference)
+
+
 def reconstruction_losses(outputs, batch, config):
     """L_n, L_exp, L_r, L_t and L_rec (Eq. 5). The paper calls the expression term L_e; we call it
-    L_exp to tell it apart from the emotional guidance loss L_e."""
+    L_exp to tell it apart from the emotional guidance loss L_e. L_r and L_t are taken on the
+    sample's head (`loss.head_reconstruction = "sample"`, the paper) or on the head at z = 0
+    ("mean", ours: docs/paper-notes.md), where `outputs` has it."""
     scale = config.vertex_scale
+    head = "mean_" if config.get("head_reconstruction", "sample") == "mean" else ""
+    if head and f"{head}rotation" not in outputs:  # outputs of evaluation, at z = 0 already
+        head = ""
     neutral_weights = _frame_weights(batch, "has_neutral")
     pose_weights = _frame_weights(batch, "has_head_pose")
     frame_weights = _frame_weights(batch)
@@ -44,11 +70,14 @@ def reconstruction_losses(outputs, batch, config):
             squared_error_per_frame(outputs["expression"], batch["vertices"], scale), frame_weights
         ),
         "rotation": masked_frame_mean(
-            squared_error_per_frame(outputs["rotation"], batch["rotation"]), pose_weights
+            rotation_error_per_frame(
+                outputs[f"{head}rotation"], batch["rotation"], batch["template"], config
+            ),
+            pose_weights,
         ),
         "translation": masked_frame_mean(
             squared_error_per_frame(
-                outputs["translation"][..., None], batch["translation"][..., None], scale
+                outputs[f"{head}translation"][..., None], batch["translation"][..., None], scale
             ),
             pose_weights,
         ),
@@ -62,6 +91,68 @@ def reconstruction_losses(outputs, batch, config):
     return losses
 
 
+def _rotation_axis_vector(rotation):
+    """axis * sin(angle) [..., 3] of rotations [..., 3, 3], from their antisymmetric part: x is
+    nodding (pitch), y shaking (yaw), z tilting (roll), as in `metrics.head_rotation_vectors`."""
+    return 0.5 * jnp.stack(
+        [
+            rotation[..., 2, 1] - rotation[..., 1, 2],
+            rotation[..., 0, 2] - rotation[..., 2, 0],
+            rotation[..., 1, 0] - rotation[..., 0, 1],
+        ],
+        axis=-1,
+    )
+
+
+def smoothed_over_time(values, weights, width: float):
+    """Gaussian-weighted mean over time (standard deviation `width` frames) of values [B, N, K],
+    counting real frames only (weights [B, N]): each frame's value over its neighbourhood."""
+    frames = jnp.arange(values.shape[1], dtype=jnp.float32)
+    kernel = jnp.exp(-0.5 * jnp.square((frames[:, None] - frames[None]) / width))
+    total = jnp.einsum("ts,bs,bsk->btk", kernel, weights, values)
+    count = jnp.einsum("ts,bs->bt", kernel, weights)
+    return total / jnp.maximum(count, 1e-6)[..., None]
+
+
+def head_motion_envelopes(rotation, weights, speed_width: float, size_width: float):
+    """(speed [B, N-1, 3], its weights [B, N-1], size [B, N, 3]): per axis (nod, shake, tilt),
+    the head's angular speed (radians per frame) and its RMS angle from the clip's mean pose
+    (radians), smoothed over time with Gaussians of `speed_width` and `size_width` frames. Speed
+    does not see the direction of a movement at any width; the size does not once its width is
+    more than a movement's half period."""
+    relative = jnp.einsum("bnij,bnkj->bnik", rotation[:, 1:], rotation[:, :-1])
+    velocity = _rotation_axis_vector(relative)
+    speed_weights = weights[:, 1:] * weights[:, :-1]
+    # sqrt(v^2 + eps^2): |v| with a gradient at rest
+    speed = smoothed_over_time(jnp.sqrt(jnp.square(velocity) + 1e-10), speed_weights, speed_width)
+    angle = _rotation_axis_vector(rotation)
+    deviation = angle - masked_mean(angle, weights)[:, None]
+    size = jnp.sqrt(smoothed_over_time(jnp.square(deviation), weights, size_width) + 1e-10)
+    return speed, speed_weights, size
+
+
+def head_style_loss(rotation, target, batch, config):
+    """Our addition (docs/paper-notes.md), weight `loss.lambda_head_style`: the generated head
+    moves as fast and as far as the speaker's, per axis and moment by moment, in a direction of
+    its own. The squared error of the smoothed speed and size envelopes of
+    `head_motion_envelopes`, each relative to the speaker's mean square, summed. Per-frame L2
+    cannot ask for this: where the direction of a movement is not in the speech, its optimum is a
+    still head."""
+    weights = _frame_weights(batch, "has_head_pose")
+    widths = (config.head_speed_width_frames, config.head_size_width_frames)
+    speed, speed_weights, size = head_motion_envelopes(rotation, weights, *widths)
+    true_speed, _, true_size = head_motion_envelopes(target, weights, *widths)
+
+    def relative_error(generated, true, frame_weights):
+        error = masked_frame_mean(jnp.sum(jnp.square(generated - true), -1), frame_weights)
+        scale = masked_frame_mean(jnp.sum(jnp.square(true), -1), frame_weights)
+        return error / jnp.maximum(scale, 1e-12)
+
+    return relative_error(speed, true_speed, speed_weights) + relative_error(
+        size, true_size, weights
+    )
+
+
 def estimator_log_likelihood(estimates, factors, weights):
     """Mean log q(y|x) over real frames, summed over the three pairs: what the estimators maximise."""
     total = 0.0
@@ -73,22 +164,52 @@ def estimator_log_likelihood(estimates, factors, weights):
     return total
 
 
-def vclub_upper_bound(estimates, factors, weights, key):
-    """Sampled vCLUB (Cheng et al., 2020): log q(y_i|x_i) - log q(y_j|x_i) with j a random other
-    frame of the batch, averaged over real frames; summed over the pairs of Eq. 6."""
+def expected_log_likelihood(y, weights, mean, log_variance):
+    """Mean over the real frames j (weights [M]) of log q(y_j | x) for each Gaussian q(.|x)
+    (mean, log_variance [..., D]), exactly, from the first two moments of y [M, D]."""
+    count = jnp.maximum(weights.sum(), 1.0)
+    first = jnp.sum(y * weights[:, None], 0) / count
+    second = jnp.sum(jnp.square(y) * weights[:, None], 0) / count
+    squared = second - 2 * mean * first + jnp.square(mean)
+    return -0.5 * jnp.sum(squared * jnp.exp(-log_variance) + log_variance, axis=-1)
+
+
+def log_likelihood_per_speaker(y, mean, log_variance):
+    """log q(y_i | p_s) [M, S] for frames y [M, D] under each speaker's Gaussian (mean,
+    log_variance [S, D]), as matrix products rather than an [M, S, D] array."""
+    precision = jnp.exp(-log_variance)
+    squared = (
+        jnp.square(y) @ precision.T
+        - 2 * y @ (mean * precision).T
+        + jnp.sum(jnp.square(mean) * precision, -1)
+    )
+    return -0.5 * (squared + jnp.sum(log_variance, -1))
+
+
+def vclub_upper_bound(estimates, factors, weights, identity_estimates):
+    """vCLUB (Cheng et al., 2020), Eq. 6, summed over its three pairs: per real frame i,
+    log q(y_i | x_i) minus the mean of log q(y | x) over the marginal, averaged over real frames.
+
+    The marginal is taken in closed form, with no sampling, so that padding cannot change it:
+    for pairs (p, y) it is over every training speaker's identity p_s (`identity_estimates`:
+    q(.|p_s) [S, D] each), because a batch of one speaker (global batch 1) would compare p with
+    itself and the two terms would cancel; for (c, e) it is over the real frames of the batch
+    (`expected_log_likelihood`)."""
     flat_weights = weights.reshape(-1)
-    permutation = jax.random.permutation(key, flat_weights.shape[0])
-    negative_weights = flat_weights * flat_weights[permutation]
+    count = jnp.maximum(flat_weights.sum(), 1.0)
     bounds = {}
     for x_name, y_name in MI_PAIRS:
         mean, log_variance = estimates[f"{x_name}->{y_name}"]
         y = factors[y_name].reshape(-1, factors[y_name].shape[-1])
         mean, log_variance = mean.reshape(y.shape), log_variance.reshape(y.shape)
         positive = gaussian_log_likelihood(y, mean, log_variance)
-        negative = gaussian_log_likelihood(y[permutation], mean, log_variance)
-        bound = jnp.sum(positive * flat_weights) / jnp.maximum(flat_weights.sum(), 1.0) - jnp.sum(
-            negative * negative_weights
-        ) / jnp.maximum(negative_weights.sum(), 1.0)
+        if x_name == "identity":
+            negative = jnp.mean(
+                log_likelihood_per_speaker(y, *identity_estimates[f"{x_name}->{y_name}"]), axis=1
+            )
+        else:
+            negative = expected_log_likelihood(y, flat_weights, mean, log_variance)
+        bound = jnp.sum((positive - negative) * flat_weights) / count
         bounds[f"mi_{x_name}_{y_name}"] = bound
     bounds["mi"] = sum(bounds.values())
     return bounds
@@ -116,17 +237,25 @@ def emotional_speech_loss(emotional_logit, batch):
 
 def diversity_loss(first, second, noise_first, noise_second, batch, config):
     """L_d (Eq. 7): output distance over noise distance, per frame; capped at `diversity_cap` so that
-    maximising it cannot run away (as the mode-seeking losses it follows do)."""
+    maximising it cannot run away (as the mode-seeking losses it follows do). With
+    `rotation_units = "template_mm"` the rotations' distance is how far apart they put the
+    template's vertices (mean absolute coordinate, mm), the units of the other two distances.
+    The head's part counts only for clips with head pose."""
     scale = config.vertex_scale
 
     def distance(a, b, s=1.0):
         return jnp.mean(jnp.abs((a - b) * s).reshape(a.shape[:2] + (-1,)), axis=-1)
 
-    numerator = (
-        config.lambda_f * distance(first["expression"], second["expression"], scale)
-        + distance(first["rotation"], second["rotation"])
-        + distance(first["translation"], second["translation"], scale)
-    )
+    if config.rotation_units == "template_mm":
+        vertices = batch["template"].reshape(batch["template"].shape[0], -1, 3) * scale
+        moved = jnp.einsum("bvi,bnij->bnvj", vertices, first["rotation"] - second["rotation"])
+        rotation_distance = jnp.mean(jnp.abs(moved).reshape(moved.shape[:2] + (-1,)), axis=-1)
+    else:
+        rotation_distance = distance(first["rotation"], second["rotation"])
+    head = rotation_distance + distance(first["translation"], second["translation"], scale)
+    has_pose = batch["has_head_pose"].astype(jnp.float32)[:, None]
+    numerator = config.lambda_f * distance(first["expression"], second["expression"], scale)
+    numerator = numerator + has_pose * head
     denominator = distance(noise_first, noise_second) + 1e-6
     per_frame = jnp.minimum(numerator / denominator, config.diversity_cap)
     return masked_frame_mean(per_frame, _frame_weights(batch))
@@ -150,14 +279,15 @@ def adversarial_losses(real_logits, fake_logits, clip_weights, kind: str):
     return discriminator, generator
 
 
-def auxiliary_losses(identity_logits, mixture, batch):
-    """D's auxiliary heads: identity cross-entropy (known training subjects) and emotion L2."""
+def auxiliary_losses(identity_logits, mixture, batch, neutral_clips: bool = True):
+    """D's auxiliary heads: identity cross-entropy (known training subjects) and emotion L2 (over
+    the clips L_cls counts: `loss.classify_neutral_clips`)."""
     subject = batch["subject"]
     known = (subject >= 0).astype(jnp.float32) * batch["clip_mask"].astype(jnp.float32)
     log_probabilities = jax.nn.log_softmax(identity_logits, axis=-1)
     picked = jnp.take_along_axis(log_probabilities, jnp.maximum(subject, 0)[:, None], axis=-1)[:, 0]
     identity = -jnp.sum(picked * known) / jnp.maximum(known.sum(), 1.0)
-    return identity, emotion_classification_loss(mixture, batch)
+    return identity, emotion_classification_loss(mixture, batch, neutral_clips)
 
 
 def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
@@ -166,9 +296,11 @@ def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
         L_e   = mi_weight L_mi (Eq. 6) + L_cls + lambda_emotional L_emotional
         total = L_rec (Eq. 5) + lambda_e L_e - lambda_d L_d (Eq. 7)
                 + lambda_g (L_adv + D's identity and emotion terms on the generated faces)
+                + lambda_head_style L_head_style
 
-    L_emotional ("spoken with emotion") is our addition, 0 in the paper (docs/paper-notes.md).
-    `terms` holds reconstruction, mi, classification, emotional_speech, diversity, adversarial."""
+    L_emotional ("spoken with emotion") and L_head_style are our additions, 0 in the paper
+    (docs/paper-notes.md). `terms` holds reconstruction, mi, classification, emotional_speech,
+    diversity, adversarial, head_style."""
     guidance = (
         config.mi_weight * terms["mi"]
         + terms["classification"]
@@ -179,5 +311,6 @@ def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
         + config.lambda_e * guidance
         - config.lambda_d * terms["diversity"]
         + config.lambda_g * (terms["adversarial"] + auxiliary_identity + auxiliary_emotion)
+        + config.lambda_head_style * terms["head_style"]
     )
     return guidance, total

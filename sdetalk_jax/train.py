@@ -56,7 +56,7 @@ def purpose_seeds(train_config) -> dict[str, int]:
 
 def purpose_keys(seeds: dict[str, int]) -> dict:
     """One key per purpose, so a study can vary one source of randomness and hold the others:
-    `init` (parameters) and `noise` (z1, z2 and the vCLUB negatives, per step by fold_in). The data
+    `init` (parameters) and `noise` (z1 and z2, per step by fold_in). The data
     order uses the integer data seed directly (`batching.epoch_plan`)."""
     return {
         "init": jax.random.fold_in(jax.random.key(seeds["init"]), _INIT_PURPOSE),
@@ -81,10 +81,22 @@ def estimator_update(networks: Networks, params, opt_state, factors, frame_weigh
     return params, opt_state, nll
 
 
+def faces_for_discriminator(batch, outputs=None):
+    """The faces D judges: the speaker's (`outputs` None) or the generated ones, posed by Eq. 4 where
+    the clip has head pose and unposed where it has none, on both sides: a clip without pose would
+    otherwise show D a still head as real."""
+    if outputs is None:
+        posed = pose_faces(batch["vertices"], batch["rotation"], batch["translation"])
+        unposed = batch["vertices"]
+    else:
+        posed, unposed = outputs["posed"], outputs["expression"]
+    return jnp.where(batch["has_head_pose"][:, None, None], posed, unposed)
+
+
 def discriminator_update(networks: Networks, params, opt_state, outputs, batch, loss_config, tx):
     """D: real (e, f_bar) against fake (e, f), plus its identity and emotion heads on real faces.
     Returns (params, opt_state, {total, adversarial, identity, emotion})."""
-    real = pose_faces(batch["vertices"], batch["rotation"], batch["translation"])  # Eq. 4
+    real = faces_for_discriminator(batch)
     clip_weights = batch["clip_mask"].astype(jnp.float32)
 
     def discriminator_loss(discriminator_params):
@@ -98,11 +110,13 @@ def discriminator_update(networks: Networks, params, opt_state, outputs, batch, 
             )
 
         real_logits, identity_logits, mixture = apply(real)
-        fake_logits, _, _ = apply(outputs["posed"])
+        fake_logits, _, _ = apply(faces_for_discriminator(batch, outputs))
         adversarial, _ = losses.adversarial_losses(
             real_logits, fake_logits, clip_weights, loss_config.gan
         )
-        identity, emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
+        identity, emotion = losses.auxiliary_losses(
+            identity_logits, mixture, batch, loss_config.classify_neutral_clips
+        )
         return adversarial + identity + emotion, (adversarial, identity, emotion)
 
     (total, (adversarial, identity, emotion)), grads = jax.value_and_grad(
@@ -113,14 +127,25 @@ def discriminator_update(networks: Networks, params, opt_state, outputs, batch, 
     return params, opt_state, terms
 
 
-def generator_terms(networks, first, second, noises, batch, others, permutation_key, loss_config):
+def generator_terms(networks, first, second, noises, batch, others, loss_config):
     """Every term of the generator's objective from two samples of G (noises z1, z2), with the
     estimators and the discriminator as just updated (`others`). Returns (terms, total)."""
     frame_weights = batch["frame_mask"].astype(jnp.float32)
     terms = losses.reconstruction_losses(first, batch, loss_config)
+    # With the head noise path, the style term shapes that path alone: G's own rotation is the
+    # mean head's, left to L_r at z = 0, where a still-but-jittering head would pass for motion.
+    terms["head_style"] = losses.head_style_loss(
+        first.get("head_turn", first["rotation"]), batch["rotation"], batch, loss_config
+    )
     first_factors = per_frame_factors(first)
-    estimates = networks.estimators.apply({"params": others["estimators"]}, first_factors)
-    terms.update(losses.vclub_upper_bound(estimates, first_factors, frame_weights, permutation_key))
+    estimator_variables = {"params": others["estimators"]}
+    estimates = networks.estimators.apply(estimator_variables, first_factors)
+    speaker_estimates = networks.estimators.apply(
+        estimator_variables, first["identity_table"], method="speaker_marginal"
+    )
+    terms.update(
+        losses.vclub_upper_bound(estimates, first_factors, frame_weights, speaker_estimates)
+    )
     terms["classification"] = losses.emotion_classification_loss(
         first["mixture"], batch, loss_config.classify_neutral_clips
     )
@@ -128,7 +153,7 @@ def generator_terms(networks, first, second, noises, batch, others, permutation_
     fake_logits, identity_logits, mixture = networks.discriminator.apply(
         {"params": others["discriminator"]},
         jax.lax.stop_gradient(first["embedding"]),
-        first["posed"],
+        faces_for_discriminator(batch, first),
         batch["template"],
         batch["frame_mask"],
     )
@@ -136,7 +161,9 @@ def generator_terms(networks, first, second, noises, batch, others, permutation_
         jnp.zeros_like(fake_logits), fake_logits, batch["clip_mask"].astype(jnp.float32),
         loss_config.gan,
     )  # fmt: skip
-    aux_identity, aux_emotion = losses.auxiliary_losses(identity_logits, mixture, batch)
+    aux_identity, aux_emotion = losses.auxiliary_losses(
+        identity_logits, mixture, batch, loss_config.classify_neutral_clips
+    )
     terms["emotional_speech"] = losses.emotional_speech_loss(first["emotional_logit"], batch)
     terms["guidance"], total = losses.generator_objective(
         terms, aux_identity, aux_emotion, loss_config
@@ -152,15 +179,18 @@ def make_train_step(networks: Networks, loss_config):
     def step_fn(state, batch, noise_key, tx):
         params, opt_state = state["params"], state["opt_state"]
         step_key = jax.random.fold_in(noise_key, state["step"])  # the same draws after a resume
-        noise_key_1, noise_key_2, permutation_key = jax.random.split(step_key, 3)
+        noise_key_1, noise_key_2 = jax.random.split(step_key)
         # One dropout mask per step, the same for both noise samples: L_d then compares what the
         # noise changes, not what dropout does.
         dropout_rngs = {"dropout": jax.random.fold_in(step_key, 3)}
 
-        def generate(generator_params, noise):
+        mean_head = loss_config.head_reconstruction == "mean"
+
+        def generate(generator_params, noise, with_mean_head=False):
             return networks.generator.apply(
-                {"params": generator_params}, batch, noise, deterministic=False, rngs=dropout_rngs
-            )
+                {"params": generator_params}, batch, noise, deterministic=False,
+                mean_head=with_mean_head, rngs=dropout_rngs,
+            )  # fmt: skip
 
         shape = batch["frame_mask"].shape + (networks.config.hidden,)
         noises = (jax.random.normal(noise_key_1, shape), jax.random.normal(noise_key_2, shape))
@@ -178,10 +208,10 @@ def make_train_step(networks: Networks, loss_config):
         others = {"estimators": estimator_params, "discriminator": discriminator_params}
 
         def generator_loss(generator_params):
-            first = generate(generator_params, noises[0])
+            first = generate(generator_params, noises[0], mean_head)
             second = generate(generator_params, noises[1])
             terms, total = generator_terms(
-                networks, first, second, noises, batch, others, permutation_key, loss_config
+                networks, first, second, noises, batch, others, loss_config
             )
             return total, terms
 
@@ -265,6 +295,17 @@ def stop_before_training(stop: parallel.StopRequest, during: str):
     return check
 
 
+def head_pose_note(clips) -> str | None:
+    """What to tell the user when no training clip has head pose (None when some have)."""
+    if any(clip.head_pose_path is not None for clip in clips):
+        return None
+    return (
+        "note: no training clip has head pose (head_pose/): the head's rotation and translation "
+        "terms and its part of the adversarial and diversity terms are off, so head motion is "
+        "not learned and the generated head stays where it starts"
+    )
+
+
 def setup(config, stop: parallel.StopRequest) -> Setup:
     """Opens the corpus, the frozen encoder and the datasets, and builds the networks."""
     lead = jax.process_index() == 0
@@ -279,6 +320,9 @@ def setup(config, stop: parallel.StopRequest) -> Setup:
     train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
     val_set = ClipDataset.from_corpus(corpus, "val", train_subjects, context_encoder=encoder)
     assets = checkpoint.Assets.from_corpus(corpus, train_subjects, encoder.fingerprint)
+    note = head_pose_note(train_set.clips)
+    if note:
+        _log(note)
     model_config = SDETalkConfig.for_run(
         config, context_dim=encoder.hidden_size, **assets.dimensions
     )

@@ -6,14 +6,16 @@ import pytest
 from flax import traverse_util
 
 from sdetalk_jax import losses, optim
+from sdetalk_jax import metrics as metrics_module
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.models import sdetalk
 from sdetalk_jax.models.networks import Networks
-from sdetalk_jax.train import make_train_step
+from sdetalk_jax.train import faces_for_discriminator, make_train_step
 
 CONFIG = sdetalk.SDETalkConfig(
     num_vertices=40, context_dim=16, num_subjects=3, num_emotions=5, hidden=32, heads=4,
     feedforward=64, identity_dim=8, frequency_bands=8, frequency_dim=8, discriminator_blocks=1,
+    noise_smoothing_frames=2.0,
 )  # fmt: skip
 
 
@@ -49,7 +51,7 @@ def _make_batch(lengths, frames, seed):
         "template": template,
         "vertices": vertices,
         "neutral_vertices": vertices - 0.001,
-        "rotation": np.broadcast_to(np.eye(3, dtype=np.float32), (batch_size, frames, 3, 3)).copy(),
+        "rotation": _head_rotations(rng, batch_size, frames),
         "translation": 0.003 * rng.normal(size=(batch_size, frames, 3)).astype(np.float32),
         "emotion": emotion,
         "subject": np.arange(batch_size, dtype=np.int32) % CONFIG.num_subjects,
@@ -69,40 +71,71 @@ def _make_batch(lengths, frames, seed):
     return batch
 
 
+def _head_rotations(rng, batch_size, frames):
+    """Smooth random head motion of a few degrees [B, N, 3, 3]."""
+    from sdetalk_jax.data.face_model import rotation_matrices
+
+    angles = np.cumsum(0.01 * rng.normal(size=(batch_size, frames, 3)), axis=1)
+    return np.stack([rotation_matrices(*row.T) for row in angles]).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def networks_and_params():
     networks = Networks.build(CONFIG)
     return networks, networks.init_params(jax.random.key(0))
 
 
+def clip_noise(batch, seed):
+    """Noise z whose row r depends only on (seed, r), like the clip data of `make_batch`."""
+    rows, frames = batch["frame_mask"].shape
+    return jnp.stack(
+        [
+            jax.random.normal(jax.random.fold_in(jax.random.key(seed), r), (32, CONFIG.hidden))
+            for r in range(rows)
+        ]
+    )[:, :frames]
+
+
+_GENERATORS = {}
+
+
 def generator_outputs(networks, params, batch, seed=1):
-    noise = jax.random.normal(jax.random.key(seed), batch["frame_mask"].shape + (CONFIG.hidden,))
-    return networks.generator.apply({"params": params["generator"]}, batch, noise), noise
+    """The generator's outputs under `clip_noise`, jitted (op by op it takes tens of seconds)."""
+    if id(networks) not in _GENERATORS:
+        _GENERATORS[id(networks)] = jax.jit(
+            lambda p, b, z: networks.generator.apply({"params": p}, b, z)
+        )
+    noise = clip_noise(batch, seed)
+    return _GENERATORS[id(networks)](params["generator"], batch, noise), noise
 
 
 def test_output_shapes_and_rigid_head_motion(networks_and_params):
-    networks, params = networks_and_params
+    networks, initial = networks_and_params
     batch = make_batch([12, 9], 12)
-    out, _ = generator_outputs(networks, params, batch)
     v3 = CONFIG.num_vertices * 3
+    # Eq. 2 at initialisation: the neutral generator starts from the template.
+    at_init, _ = generator_outputs(networks, initial, batch)
+    np.testing.assert_allclose(
+        at_init["neutral"], jnp.broadcast_to(batch["template"][:, None], (2, 12, v3)), atol=1e-6
+    )
+    # Away from initialisation, where the rotation is no longer the identity:
+    out, _ = generator_outputs(networks, _perturbed(initial, scale=0.3), batch)
     assert out["neutral"].shape == out["expression"].shape == out["posed"].shape == (2, 12, v3)
     assert out["mixture"].shape == (2, CONFIG.num_emotions)
     np.testing.assert_allclose(out["mixture"].sum(-1), 1.0, rtol=1e-5)
     assert out["rotation"].shape == (2, 12, 3, 3) and out["translation"].shape == (2, 12, 3)
-    rotation = np.asarray(out["rotation"])
-    np.testing.assert_allclose(
-        rotation @ np.swapaxes(rotation, -1, -2),
-        np.broadcast_to(np.eye(3), rotation.shape),
-        atol=1e-5,
-    )
+    rotation = np.asarray(out["rotation"], np.float64)
+    identity = np.broadcast_to(np.eye(3), rotation.shape)
+    assert np.abs(rotation - identity).max() > 0.05  # a real rotation, not the identity
+    np.testing.assert_allclose(rotation @ np.swapaxes(rotation, -1, -2), identity, atol=1e-5)
     np.testing.assert_allclose(np.linalg.det(rotation), 1.0, atol=1e-5)
+    translation = np.asarray(out["translation"])
+    assert np.abs(translation).max() > 1e-5
     faces = np.asarray(out["expression"]).reshape(2, 12, -1, 3)
-    posed = faces @ rotation + np.asarray(out["translation"])[:, :, None]
+    posed = faces @ rotation + translation[:, :, None]  # Eq. 4, row vectors
     np.testing.assert_allclose(np.asarray(out["posed"]).reshape(posed.shape), posed, atol=1e-6)
-    # Eq. 2 at initialisation: the neutral generator starts from the template.
-    np.testing.assert_allclose(
-        out["neutral"], jnp.broadcast_to(batch["template"][:, None], (2, 12, v3)), atol=1e-6
-    )
+    # f^e = f^n + offset: the offset is not zero away from initialisation
+    assert np.abs(np.asarray(out["expression"] - out["neutral"])).max() > 1e-5
 
 
 def all_losses(networks, params, batch):
@@ -110,41 +143,85 @@ def all_losses(networks, params, batch):
     second, noise_2 = generator_outputs(networks, params, batch, seed=2)
     terms = losses.reconstruction_losses(out, batch, LossConfig)
     factors = sdetalk.per_frame_factors(out)
-    estimates = networks.estimators.apply({"params": params["estimators"]}, factors)
+    variables = {"params": params["estimators"]}
+    estimates = networks.estimators.apply(variables, factors)
+    speakers = networks.estimators.apply(
+        variables, out["identity_table"], method="speaker_marginal"
+    )
     weights = batch["frame_mask"].astype(jnp.float32)
     terms["log_likelihood"] = losses.estimator_log_likelihood(estimates, factors, weights)
+    terms.update(losses.vclub_upper_bound(estimates, factors, weights, speakers))
     terms["classification"] = losses.emotion_classification_loss(out["mixture"], batch)
     terms["diversity"] = losses.diversity_loss(out, second, noise, noise_2, batch, LossConfig)
     terms["emotional_speech"] = losses.emotional_speech_loss(out["emotional_logit"], batch)
+    terms["head_style"] = losses.head_style_loss(
+        out["rotation"], batch["rotation"], batch, LossConfig
+    )
+    for side, faces in (
+        ("real", faces_for_discriminator(batch)),
+        ("fake", faces_for_discriminator(batch, out)),
+    ):
+        logit, identity_logits, mixture = networks.discriminator.apply(
+            {"params": params["discriminator"]}, out["embedding"], faces, batch["template"],
+            batch["frame_mask"],
+        )  # fmt: skip
+        terms[f"discriminator_{side}"] = logit
+        terms[f"discriminator_{side}_identity"] = identity_logits
+        terms[f"discriminator_{side}_emotion"] = mixture
     return terms, out
+
+
+_JITTED = {}
+
+
+def jitted_losses(networks):
+    """`all_losses` compiled once per networks: op by op, the gradients take minutes."""
+    if id(networks) not in _JITTED:
+        _JITTED[id(networks)] = jax.jit(lambda params, batch: all_losses(networks, params, batch))
+    return _JITTED[id(networks)]
+
+
+PADDING_INVARIANT = (
+    "neutral", "expression", "rotation", "translation", "classification", "log_likelihood",
+    "mi_identity_context", "mi_identity_embedding", "mi_context_embedding", "diversity",
+    "emotional_speech", "head_style", "discriminator_real", "discriminator_fake",
+    "discriminator_real_identity", "discriminator_fake_emotion",
+)  # fmt: skip
 
 
 def test_padding_changes_neither_outputs_nor_losses(networks_and_params):
     networks, params = networks_and_params
+    params = _perturbed(params, scale=0.1)  # heads away from zero, rotations away from I
+    compute = jitted_losses(networks)
     alone = make_batch([10], 10)
     padded = make_batch([10], 16)  # same clip (same seed), 6 frames of garbage padding
-    with_row = make_batch([10, 0], 16)  # plus a padding row
-    with_row = {k: v for k, v in with_row.items()}
-    terms_alone, out_alone = all_losses(networks, params, alone)
-    terms_padded, out_padded = all_losses(networks, params, padded)
-    np.testing.assert_allclose(
-        out_padded["expression"][0, :10], out_alone["expression"][0], atol=1e-5
-    )
+    terms_alone, out_alone = compute(params, alone)
+    terms_padded, out_padded = compute(params, padded)
+    for name in ("expression", "rotation", "translation", "posed"):
+        np.testing.assert_allclose(
+            out_padded[name][0, :10], out_alone[name][0], atol=1e-5, err_msg=name
+        )
     np.testing.assert_allclose(out_padded["mixture"], out_alone["mixture"], atol=1e-6)
-    for name in (
-        "neutral",
-        "expression",
-        "rotation",
-        "translation",
-        "classification",
-        "log_likelihood",
-        "diversity",
-        "emotional_speech",
-    ):
-        np.testing.assert_allclose(terms_padded[name], terms_alone[name], rtol=2e-4, err_msg=name)
-    terms_row, _ = all_losses(networks, params, with_row)
-    for name in ("neutral", "expression", "classification", "log_likelihood"):
-        np.testing.assert_allclose(terms_row[name], terms_alone[name], rtol=2e-4, err_msg=name)
+    assert float(terms_alone["head_style"]) > 0.01 and float(terms_alone["rotation"]) > 1e-3
+    for name in PADDING_INVARIANT:
+        np.testing.assert_allclose(
+            terms_padded[name], terms_alone[name], rtol=2e-4, atol=1e-6, err_msg=name
+        )
+    # A padding row changes no clip's terms either (two real clips, with and without a third
+    # row of padding).
+    pair = make_batch([10, 7], 16)
+    with_row = make_batch([10, 7, 0], 16)
+    terms_pair, _ = compute(params, pair)
+    terms_row, _ = compute(params, with_row)
+    for name in PADDING_INVARIANT:
+        if name.startswith("discriminator"):
+            np.testing.assert_allclose(
+                terms_row[name][:2], terms_pair[name], rtol=2e-4, atol=1e-6, err_msg=name
+            )
+        else:
+            np.testing.assert_allclose(
+                terms_row[name], terms_pair[name], rtol=2e-4, atol=1e-6, err_msg=name
+            )
 
 
 def moved(grads, top):
@@ -174,7 +251,7 @@ def test_each_loss_moves_the_parameters_it_should(networks_and_params, term, mov
         terms, _ = all_losses(networks, {**params, "generator": generator_params}, batch)
         return terms[term]
 
-    grads = jax.grad(loss)(params["generator"])
+    grads = jax.jit(jax.grad(loss))(params["generator"])
     for name in moves:
         assert moved(grads, name) > 0, f"{term} should move {name}"
     for name in still:
@@ -183,22 +260,35 @@ def test_each_loss_moves_the_parameters_it_should(networks_and_params, term, mov
 
 def test_mi_bound_moves_identity_and_emotion_not_estimators(networks_and_params):
     networks, params = networks_and_params
+    params = _perturbed(params)
     batch = make_batch([12, 8], 12)
     weights = batch["frame_mask"].astype(jnp.float32)
 
     def bound(generator_params, estimator_params):
         out, _ = generator_outputs(networks, {**params, "generator": generator_params}, batch)
         factors = sdetalk.per_frame_factors(out)
-        estimates = networks.estimators.apply({"params": estimator_params}, factors)
-        return losses.vclub_upper_bound(estimates, factors, weights, jax.random.key(3))["mi"]
+        variables = {"params": estimator_params}
+        estimates = networks.estimators.apply(variables, factors)
+        speakers = networks.estimators.apply(
+            variables, out["identity_table"], method="speaker_marginal"
+        )
+        return losses.vclub_upper_bound(estimates, factors, weights, speakers)["mi"]
 
-    generator_grads = jax.grad(bound)(params["generator"], params["estimators"])
+    generator_grads, estimator_grads = jax.jit(jax.grad(bound, argnums=(0, 1)))(
+        params["generator"], params["estimators"]
+    )
     assert moved(generator_grads, "identity") > 0 and moved(generator_grads, "emotion") > 0
     assert moved(generator_grads, "face") == 0
+    # The estimators do feel the bound (it is a function of them)...
+    assert sum(np.abs(np.asarray(g)).sum() for g in jax.tree.leaves(estimator_grads)) > 0
+    # ...but the training step never lets it move them: the generator's update takes gradients
+    # with respect to the generator's parameters only (test_the_generators_mi_term_never_moves_
+    # the_estimators runs the step itself).
 
 
 def test_one_training_step_updates_all_three_networks(networks_and_params):
     networks, params = networks_and_params
+    params = _perturbed(params)
     from sdetalk_jax.optim import optimizer
 
     tx = optimizer(PAPER)
@@ -207,17 +297,103 @@ def test_one_training_step_updates_all_three_networks(networks_and_params):
         "params": params,
         "opt_state": {k: tx.init(v) for k, v in params.items()},
     }
-    step = jax.jit(lambda s, b, k: make_train_step(networks, LossConfig)(s, b, k, tx))
+    config = ml_collections.ConfigDict(LossConfig.to_dict())
+    config.lambda_emotional = 1.0  # so that every generator parameter has a gradient
+    step = jax.jit(lambda s, b, k: make_train_step(networks, config)(s, b, k, tx))
     batch = make_batch([12, 8], 12)
     new_state, metrics = step(state, batch, jax.random.key(0))
     assert int(new_state["step"]) == 1
     for name in ("generator", "discriminator", "estimators"):
         before = traverse_util.flatten_dict(params[name])
         after = traverse_util.flatten_dict(new_state["params"][name])
-        assert any(not np.array_equal(before[k], after[k]) for k in before), name
+        unchanged = [k for k in before if np.array_equal(before[k], after[k])]
+        assert not unchanged, f"{name}: {unchanged} did not move"
     assert all(np.isfinite(float(v)) for v in metrics.values())
-    posed = sdetalk.pose_faces(batch["vertices"], batch["rotation"], batch["translation"])
-    assert posed.shape == batch["vertices"].shape
+
+
+def test_the_generator_maximises_diversity_and_sees_the_updated_discriminator(
+    networks_and_params,
+):
+    networks, params = networks_and_params
+    params = _perturbed(params)
+    terms = {
+        "reconstruction": 1.0, "mi": 0.5, "classification": 0.2, "emotional_speech": 0.3,
+        "diversity": 0.4, "adversarial": 0.7, "head_style": 0.6,
+    }  # fmt: skip
+    _, total = losses.generator_objective(terms, 0.1, 0.2, LossConfig)
+    _, more_diverse = losses.generator_objective({**terms, "diversity": 1.4}, 0.1, 0.2, LossConfig)
+    # L_d is subtracted (Eq. 7 is maximised): more diversity, lower objective
+    assert more_diverse - total == pytest.approx(-LossConfig.lambda_d)
+
+    from sdetalk_jax.optim import optimizer
+
+    tx = optimizer(PAPER)
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": {k: tx.init(v) for k, v in params.items()},
+    }
+    batch = make_batch([12, 8], 12)
+    new_state, metrics = jax.jit(
+        lambda s, b, k: make_train_step(networks, LossConfig)(s, b, k, tx)
+    )(state, batch, jax.random.key(0))
+
+    # The generator's adversarial term, recomputed from the step's own noise with D before and
+    # after its update: the step reports (and so trains on) the updated D's.
+    noise_key, _ = jax.random.split(jax.random.fold_in(jax.random.key(0), 0))
+    noise = jax.random.normal(noise_key, batch["frame_mask"].shape + (CONFIG.hidden,))
+    out = networks.generator.apply({"params": params["generator"]}, batch, noise)
+
+    def adversarial(discriminator_params):
+        logit, _, _ = networks.discriminator.apply(
+            {"params": discriminator_params}, out["embedding"],
+            faces_for_discriminator(batch, out), batch["template"], batch["frame_mask"],
+        )  # fmt: skip
+        _, value = losses.adversarial_losses(
+            jnp.zeros_like(logit), logit, batch["clip_mask"].astype(jnp.float32), LossConfig.gan
+        )
+        return float(value)
+
+    updated = adversarial(new_state["params"]["discriminator"])
+    stale = adversarial(params["discriminator"])
+    assert abs(updated - stale) > 1e-5
+    assert float(metrics["adversarial"]) == pytest.approx(updated, rel=1e-4)
+
+
+def test_a_short_training_run_fits_its_own_clips():
+    """A few hundred steps on two clips: the reconstruction loss falls and the expression beats
+    the template on those clips."""
+    networks = Networks.build(CONFIG)
+    from sdetalk_jax.optim import optimizer
+
+    config = PAPER.copy_and_resolve_references()
+    config.train.learning_rate = 3e-3
+    tx = optimizer(config)
+    params = networks.init_params(jax.random.key(0))
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": {k: tx.init(v) for k, v in params.items()},
+    }
+    batch = make_batch([12, 10], 12)
+    step = jax.jit(lambda s, b, k: make_train_step(networks, config.loss)(s, b, k, tx))
+    history = []
+    for _ in range(150):
+        state, metrics = step(state, batch, jax.random.key(0))
+        history.append(float(metrics["reconstruction"]))
+    assert np.mean(history[-10:]) < 0.5 * np.mean(history[:3])
+    out, _ = generator_outputs(networks, state["params"], batch)
+    mask = np.asarray(batch["frame_mask"])
+
+    def vertex_error(faces):
+        return float(
+            metrics_module.vertex_distances(
+                np.asarray(faces)[mask], np.asarray(batch["vertices"])[mask]
+            ).mean()
+        )
+
+    template = np.broadcast_to(np.asarray(batch["template"])[:, None], batch["vertices"].shape)
+    assert vertex_error(out["expression"]) < 0.8 * vertex_error(template)
 
 
 def test_rotation_from_6d_identity():
@@ -349,7 +525,8 @@ def test_the_generators_mi_term_never_moves_the_estimators(networks_and_params):
     for weight in (0.0, 10.0):
         config = ml_collections.ConfigDict(LossConfig.to_dict())
         config.mi_weight = weight
-        new_state, _ = make_train_step(networks, config)(state, batch, jax.random.key(0), tx)
+        step = jax.jit(lambda s, b, k, c=config: make_train_step(networks, c)(s, b, k, tx))
+        new_state, _ = step(state, batch, jax.random.key(0))
         results.append(new_state["params"])
     before = traverse_util.flatten_dict(results[0]["estimators"])
     after = traverse_util.flatten_dict(results[1]["estimators"])

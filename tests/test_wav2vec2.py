@@ -267,3 +267,37 @@ def test_dataset_examples_carry_cached_context(tmp_path, small_corpus):
     assert encoder_again.cache.misses == 0
     assert encoder_again.cache.hits == len(again.clips)
     np.testing.assert_array_equal(again.example(0)["context"], example["context"])
+
+
+def test_training_features_cover_the_same_audio_as_the_mel(tmp_path, small_corpus):
+    """The context of a clip whose audio runs on past its face track is encoded from the span the
+    track covers, as animate does, not from the whole file stretched over the track."""
+    import shutil
+
+    import soundfile
+
+    from sdetalk_jax import audio
+    from sdetalk_jax.data import biwi
+    from sdetalk_jax.data.pipeline import ClipDataset
+
+    root = tmp_path / "corpus"
+    shutil.copytree(small_corpus, root)
+    corpus = biwi.scan_corpus(os.fspath(root))
+    clip = next(c for c in corpus.clips if c.subject == "F2" and c.split == "val")
+    waveform = audio.load_audio(clip.audio_path)
+    span = clip.num_frames * audio.samples_per_frame(corpus.fps)
+    # Half a second more of audio, louder than the rest, after the track ends.
+    tail = 0.9 * np.sin(np.arange(audio.SAMPLE_RATE // 2) * 0.3).astype(np.float32)
+    soundfile.write(clip.audio_path, np.concatenate([waveform[:span], tail]), audio.SAMPLE_RATE)
+    problems = [p for p in biwi.scan_corpus(os.fspath(root)).problems if p.path == clip.audio_path]
+    assert any(p.severity == "warning" and "longer than its" in p.message for p in problems)
+
+    save_reference(tmp_path / "ckpt", "stable-layernorm (large-lv60, xlsr)")
+    encoder = ContextEncoder.from_pretrained(os.fspath(tmp_path / "ckpt"))
+    dataset = ClipDataset.from_corpus(corpus, "val", ("F2", "M3"), context_encoder=encoder)
+    index = next(i for i, c in enumerate(dataset.clips) if c.name == clip.name)
+    context = dataset.example(index)["context"]
+    spanned = audio.interpolate_frames(encoder.encode(waveform[:span]), clip.num_frames)
+    np.testing.assert_allclose(context, spanned, atol=1e-5)
+    stretched = audio.interpolate_frames(encoder.encode_file(clip.audio_path), clip.num_frames)
+    assert np.abs(context - stretched).max() > 1e-2

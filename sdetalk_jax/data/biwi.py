@@ -405,6 +405,17 @@ def _check_audio(path: str, num_frames: int, fps: float, problems: list[Problem]
             )
         )
         return None
+    if audio_frames > num_frames + 1:
+        problems.append(
+            Problem(
+                path,
+                f"audio is {info.duration_s:.2f}s ({audio_frames:.1f} frames at {fps:g} fps), "
+                f"longer than its {num_frames}-frame mesh sequence by "
+                f"{audio_frames - num_frames:.1f} frames: only the first {num_frames / fps:.2f}s "
+                "are used",
+                "warning",
+            )
+        )
     return info.duration_s
 
 

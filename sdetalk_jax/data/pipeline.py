@@ -78,11 +78,14 @@ class ClipDataset:
     def _audio_features(self, clip: biwi.Clip) -> tuple[np.ndarray, ...]:
         """(waveform, mel[, context]) of a clip, computed once."""
         if clip.name not in self._audio_cache:
+            span = clip.num_frames * self.samples_per_frame
             waveform = audio.load_audio(clip.audio_path, allow_silence=True)
-            waveform = batching.pad_along_time(waveform, clip.num_frames * self.samples_per_frame)
+            waveform = batching.pad_along_time(waveform, span)
             features = (waveform, audio.frame_aligned_log_mel(waveform, clip.num_frames))
             if self.context_encoder is not None:
-                hidden = self.context_encoder.encode_file(clip.audio_path)
+                # The same span of audio as the mel, as at inference: not the whole file
+                # stretched over the track.
+                hidden = self.context_encoder.encode_file(clip.audio_path, num_samples=span)
                 features += (audio.interpolate_frames(hidden, clip.num_frames),)
             self._audio_cache[clip.name] = features
         return self._audio_cache[clip.name]

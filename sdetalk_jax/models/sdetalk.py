@@ -42,6 +42,25 @@ class SDETalkConfig:
     # A learned log-mel baseline per training speaker, subtracted from the emotion network's input
     # (our addition, docs/paper-notes.md): emotion is heard as a deviation from a speaker's own voice.
     speaker_baseline: bool = False
+    # Standard deviation, in frames, of a Gaussian that smooths the noise z over time before the
+    # diversity mapping (0: the paper's independent noise per frame). Our addition
+    # (docs/paper-notes.md): smooth noise gives each sample head motion with a direction of its
+    # own that still moves at a head's pace, where per-frame noise can only make jitter.
+    noise_smoothing_frames: float = 0.0
+    # G's cross-attention sees e~ only within this many frames of the query's frame (0: all
+    # frames, the paper). Our addition (docs/paper-notes.md), like FaceFormer's alignment bias:
+    # without it the keys carry no position, attention averages the noise of many frames, and a
+    # sample's motion cannot follow its own noise.
+    cross_attention_window: int = 0
+    # Our addition (docs/paper-notes.md): the head also turns with angular velocity gain(t) * n(t)
+    # per axis, integrated over time, with n three channels of the (smoothed) noise and gain >= 0
+    # read from G's output features: how fast the head moves at each moment, and how it splits
+    # between nodding and shaking, is G's to predict from the speech; the direction of each
+    # movement is the noise's. At z = 0 it adds nothing.
+    head_noise_path: bool = False
+    # The integrated angle forgets its slow drift over about this many frames (a Gaussian
+    # high-pass), so that the head returns towards its mean pose as a speaker's does.
+    head_drift_frames: float = 50.0
     # Metres per network output unit for vertex and translation outputs: the heads predict
     # millimetres, so an optimiser step of lr moves a vertex by about lr mm, not lr metres.
     motion_unit: float = 1e-3
@@ -92,6 +111,21 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
     return total / count
 
 
+def smooth_noise(noise, mask, width: float):
+    """Noise z [B, N, D] smoothed over time by a Gaussian of standard deviation `width` frames,
+    over real frames only (mask [B, N]), and rescaled so that each frame is again N(0, I): the
+    same clip gets the same smoothed noise whatever its padding. width 0: z unchanged."""
+    if width <= 0:
+        return noise
+    frames = jnp.arange(noise.shape[1], dtype=jnp.float32)
+    kernel = jnp.exp(-0.5 * jnp.square((frames[:, None] - frames[None]) / width))
+    weights = mask.astype(noise.dtype)
+    smoothed = jnp.einsum("ts,bs,bsd->btd", kernel, weights, noise)
+    # The sum of independent N(0, 1) with these weights has variance sum(kernel^2).
+    variance = jnp.einsum("ts,bs->bt", jnp.square(kernel), weights)
+    return smoothed / jnp.sqrt(jnp.maximum(variance, 1e-12))[..., None]
+
+
 def scaled_mel(mel):
     """The emotion network's input scale: log-mel values lie in about [-14, 6]."""
     return (mel + 4.0) / 5.0
@@ -116,6 +150,39 @@ def rotation_from_6d(raw: jax.Array) -> jax.Array:
     return jnp.stack([b1, b2, b3], axis=-2)
 
 
+def gaussian_smooth(values, mask, width: float):
+    """Gaussian-weighted mean over time (standard deviation `width` frames) of values [B, N, K] over
+    real frames only (mask [B, N])."""
+    frames = jnp.arange(values.shape[1], dtype=jnp.float32)
+    kernel = jnp.exp(-0.5 * jnp.square((frames[:, None] - frames[None]) / width))
+    weights = mask.astype(values.dtype)
+    total = jnp.einsum("ts,bs,bsk->btk", kernel, weights, values)
+    return total / jnp.maximum(jnp.einsum("ts,bs->bt", kernel, weights), 1e-6)[..., None]
+
+
+def integrate_velocity(velocity, mask, drift_frames: float):
+    """Angles [B, N, 3] from angular velocities per frame [B, N, 3]: their running sum over real
+    frames, less its Gaussian-smoothed drift (`drift_frames`), so the angle stays near its mean."""
+    angle = jnp.cumsum(velocity * mask[..., None].astype(velocity.dtype), axis=1)
+    return angle - gaussian_smooth(angle, mask, drift_frames)
+
+
+def rotation_from_vector(vector: jax.Array) -> jax.Array:
+    """Rotation matrices [..., 3, 3] from axis * angle vectors [..., 3] (Rodrigues), such that
+    `metrics.head_rotation_vectors` reads the vector back: x nods, y shakes, z tilts. Written with
+    sin(t)/t and (1 - cos t)/t^2 so that the gradient at the zero vector is finite."""
+    x, y, z = vector[..., 0], vector[..., 1], vector[..., 2]
+    zero = jnp.zeros_like(x)
+    skew = jnp.stack(
+        [jnp.stack([zero, -z, y], -1), jnp.stack([z, zero, -x], -1), jnp.stack([-y, x, zero], -1)],
+        axis=-2,
+    )
+    angle = jnp.sqrt(jnp.sum(jnp.square(vector), -1) + 1e-12)[..., None, None]
+    first = jnp.sin(angle) / angle
+    second = (1 - jnp.cos(angle)) / jnp.square(angle)
+    return jnp.eye(3) + first * skew + second * (skew @ skew)
+
+
 class AttentionBlock(nn.Module):
     """Post-LayerNorm transformer block: self-attention, optional cross-attention, feed-forward,
     each branch with residual dropout (active only when not `deterministic`)."""
@@ -127,7 +194,9 @@ class AttentionBlock(nn.Module):
     dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x, mask, memory=None, memory_mask=None, deterministic: bool = True):
+    def __call__(
+        self, x, mask, memory=None, memory_mask=None, deterministic: bool = True, cross_window=0
+    ):
         def drop(branch):
             return nn.Dropout(self.dropout)(branch, deterministic=deterministic)
 
@@ -138,6 +207,10 @@ class AttentionBlock(nn.Module):
         x = nn.LayerNorm(name="norm_self")(x + drop(attended))
         if self.cross:
             cross_mask = nn.make_attention_mask(mask, memory_mask)
+            if cross_window > 0:
+                frames = jnp.arange(x.shape[1])
+                near = jnp.abs(frames[:, None] - jnp.arange(memory.shape[1])[None]) <= cross_window
+                cross_mask = cross_mask * near[None, None]
             attended = nn.MultiHeadDotProductAttention(
                 self.heads, qkv_features=self.hidden, name="cross_attention"
             )(x, memory, mask=cross_mask)
@@ -241,6 +314,7 @@ class EmotionalFaceGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, neutral_motion, embedding, diversified, mask, deterministic: bool = True):
+        """-> (f^e offset, R, T, the head gain [B, N, 3] of the head noise path or None)."""
         config = self.config
         # f^n (+) e through one linear layer, written as the sum of its two blocks so that each
         # part is initialised for its own width: e (128 wide) is not drowned by f^n (V*3 wide).
@@ -256,7 +330,7 @@ class EmotionalFaceGenerator(nn.Module):
                 cross=True,
                 dropout=config.dropout,
                 name=f"block_{index}",
-            )(query, mask, diversified, mask, deterministic)
+            )(query, mask, diversified, mask, deterministic, config.cross_attention_window)
         # Zero-initialised heads: training starts from f^e = f^n, R = I, T = 0.
         expression = config.motion_unit * nn.Dense(
             config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="expression"
@@ -268,7 +342,16 @@ class EmotionalFaceGenerator(nn.Module):
         translation = config.motion_unit * nn.Dense(
             3, kernel_init=nn.initializers.zeros, name="translation"
         )(query)
-        return expression, rotation, translation
+        gain = None
+        if config.head_noise_path:
+            # angular speed per noise unit, starting at 0.003 rad (0.17 deg) per frame
+            gain = jax.nn.softplus(
+                nn.Dense(
+                    3, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.constant(np.log(np.expm1(0.003))), name="head_gain",
+                )(query)
+            )  # fmt: skip
+        return expression, rotation, translation, gain
 
 
 class Generator(nn.Module):
@@ -287,10 +370,11 @@ class Generator(nn.Module):
         self.diversity = nn.Dense(2 * config.hidden, name="diversity")
         self.face_generator = EmotionalFaceGenerator(config, name="face")
 
-    def __call__(self, batch, noise, deterministic: bool = True):
+    def __call__(self, batch, noise, deterministic: bool = True, mean_head: bool = False):
         """batch: context [B,N,Dc], mel [B,N,bins], subject_onehot [B,S], template [B,V*3],
         frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Returns a dict of outputs. Training
-        passes deterministic=False and a 'dropout' key (used only if `dropout` > 0)."""
+        passes deterministic=False and a 'dropout' key (used only if `dropout` > 0); with
+        `mean_head`, also the head pose at z = 0 (`mean_rotation`, `mean_translation`)."""
         mask = batch["frame_mask"]
         frames = mask.shape[1]
         identity = self.identity(batch["subject_onehot"])  # p
@@ -308,17 +392,37 @@ class Generator(nn.Module):
         mixture, emotional_logit = self.classifier(embedding, mask)  # y_e
         mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
         log_variance = jnp.clip(log_variance, -8.0, 4.0)
+        noise = smooth_noise(noise, mask, self.config.noise_smoothing_frames)
         diversified = mean + jnp.exp(0.5 * log_variance) * noise  # e~, reparameterised
+        head_noise = noise[..., :3]
         # G_n is trained by L_n alone ("we separately estimate the neutral mouth shape and the
         # emotional expressions"): G reads f^n and adds the expression on top of it, but its losses
         # do not reach G_n, so f^n stays a neutral face and "G_n alone" is a real baseline.
         neutral_fixed = jax.lax.stop_gradient(neutral)
-        offset, rotation, translation = self.face_generator(
+        offset, rotation, translation, _ = self.face_generator(
             jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask, deterministic
         )
         expression = neutral_fixed + offset  # f^e
+        extra = {}
+        if mean_head or self.config.head_noise_path:
+            # G again at the centre of the noise (e~ = mu); only its head is used, so XLA drops
+            # the expression layer of this pass.
+            _, mean_rotation, mean_translation, gain = self.face_generator(
+                jax.lax.stop_gradient(neutral_motion), embedding, mean, mask, deterministic
+            )
+            extra = {"mean_rotation": mean_rotation, "mean_translation": mean_translation}
+            if gain is not None:
+                # A sample's head is the mean head turned by the noise path: angular velocity
+                # gain * n per axis, integrated. The mean head carries no noise, so nothing but
+                # this path moves it from sample to sample.
+                angle = integrate_velocity(gain * head_noise, mask, self.config.head_drift_frames)
+                extra["head_turn"] = rotation_from_vector(angle)
+                rotation, translation = extra["head_turn"] @ mean_rotation, mean_translation
         return {
+            **extra,
             "identity": identity,
+            # every training speaker's p, the marginal of p for the vCLUB bound (Eq. 6)
+            "identity_table": self.identity(jnp.eye(self.config.num_subjects)),
             "context": context,
             "embedding": embedding,
             "mixture": mixture,
@@ -398,14 +502,27 @@ class MIEstimators(nn.Module):
 
     config: SDETalkConfig
 
-    @nn.compact
-    def __call__(self, factors):
+    def setup(self):
         dims = {
             "identity": self.config.identity_dim,
             "context": self.config.context_dim,
             "embedding": self.config.hidden,
         }
+        self.estimators = {
+            f"{x}->{y}": GaussianEstimator(dims[y], name=f"{x}_to_{y}") for x, y in MI_PAIRS
+        }
+
+    def __call__(self, factors):
         return {
-            f"{x}->{y}": GaussianEstimator(dims[y], name=f"{x}_to_{y}")(factors[x])
-            for x, y in MI_PAIRS
+            pair: estimator(factors[pair.split("->")[0]])
+            for pair, estimator in self.estimators.items()
+        }
+
+    def speaker_marginal(self, identity_table):
+        """q(.|p_s) for every training speaker's identity p_s [S, identity_dim]: the pairs whose
+        first factor is p."""
+        return {
+            pair: estimator(identity_table)
+            for pair, estimator in self.estimators.items()
+            if pair.startswith("identity->")
         }

@@ -64,15 +64,18 @@ class FeatureCache:
     hits: int = 0
     misses: int = 0
 
-    def path_for(self, audio_path: str) -> str:
+    def path_for(self, audio_path: str, num_samples: int | None = None) -> str:
+        span = "" if num_samples is None else f"-{num_samples}"
         return os.path.join(
-            self.directory, self.model_fingerprint[:24], f"{file_digest(audio_path)}.npy"
+            self.directory, self.model_fingerprint[:24], f"{file_digest(audio_path)}{span}.npy"
         )
 
-    def get_or_compute(self, audio_path: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_compute(
+        self, audio_path: str, compute: Callable[[], np.ndarray], num_samples: int | None = None
+    ) -> np.ndarray:
         from sdetalk_jax.fileio import write_npy
 
-        entry = self.path_for(audio_path)
+        entry = self.path_for(audio_path, num_samples)
         if os.path.exists(entry):
             try:
                 features = np.load(entry, allow_pickle=False)
@@ -163,15 +166,20 @@ class ContextEncoder:
         hidden = self._forward(self.params, samples, mask)
         return np.asarray(hidden[0, : self.config.frames_for(len(waveform))])
 
-    def encode_file(self, path: str) -> np.ndarray:
-        """Hidden states of a wav file of any rate and channel count, through the cache if any."""
+    def encode_file(self, path: str, num_samples: int | None = None) -> np.ndarray:
+        """Hidden states of a wav file of any rate and channel count, through the cache if any.
+        With `num_samples`, of its first num_samples (16 kHz) samples, zero-padded if shorter:
+        the span of audio that a clip's face frames cover, the span the mel is taken from."""
 
         def compute():
-            return self.encode(audio.load_audio(path, allow_silence=True))
+            waveform = audio.load_audio(path, allow_silence=True)
+            if num_samples is not None:
+                waveform = np.pad(waveform[:num_samples], (0, max(num_samples - len(waveform), 0)))
+            return self.encode(waveform)
 
         if self.cache is None:
             return compute()
-        return self.cache.get_or_compute(path, compute)
+        return self.cache.get_or_compute(path, compute, num_samples)
 
 
 def _reads_normalize(folder: str) -> bool:
