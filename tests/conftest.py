@@ -9,6 +9,8 @@ import pytest
 
 from sdetalk_jax.data import writer
 
+TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
+
 
 def pytest_configure(config):
     """A persistent XLA compilation cache for the session, shared with the training processes the
@@ -20,6 +22,13 @@ def pytest_configure(config):
     cache = os.environ.setdefault(
         "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sdetalk-xla-cache-")
     )
+    # The tests' networks are tiny: compiling them takes longer than running them, and LLVM's
+    # optimisation is most of the compile time (about a third of the suite's). Read when the
+    # backend starts, so set before the first computation; the processes the tests start
+    # inherit it (tests/test_scaling.py keeps it when it sets its own device count).
+    flags = os.environ.get("XLA_FLAGS", "")
+    if TEST_XLA_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAG}".strip()
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -278,17 +278,28 @@ def test_the_trainer_says_once_when_no_clip_has_head_pose():
     assert "no training clip has head pose" in note and "not learned" in note
 
 
-def test_the_head_at_z0_is_the_mean_prediction_and_can_carry_the_l2_terms():
+def sample_and_centre(**changes):
+    """(batch, outputs of a noise sample with the mean head, outputs at z = 0, parameters) of the
+    test networks of tests/test_model.py with `changes`, away from initialisation."""
+    import dataclasses
+
     from sdetalk_jax.models.networks import Networks
     from tests.test_model import CONFIG, _perturbed, make_batch
 
-    networks = Networks.build(CONFIG)
+    config = dataclasses.replace(CONFIG, **changes)
+    networks = Networks.build(config)
     params = _perturbed(networks.init_params(jax.random.key(0)), scale=0.2)
     variables = {"params": params["generator"]}
     batch = make_batch([12, 9], 12)
-    noise = jax.random.normal(jax.random.key(1), batch["frame_mask"].shape + (CONFIG.hidden,))
-    sampled = networks.generator.apply(variables, batch, noise, mean_head=True)
-    at_zero = networks.generator.apply(variables, batch, jnp.zeros_like(noise))
+    noise = jax.random.normal(jax.random.key(1), batch["frame_mask"].shape + (config.hidden,))
+    apply = jax.jit(networks.generator.apply, static_argnames="mean_head")
+    sampled = apply(variables, batch, noise, mean_head=True)
+    at_zero = apply(variables, batch, jnp.zeros_like(noise))
+    return batch, sampled, at_zero, params
+
+
+def test_the_head_at_z0_is_the_mean_prediction_and_can_carry_the_l2_terms():
+    batch, sampled, at_zero, _ = sample_and_centre()
     np.testing.assert_allclose(sampled["mean_rotation"], at_zero["rotation"], atol=1e-6)
     np.testing.assert_allclose(sampled["mean_translation"], at_zero["translation"], atol=1e-8)
     assert np.abs(np.asarray(sampled["rotation"] - at_zero["rotation"])).max() > 1e-4
@@ -326,26 +337,17 @@ def test_rotation_from_vector_is_read_back_by_the_metrics():
 
 
 def test_the_head_noise_path_turns_the_head_by_gain_times_noise():
-    import dataclasses
-
     from sdetalk_jax.models.networks import Networks
-    from tests.test_model import CONFIG, _perturbed, make_batch
+    from tests.test_model import CONFIG
 
-    config = dataclasses.replace(CONFIG, head_noise_path=True)
-    networks = Networks.build(config)
-    params = _perturbed(networks.init_params(jax.random.key(0)), scale=0.2)
-    variables = {"params": params["generator"]}
-    batch = make_batch([12, 9], 12)
-    noise = jax.random.normal(jax.random.key(1), batch["frame_mask"].shape + (config.hidden,))
-    out = networks.generator.apply(variables, batch, noise, mean_head=True)
-    # Only the first three channels of the noise move the head through this path: with them
-    # zeroed the head is the mean head's base, and the mean head has no noise at all.
-    at_zero = networks.generator.apply(variables, batch, jnp.zeros_like(noise))
+    _, out, at_zero, params = sample_and_centre(head_noise_path=True)
+    # At z = 0 the head is the mean head, which carries no noise; a sample's head is it turned.
     np.testing.assert_allclose(out["mean_rotation"], at_zero["rotation"], atol=1e-6)
     turned = np.einsum(
         "bnij,bnkj->bnik", np.asarray(out["rotation"]), np.asarray(at_zero["rotation"])
     )
     assert np.abs(turned - np.eye(3)).max() > 1e-3
+    np.testing.assert_allclose(turned, out["head_turn"], atol=1e-5)
     # The path is an option: the paper's generator has no gain layer.
     assert "head_gain" in params["generator"]["face"]
     paper = Networks.build(CONFIG).init_params(jax.random.key(0))

@@ -229,6 +229,32 @@ def moved(grads, top):
     return float(sum(np.abs(np.asarray(v)).sum() for k, v in flat.items() if k[0] == top))
 
 
+GRADIENT_TERMS = (
+    "neutral", "expression", "rotation", "classification", "diversity", "emotional_speech",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def term_gradients(networks_and_params):
+    """The generator's gradient of each term in GRADIENT_TERMS, in one compilation."""
+    networks, params = networks_and_params
+    batch = make_batch([12, 8], 12)
+    # Break the zero-initialised heads so every path carries gradient.
+    params = jax.tree.map(lambda x: x + 0.01 * jnp.ones_like(x), params)
+
+    def gradients(generator_params):
+        def term(name):
+            def loss(p):
+                terms, _ = all_losses(networks, {**params, "generator": p}, batch)
+                return terms[name]
+
+            return jax.grad(loss)(generator_params)
+
+        return {name: term(name) for name in GRADIENT_TERMS}
+
+    return jax.jit(gradients)(params["generator"])
+
+
 @pytest.mark.parametrize(
     "term, moves, still",
     [
@@ -241,17 +267,8 @@ def moved(grads, top):
         ("emotional_speech", ["classifier", "emotion"], ["neutral", "face", "identity"]),
     ],
 )
-def test_each_loss_moves_the_parameters_it_should(networks_and_params, term, moves, still):
-    networks, params = networks_and_params
-    batch = make_batch([12, 8], 12)
-    # Break the zero-initialised heads so every path carries gradient.
-    params = jax.tree.map(lambda x: x + 0.01 * jnp.ones_like(x), params)
-
-    def loss(generator_params):
-        terms, _ = all_losses(networks, {**params, "generator": generator_params}, batch)
-        return terms[term]
-
-    grads = jax.jit(jax.grad(loss))(params["generator"])
+def test_each_loss_moves_the_parameters_it_should(term_gradients, term, moves, still):
+    grads = term_gradients[term]
     for name in moves:
         assert moved(grads, name) > 0, f"{term} should move {name}"
     for name in still:
@@ -286,20 +303,25 @@ def test_mi_bound_moves_identity_and_emotion_not_estimators(networks_and_params)
     # the_estimators runs the step itself).
 
 
-def test_one_training_step_updates_all_three_networks(networks_and_params):
-    networks, params = networks_and_params
-    params = _perturbed(params)
+@pytest.fixture(scope="module")
+def training_step(networks_and_params):
+    """(step(state, batch, key), tx): the paper's losses, with lambda_emotional = 1 so that every
+    generator parameter has a gradient, and Adam at 3e-3; compiled once for the tests below."""
     from sdetalk_jax.optim import optimizer
 
-    tx = optimizer(PAPER)
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": {k: tx.init(v) for k, v in params.items()},
-    }
-    config = ml_collections.ConfigDict(LossConfig.to_dict())
-    config.lambda_emotional = 1.0  # so that every generator parameter has a gradient
-    step = jax.jit(lambda s, b, k: make_train_step(networks, config)(s, b, k, tx))
+    networks, _ = networks_and_params
+    config = PAPER.copy_and_resolve_references()
+    config.train.learning_rate = 3e-3
+    config.loss.lambda_emotional = 1.0
+    tx = optimizer(config)
+    return jax.jit(lambda s, b, k: make_train_step(networks, config.loss)(s, b, k, tx)), tx
+
+
+def test_one_training_step_updates_all_three_networks(networks_and_params, training_step):
+    networks, params = networks_and_params
+    params = _perturbed(params)
+    step, tx = training_step
+    state = fresh_state(params, tx)
     batch = make_batch([12, 8], 12)
     new_state, metrics = step(state, batch, jax.random.key(0))
     assert int(new_state["step"]) == 1
@@ -312,7 +334,7 @@ def test_one_training_step_updates_all_three_networks(networks_and_params):
 
 
 def test_the_generator_maximises_diversity_and_sees_the_updated_discriminator(
-    networks_and_params,
+    networks_and_params, training_step
 ):
     networks, params = networks_and_params
     params = _perturbed(params)
@@ -325,18 +347,10 @@ def test_the_generator_maximises_diversity_and_sees_the_updated_discriminator(
     # L_d is subtracted (Eq. 7 is maximised): more diversity, lower objective
     assert more_diverse - total == pytest.approx(-LossConfig.lambda_d)
 
-    from sdetalk_jax.optim import optimizer
-
-    tx = optimizer(PAPER)
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": {k: tx.init(v) for k, v in params.items()},
-    }
+    step, tx = training_step
+    state = fresh_state(params, tx)
     batch = make_batch([12, 8], 12)
-    new_state, metrics = jax.jit(
-        lambda s, b, k: make_train_step(networks, LossConfig)(s, b, k, tx)
-    )(state, batch, jax.random.key(0))
+    new_state, metrics = step(state, batch, jax.random.key(0))
 
     # The generator's adversarial term, recomputed from the step's own noise with D before and
     # after its update: the step reports (and so trains on) the updated D's.
@@ -360,23 +374,13 @@ def test_the_generator_maximises_diversity_and_sees_the_updated_discriminator(
     assert float(metrics["adversarial"]) == pytest.approx(updated, rel=1e-4)
 
 
-def test_a_short_training_run_fits_its_own_clips():
-    """A few hundred steps on two clips: the reconstruction loss falls and the expression beats
-    the template on those clips."""
-    networks = Networks.build(CONFIG)
-    from sdetalk_jax.optim import optimizer
-
-    config = PAPER.copy_and_resolve_references()
-    config.train.learning_rate = 3e-3
-    tx = optimizer(config)
-    params = networks.init_params(jax.random.key(0))
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": {k: tx.init(v) for k, v in params.items()},
-    }
+def test_a_short_training_run_fits_its_own_clips(networks_and_params, training_step):
+    """150 steps on two clips, from initialisation: the reconstruction loss falls and the
+    expression beats the template on those clips."""
+    networks, params = networks_and_params
+    step, tx = training_step
+    state = fresh_state(params, tx)
     batch = make_batch([12, 10], 12)
-    step = jax.jit(lambda s, b, k: make_train_step(networks, config.loss)(s, b, k, tx))
     history = []
     for _ in range(150):
         state, metrics = step(state, batch, jax.random.key(0))
@@ -480,6 +484,15 @@ def test_dropout_acts_only_in_training_and_is_keyed():
     )
 
 
+def fresh_state(params, tx):
+    """A training state at step 0 with these parameters."""
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": {k: tx.init(v) for k, v in params.items()},
+    }
+
+
 def _perturbed(params, scale=0.05, seed=7):
     """Parameters moved away from initialisation, where heads are zero and rotations identities."""
     leaves, tree = jax.tree.flatten(params)
@@ -515,11 +528,7 @@ def test_the_generators_mi_term_never_moves_the_estimators(networks_and_params):
     from sdetalk_jax.optim import optimizer
 
     tx = optimizer(PAPER)
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": {k: tx.init(v) for k, v in params.items()},
-    }
+    state = fresh_state(params, tx)
     batch = make_batch([12, 8], 12)
     results = []
     for weight in (0.0, 10.0):

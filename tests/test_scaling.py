@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sdetalk_jax.data import synthetic
+from tests.conftest import TEST_XLA_FLAG
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def reference_params(straight):
 
 def environment(devices: int = 1) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SDETALK_")}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAG}"
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

@@ -280,7 +280,7 @@ def test_training_features_cover_the_same_audio_as_the_mel(tmp_path, small_corpu
     from sdetalk_jax.data import biwi
     from sdetalk_jax.data.pipeline import ClipDataset
 
-    root = tmp_path / "corpus"
+    root = tmp_path / "longer-audio"
     shutil.copytree(small_corpus, root)
     corpus = biwi.scan_corpus(os.fspath(root))
     clip = next(c for c in corpus.clips if c.subject == "F2" and c.split == "val")
