@@ -7,7 +7,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sdetalk_jax.models.sdetalk import MI_PAIRS, gaussian_log_likelihood, masked_mean
+from sdetalk_jax.models.sdetalk import (
+    MI_PAIRS,
+    gaussian_log_likelihood,
+    gaussian_smooth,
+    masked_mean,
+)
 
 
 def _frame_weights(batch, flag: str | None = None):
@@ -104,16 +109,6 @@ def _rotation_axis_vector(rotation):
     )
 
 
-def smoothed_over_time(values, weights, width: float):
-    """Gaussian-weighted mean over time (standard deviation `width` frames) of values [B, N, K],
-    counting real frames only (weights [B, N]): each frame's value over its neighbourhood."""
-    frames = jnp.arange(values.shape[1], dtype=jnp.float32)
-    kernel = jnp.exp(-0.5 * jnp.square((frames[:, None] - frames[None]) / width))
-    total = jnp.einsum("ts,bs,bsk->btk", kernel, weights, values)
-    count = jnp.einsum("ts,bs->bt", kernel, weights)
-    return total / jnp.maximum(count, 1e-6)[..., None]
-
-
 def head_motion_envelopes(rotation, weights, speed_width: float, size_width: float):
     """(speed [B, N-1, 3], its weights [B, N-1], size [B, N, 3]): per axis (nod, shake, tilt),
     the head's angular speed (radians per frame) and its RMS angle from the clip's mean pose
@@ -124,10 +119,10 @@ def head_motion_envelopes(rotation, weights, speed_width: float, size_width: flo
     velocity = _rotation_axis_vector(relative)
     speed_weights = weights[:, 1:] * weights[:, :-1]
     # sqrt(v^2 + eps^2): |v| with a gradient at rest
-    speed = smoothed_over_time(jnp.sqrt(jnp.square(velocity) + 1e-10), speed_weights, speed_width)
+    speed = gaussian_smooth(jnp.sqrt(jnp.square(velocity) + 1e-10), speed_weights, speed_width)
     angle = _rotation_axis_vector(rotation)
     deviation = angle - masked_mean(angle, weights)[:, None]
-    size = jnp.sqrt(smoothed_over_time(jnp.square(deviation), weights, size_width) + 1e-10)
+    size = jnp.sqrt(gaussian_smooth(jnp.square(deviation), weights, size_width) + 1e-10)
     return speed, speed_weights, size
 
 

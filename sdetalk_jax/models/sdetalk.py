@@ -111,14 +111,19 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
     return total / count
 
 
+def gaussian_kernel(frames: int, width: float) -> jax.Array:
+    """[N, N] weights exp(-(t - s)^2 / (2 width^2)) between frames t and s."""
+    positions = jnp.arange(frames, dtype=jnp.float32)
+    return jnp.exp(-0.5 * jnp.square((positions[:, None] - positions[None]) / width))
+
+
 def smooth_noise(noise, mask, width: float):
     """Noise z [B, N, D] smoothed over time by a Gaussian of standard deviation `width` frames,
     over real frames only (mask [B, N]), and rescaled so that each frame is again N(0, I): the
     same clip gets the same smoothed noise whatever its padding. width 0: z unchanged."""
     if width <= 0:
         return noise
-    frames = jnp.arange(noise.shape[1], dtype=jnp.float32)
-    kernel = jnp.exp(-0.5 * jnp.square((frames[:, None] - frames[None]) / width))
+    kernel = gaussian_kernel(noise.shape[1], width)
     weights = mask.astype(noise.dtype)
     smoothed = jnp.einsum("ts,bs,bsd->btd", kernel, weights, noise)
     # The sum of independent N(0, 1) with these weights has variance sum(kernel^2).
@@ -152,9 +157,8 @@ def rotation_from_6d(raw: jax.Array) -> jax.Array:
 
 def gaussian_smooth(values, mask, width: float):
     """Gaussian-weighted mean over time (standard deviation `width` frames) of values [B, N, K] over
-    real frames only (mask [B, N])."""
-    frames = jnp.arange(values.shape[1], dtype=jnp.float32)
-    kernel = jnp.exp(-0.5 * jnp.square((frames[:, None] - frames[None]) / width))
+    real frames only (mask [B, N], or weights): each frame's value over its neighbourhood."""
+    kernel = gaussian_kernel(values.shape[1], width)
     weights = mask.astype(values.dtype)
     total = jnp.einsum("ts,bs,bsk->btk", kernel, weights, values)
     return total / jnp.maximum(jnp.einsum("ts,bs->bt", kernel, weights), 1e-6)[..., None]
