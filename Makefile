@@ -34,8 +34,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Whole test files go to two workers (module fixtures such as a trained run are built once).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-quick: setup
 	$(BIN)/python -m pytest -m "not slow" -x -q

@@ -4,6 +4,7 @@ SIGTERM, and kill -9 in the middle of a checkpoint save."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,11 +134,15 @@ def test_four_emulated_devices_match_one_device(corpus, straight, tmp_path):
     assert_metrics_close(four, straight["workdir"])
 
 
-def test_two_processes_from_the_local_launcher_agree(corpus, straight, tmp_path):
+def test_two_processes_from_the_local_launcher_agree(straight, tmp_path):
+    """Two processes joined by launch/local.py, on a corpus that is not there yet: only process 0
+    generates it (issue 17, item 6; the other waits instead of writing into the same folder), and
+    the pair trains to the single-process run's parameters."""
     pair = os.fspath(tmp_path / "pair")
     launcher = [sys.executable, os.path.join(REPO, "launch", "local.py"), "--processes", "2", "--"]
+    generated = (os.fspath(tmp_path / "generated"), os.fspath(tmp_path / "cache"))
     result = subprocess.run(
-        launcher + driver_command(corpus, pair),
+        launcher + driver_command(generated, pair, "--generate"),
         env=environment(1),
         capture_output=True,
         text=True,
@@ -146,6 +151,9 @@ def test_two_processes_from_the_local_launcher_agree(corpus, straight, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[0] devices 2 processes 2" in result.stdout
     assert "[1] devices 2 processes 2" in result.stdout
+    generating = [line for line in result.stdout.splitlines() if "generating the synthetic" in line]
+    assert len(generating) == 1 and generating[0].startswith("[0] "), result.stdout
+    assert not [name for name in os.listdir(tmp_path) if ".partial-" in name]
     process_0, process_1 = load_params(pair, 0), load_params(pair, 1)
     for name in process_0:  # both processes hold bitwise the same replicated parameters
         np.testing.assert_array_equal(process_0[name], process_1[name], err_msg=name)
@@ -182,7 +190,8 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(corpus, straight
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, out + err
-    assert "SIGTERM: stopped after step" in out
+    # The signal may land between steps or during the epoch's validation; both save and stop.
+    assert re.search(r"SIGTERM: stopped (during the validation )?after step \d+", out), out
     step = int(load_params(stopped)["step"])
     assert 2 <= step < int(straight["step"])  # stopped early, with a checkpoint of that step
     run_driver(corpus, stopped)  # the same command again resumes
@@ -224,28 +233,9 @@ def test_ctrl_c_on_the_command_saves_and_exits_75(corpus, tmp_path):
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 75, out + err
-    assert "SIGINT: stopped after step" in out
+    assert re.search(r"SIGINT: stopped (during the validation )?after step \d+", out), out
     with open(os.path.join(workdir, "metrics.jsonl")) as handle:
         steps = [json.loads(line)["step"] for line in handle if '"train/total"' in line]
     from sdetalk_jax import checkpoint
 
     assert checkpoint.checkpoint_manager(workdir).latest_step() == steps[-1]
-
-
-def test_only_one_of_two_processes_generates_the_corpus(tmp_path):
-    """Issue 17, item 6: the others wait for it instead of writing into the same folder."""
-    root = os.fspath(tmp_path / "generated")
-    workdir = os.fspath(tmp_path / "run")
-    launcher = [sys.executable, os.path.join(REPO, "launch", "local.py"), "--processes", "2", "--"]
-    command = [
-        sys.executable, DRIVER, "--root", root, "--cache", os.fspath(tmp_path / "cache"),
-        "--workdir", workdir, "--generate", "--epochs", "1", "--max-steps", "1",
-    ]  # fmt: skip
-    result = subprocess.run(
-        launcher + command, env=environment(1), capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    generating = [line for line in result.stdout.splitlines() if "generating the synthetic" in line]
-    assert len(generating) == 1 and generating[0].startswith("[0] "), result.stdout
-    assert "[1] devices 2 processes 2" in result.stdout
-    assert not [name for name in os.listdir(tmp_path) if ".partial-" in name]
