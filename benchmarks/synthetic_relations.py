@@ -5,11 +5,12 @@
 Generates a corpus in a temporary folder, then: per-clip correlation of mouth opening with audio RMS
 energy; head angular speed against the Hilbert envelope over lags (and against another clip's
 envelope); a 6-fold cross-validated ridge probe on prosody features, each relative to the neutral
-recording of the same sentence, against predicting the mean mixture; and how well a clip alone
+recording of the same sentence, against predicting the mean mixture; how well a clip alone
 (no neutral recording beside it) tells an emotional take from a neutral one: a logistic regression
 on its prosody features and their squares, trained on the first five sixths of the sentences and
-tested on the rest, with the features centred per speaker and without. The tests check bounds on
-the same quantities (tests/test_synthetic.py); this prints the values.
+tested on the rest, with the features centred per speaker and without; and how much of the head's
+per-axis speed the speech can tell at all (`head_speed_floor`). The tests check bounds on the
+first quantities (tests/test_synthetic.py); this prints the values.
 """
 
 from __future__ import annotations
@@ -49,6 +50,36 @@ def emotional_take_accuracy(corpus, prosody: dict, *, per_speaker: bool) -> tupl
     return float(correct[~train].mean()), float(correct[train].mean())
 
 
+def head_speed_floor(waveform, rate, num_frames, fps, mixture, width, draws=32):
+    """(expected, constant): the relative squared error of `losses.head_gain_loss` that SynthBIWI's
+    own head generator leaves, for one clip's speech and emotion, when a drawn head's per-axis speed
+    (smoothed over `width` frames) is predicted by its expectation over other draws (the best any
+    model of the speech can do: the phase of each movement is random), and by the best constant per
+    axis (a speed that does not follow the speech)."""
+    import jax.numpy as jnp
+
+    from sdetalk_jax import losses
+
+    envelope = synthetic.speech_envelope(waveform, rate, num_frames, fps)
+    amplitude, nod = synthetic.head_style(mixture)
+    weights = jnp.ones((1, num_frames))
+    speeds = []
+    for draw in range(draws + 1):
+        pitch, yaw, roll, _ = synthetic.head_motion(
+            envelope, fps, amplitude=amplitude, nod=nod, rng=np.random.default_rng(draw)
+        )
+        rotation = jnp.asarray(face_model.rotation_matrices(pitch, yaw, roll)[None], jnp.float32)
+        speed, _, _ = losses.head_motion_envelopes(rotation, weights, width, width)
+        speeds.append(np.asarray(speed[0]))
+    drawn, others = speeds[0], np.mean(speeds[1:], axis=0)
+    scale = np.mean(np.sum(drawn**2, -1))
+
+    def relative(prediction):
+        return float(np.mean(np.sum((prediction - drawn) ** 2, -1)) / scale)
+
+    return relative(others), relative(np.broadcast_to(drawn.mean(0), drawn.shape))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subjects", type=int, default=6)
@@ -63,7 +94,7 @@ def main() -> None:
         )  # fmt: skip
         corpus = biwi.scan_corpus(root)
         topology = face_model.build_topology(corpus.num_vertices)
-        clips, mouth, lagged, mismatched, prosody = {}, [], [], [], {}
+        clips, mouth, lagged, mismatched, prosody, floors = {}, [], [], [], {}, []
         lags = list(range(-5, 10))
         for clip in corpus.clips:
             waveform, rate = soundfile.read(clip.audio_path, dtype="float32")
@@ -79,6 +110,8 @@ def main() -> None:
             lagged.append([analysis.lagged_correlation(envelope, speed, lag) for lag in lags])
             clips[clip.name] = (speed, envelope)
             prosody[clip.name] = analysis.prosody_features(waveform, rate)
+            if clip.emotional and len(floors) < 48:
+                floors.append(head_speed_floor(waveform, rate, n, corpus.fps, clip.emotion, 4.0))
         names = sorted(clips)
         for index, name in enumerate(names):
             speed, _ = clips[name]
@@ -133,6 +166,13 @@ def main() -> None:
             f"{probe_error:.3f} vs {chance_error:.3f} ({1 - probe_error / chance_error:.0%} lower)",
         ),
     ]
+    expected, constant = np.mean(floors, axis=0)
+    rows.append(
+        (
+            "head speed per axis (width 4), relative error left: expectation given speech and emotion vs best constant per clip",
+            f"{expected:.3f} vs {constant:.3f} ({len(floors)} emotional clips)",
+        )
+    )
     for centred, label in ((True, "centred per speaker"), (False, "raw")):
         held_out, seen = audible[centred]
         rows.append(

@@ -42,6 +42,9 @@ def get_config():
     config.model.frequency_bands = 32
     config.model.frequency_dim = 32
     config.model.frequency_window = 5
+    # The emotion network's temporal and frequency blocks one after the other (Sec. 2.1), both at
+    # 4 heads and width 128; "parallel" is ours (docs/paper-notes.md).
+    config.model.emotion_attention = "sequential"
     config.model.discriminator_blocks = 2
     # Residual dropout in the generator's attention blocks while training: the paper gives none
     # (0.1 is PyTorch's transformer default; on SynthBIWI it made results worse, docs/training.md).
@@ -57,6 +60,11 @@ def get_config():
     # Our addition: the head also turns by a predicted gain times three channels of the noise.
     config.model.head_noise_path = False
     config.model.head_drift_frames = 50.0
+    config.model.head_gain_log_scale = 10.0
+    config.model.head_gain_loudness_frames = 0
+    config.model.head_gain_emotion = "none"
+    config.model.head_gain_detached = False
+    config.model.head_mean_detached = False
 
     config.loss = ml_collections.ConfigDict()
     config.loss.vertex_scale = 1000.0  # vertices in metres, losses in millimetres
@@ -83,6 +91,10 @@ def get_config():
     config.loss.lambda_head_style = 0.0
     config.loss.head_speed_width_frames = 2.0
     config.loss.head_size_width_frames = 8.0
+    # Our head-gain term (not in the paper: 0, docs/paper-notes.md): with model.head_noise_path,
+    # the path's expected speed per axis against the speaker's, smoothed over this many frames.
+    config.loss.lambda_head_gain = 0.0
+    config.loss.head_gain_width_frames = 4.0
     # Where L_r and L_t are taken (docs/paper-notes.md): "sample", on the generated sample's head
     # (the paper); "mean", ours, on the head at z = 0, so that per-frame L2 shapes the mean
     # prediction and leaves the samples' motion to the style, diversity and adversarial terms.

@@ -63,6 +63,17 @@ def get_config():
     config.model.head_noise_path = True
     config.loss.lambda_head_style = 0.05
     config.loss.head_reconstruction = "mean"
+    # The gain of the head noise path is regressed on the speaker's per-axis speed, frame by
+    # frame, and reads the loudness of the last 8 frames and the clip's mean emotional embedding
+    # beside G's features, which it leaves alone (docs/training.md has the runs).
+    config.loss.lambda_head_gain = 1.0
+    config.loss.head_gain_width_frames = 1.0
+    config.model.head_gain_loudness_frames = 8
+    config.model.head_gain_emotion = "embedding"
+    config.model.head_gain_detached = True
+    # Our parallel temporal and frequency blocks; the paper's sequential order is the ablation
+    # row of docs/training.md.
+    config.model.emotion_attention = "parallel"
 
     config.train.global_batch = 8
     config.train.epochs = 12

@@ -3,6 +3,8 @@ nothing, so a clip's loss does not depend on how much padding its batch has."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -137,15 +139,31 @@ def head_style_loss(rotation, target, batch, config):
     widths = (config.head_speed_width_frames, config.head_size_width_frames)
     speed, speed_weights, size = head_motion_envelopes(rotation, weights, *widths)
     true_speed, _, true_size = head_motion_envelopes(target, weights, *widths)
-
-    def relative_error(generated, true, frame_weights):
-        error = masked_frame_mean(jnp.sum(jnp.square(generated - true), -1), frame_weights)
-        scale = masked_frame_mean(jnp.sum(jnp.square(true), -1), frame_weights)
-        return error / jnp.maximum(scale, 1e-12)
-
-    return relative_error(speed, true_speed, speed_weights) + relative_error(
+    return _relative_envelope_error(speed, true_speed, speed_weights) + _relative_envelope_error(
         size, true_size, weights
     )
+
+
+def head_gain_loss(gain, target, batch, config):
+    """Our addition (docs/paper-notes.md), weight `loss.lambda_head_gain`: the head noise path's
+    expected angular speed per axis, gain * E|n| (E|n| = sqrt(2 / pi): the path's noise is unit
+    Gaussian per frame), against the speaker's, both smoothed over `head_gain_width_frames`, as
+    the relative squared error of `head_style_loss`. The style term judges one sample, whose
+    speed is gain * |n|, so its gradient for the gain is as noisy as |n|; this term regresses the
+    gain on how fast the speaker's head moves without drawing any noise. gain [B, N, 3] is the
+    angular speed per noise unit of the step into each frame (`integrate_velocity`)."""
+    weights = _frame_weights(batch, "has_head_pose")
+    width = config.head_gain_width_frames
+    true_speed, speed_weights, _ = head_motion_envelopes(target, weights, width, width)
+    expected = gaussian_smooth(gain[:, 1:] * math.sqrt(2 / math.pi), speed_weights, width)
+    return _relative_envelope_error(expected, true_speed, speed_weights)
+
+
+def _relative_envelope_error(generated, true, frame_weights):
+    """Squared error of two [B, N, 3] envelopes summed over axes, over the true one's mean square."""
+    error = masked_frame_mean(jnp.sum(jnp.square(generated - true), -1), frame_weights)
+    scale = masked_frame_mean(jnp.sum(jnp.square(true), -1), frame_weights)
+    return error / jnp.maximum(scale, 1e-12)
 
 
 def estimator_log_likelihood(estimates, factors, weights):
@@ -291,11 +309,11 @@ def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
         L_e   = mi_weight L_mi (Eq. 6) + L_cls + lambda_emotional L_emotional
         total = L_rec (Eq. 5) + lambda_e L_e - lambda_d L_d (Eq. 7)
                 + lambda_g (L_adv + D's identity and emotion terms on the generated faces)
-                + lambda_head_style L_head_style
+                + lambda_head_style L_head_style + lambda_head_gain L_head_gain
 
-    L_emotional ("spoken with emotion") and L_head_style are our additions, 0 in the paper
-    (docs/paper-notes.md). `terms` holds reconstruction, mi, classification, emotional_speech,
-    diversity, adversarial, head_style."""
+    L_emotional ("spoken with emotion"), L_head_style and L_head_gain are our additions, 0 in the
+    paper (docs/paper-notes.md). `terms` holds reconstruction, mi, classification,
+    emotional_speech, diversity, adversarial, head_style, head_gain."""
     guidance = (
         config.mi_weight * terms["mi"]
         + terms["classification"]
@@ -307,5 +325,6 @@ def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
         - config.lambda_d * terms["diversity"]
         + config.lambda_g * (terms["adversarial"] + auxiliary_identity + auxiliary_emotion)
         + config.lambda_head_style * terms["head_style"]
+        + config.lambda_head_gain * terms["head_gain"]
     )
     return guidance, total

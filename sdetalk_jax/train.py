@@ -137,6 +137,11 @@ def generator_terms(networks, first, second, noises, batch, others, loss_config)
     terms["head_style"] = losses.head_style_loss(
         first.get("head_turn", first["rotation"]), batch["rotation"], batch, loss_config
     )
+    terms["head_gain"] = (
+        losses.head_gain_loss(first["head_gain"], batch["rotation"], batch, loss_config)
+        if "head_gain" in first
+        else jnp.zeros(())
+    )
     first_factors = per_frame_factors(first)
     estimator_variables = {"params": others["estimators"]}
     estimates = networks.estimators.apply(estimator_variables, first_factors)

@@ -97,6 +97,40 @@ def test_the_style_term_ignores_padding_and_clips_without_head_pose():
     np.testing.assert_allclose(two, alone, rtol=1e-5)
 
 
+def test_the_gain_term_asks_for_the_speakers_expected_speed_per_axis():
+    frames = 150
+    truth = nodding(frames, shake=0.3)
+    config = loss_config(head_gain_width_frames=4.0)
+    # Per-frame speed of the step into each frame (a vanishing width does not smooth).
+    raw, _, _ = losses.head_motion_envelopes(truth, jnp.ones((1, frames)), 1e-3, 1e-3)
+    matching = jnp.pad(raw, ((0, 0), (1, 0), (0, 0))) / np.sqrt(2 / np.pi)
+
+    def gain_error(gain, target=truth, batch=None):
+        batch = batch or pose_batch(gain.shape[1])
+        return float(losses.head_gain_loss(gain, target, batch, config))
+
+    assert gain_error(matching) == pytest.approx(0.0, abs=1e-4)
+    assert gain_error(0.5 * matching) == pytest.approx(0.25, rel=0.01)  # half as fast
+    # Shaking as much as it should nod and the other way round: clearly wrong.
+    assert gain_error(matching[..., jnp.array([1, 0, 2])]) > 0.8
+    # The right mean speed at every moment, but not when the speaker moves.
+    level = jnp.broadcast_to(matching[:, 1:].mean(1, keepdims=True), matching.shape)
+    assert gain_error(level) > 0.15
+    # Padding and a clip without head pose change nothing.
+    padded = jnp.pad(matching, ((0, 0), (0, 20), (0, 0)), constant_values=5.0)
+    padded_truth = jnp.pad(truth, ((0, 0), (0, 20), (0, 0), (0, 0)))
+    alone = gain_error(0.5 * matching)
+    assert gain_error(0.5 * padded, padded_truth, pose_batch(frames + 20, [frames])) == (
+        pytest.approx(alone, rel=1e-5)
+    )
+    two = gain_error(
+        jnp.concatenate([0.5 * matching, matching]),
+        jnp.concatenate([truth, jnp.broadcast_to(jnp.eye(3), truth.shape)]),
+        pose_batch(frames, has_head_pose=(True, False)),
+    )
+    assert two == pytest.approx(alone, rel=1e-5)
+
+
 def test_the_rotation_term_is_the_templates_vertex_error_in_mm2():
     rng = np.random.default_rng(1)
     template = rng.normal(size=(2, 30 * 3)).astype(np.float32) * 0.08  # metres
@@ -349,7 +383,149 @@ def test_the_head_noise_path_turns_the_head_by_gain_times_noise():
     )
     assert np.abs(turned - np.eye(3)).max() > 1e-3
     np.testing.assert_allclose(turned, out["head_turn"], atol=1e-5)
+    assert out["head_gain"].shape == out["head_turn"].shape[:-1]
     # The path is an option: the paper's generator has no gain layer.
     assert "head_gain" in params["generator"]["face"]
     paper = Networks.build(CONFIG).init_params(jax.random.key(0))
     assert "head_gain" not in paper["generator"]["face"]
+
+
+def test_the_gain_can_read_the_loudness_of_the_frames_before_it():
+    """The loudness path: louder than the clip's usual level just before a frame moves that frame's
+    gain, and what comes after it does not; padding changes nothing."""
+    mel = jax.random.normal(jax.random.key(2), (2, 12, 16))
+    mask = jnp.arange(12)[None] < jnp.array([[12], [9]])
+    window = sdetalk.loudness_window(mel, mask, 4)
+    assert window.shape == (2, 12, 4)
+    np.testing.assert_allclose(window[0, 1:, 1], window[0, :-1, 0], atol=1e-6)  # one frame back
+    np.testing.assert_allclose(window[1, :9, 0].std(), 1.0, atol=1e-3)  # standardised per clip
+    assert float(jnp.abs(window[1, 9:]).max()) == 0.0
+    alone = sdetalk.loudness_window(mel[1:, :9], mask[1:, :9], 4)
+    np.testing.assert_allclose(alone[0], window[1, :9], atol=1e-6)
+
+    import dataclasses
+
+    from sdetalk_jax.models.networks import Networks
+    from tests.test_model import CONFIG
+
+    config = dataclasses.replace(CONFIG, head_noise_path=True, head_gain_loudness_frames=4)
+    batch, _, _, params = sample_and_centre(head_noise_path=True, head_gain_loudness_frames=4)
+    kernel = params["generator"]["face"]["head_gain_cues"]["kernel"]
+    assert kernel.shape == (4, 3)
+
+    def zeroed(params, layer):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: 0 * x if f"'{layer}']['kernel" in jax.tree_util.keystr(path) else x,
+            params,
+        )
+
+    # G's features read by a zero kernel, so that the log-gain stays inside its clip.
+    hearing = zeroed(params["generator"], "head_gain")
+    kernel = 0.2 * kernel
+    hearing["face"]["head_gain_cues"]["kernel"] = kernel
+    deaf = zeroed(hearing, "head_gain_cues")
+    generator = Networks.build(config).generator
+    noise = jnp.zeros(batch["frame_mask"].shape + (config.hidden,))
+    gain, deaf_gain = (
+        generator.apply({"params": p}, batch, noise)["head_gain"] for p in (hearing, deaf)
+    )
+    # log gain = head_gain_log_scale * (G's features + loudness window @ kernel)
+    window = sdetalk.loudness_window(batch["mel"], batch["frame_mask"], 4)
+    expected = config.head_gain_log_scale * jnp.einsum("bnk,kc->bnc", window, kernel)
+    np.testing.assert_allclose(jnp.log(gain / deaf_gain), expected, atol=1e-4)
+    assert float(jnp.abs(expected).max()) > 0.1
+
+
+def test_the_gain_can_read_the_emotion_and_leave_gs_features_alone():
+    """head_gain_emotion: the clip's mixture, the same at every frame, with no gradient back into
+    the classifier; head_gain_detached: the gain's terms do not reach G's attention blocks."""
+    import dataclasses
+
+    from tests.test_model import CONFIG
+
+    mask = jnp.arange(6)[None] < jnp.array([[6], [4]])
+    mixture = jax.nn.softmax(jax.random.normal(jax.random.key(3), (2, CONFIG.num_emotions)))
+    embedding = jax.random.normal(jax.random.key(6), (2, 6, CONFIG.hidden))
+    mel = jax.random.normal(jax.random.key(4), (2, 6, 16))
+
+    def cues(mixture, embedding, emotion):
+        config = dataclasses.replace(
+            CONFIG, head_noise_path=True, head_gain_loudness_frames=3, head_gain_emotion=emotion
+        )
+        return sdetalk.head_gain_cues(mel, mask, mixture, embedding, config)
+
+    read = cues(mixture, embedding, "mixture")
+    assert read.shape == (2, 6, 3 + CONFIG.num_emotions)
+    np.testing.assert_allclose(read[:, :, 3:], jnp.broadcast_to(mixture[:, None], (2, 6, 5)))
+    gradient = jax.grad(lambda m: cues(m, embedding, "mixture").sum())(mixture)
+    assert float(jnp.abs(gradient).max()) == 0.0
+    # e averaged over the clip's real frames, with its gradient: padding frames count for nothing
+    read = cues(mixture, embedding, "embedding")
+    np.testing.assert_allclose(read[1, 0, 3:], embedding[1, :4].mean(0), rtol=1e-5)
+    gradient = jax.grad(lambda e: cues(mixture, e, "embedding").sum())(embedding)
+    assert float(jnp.abs(gradient[1, :4]).min()) > 0 and float(jnp.abs(gradient[1, 4:]).max()) == 0
+    assert cues(mixture, embedding, "none").shape == (2, 6, 3)
+    with pytest.raises(ValueError, match="head_gain_emotion"):
+        cues(mixture, embedding, "valence")
+    assert sdetalk.head_gain_cues(mel, mask, mixture, embedding, CONFIG) is None  # the paper
+
+    grads = gradients_with_and_without(
+        "head_gain_detached", lambda out: out["head_gain"].mean(), jax.random.key(5)
+    )
+    for detached, face in grads.items():
+        reached = float(jnp.abs(face["block_1"]["feedforward_out"]["kernel"]).max())
+        assert (reached == 0.0) == detached, (detached, reached)
+        assert float(jnp.abs(face["head_gain"]["kernel"]).max()) > 0
+
+
+def test_a_run_saved_before_the_options_is_rebuilt_as_trained_or_refused():
+    """config.json of an older run lacks the new fields: the emotion network is rebuilt in the
+    parallel order it was trained with; a head noise path with the old softplus gain, which the
+    log-gain would clip to nothing, is refused with a reason instead of animating a still head."""
+    sizes = dict(num_vertices=10, context_dim=4, num_subjects=2, num_emotions=3)
+    assert sdetalk.SDETalkConfig.from_config({}, **sizes).emotion_attention == "parallel"
+    with pytest.raises(ValueError, match="predates the log-scaled gain"):
+        sdetalk.SDETalkConfig.from_config({"head_noise_path": True}, **sizes)
+    config = sdetalk.SDETalkConfig.from_config(
+        {"head_noise_path": True, "head_gain_log_scale": 10.0}, **sizes
+    )
+    assert config.head_noise_path
+
+
+def test_with_the_mean_head_detached_terms_on_samples_reach_only_the_turn():
+    def sample_head(out):
+        return jnp.sum(out["rotation"] * jnp.arange(9.0).reshape(3, 3)) + out["translation"].sum()
+
+    grads = gradients_with_and_without("head_mean_detached", sample_head, jax.random.key(7))
+    for detached, face in grads.items():
+        mean_head = max(
+            float(jnp.abs(face[name]["kernel"]).max()) for name in ("rotation", "translation")
+        )
+        assert (mean_head == 0.0) == detached, (detached, mean_head)
+        assert float(jnp.abs(face["head_gain"]["kernel"]).max()) > 0
+
+
+def gradients_with_and_without(option, function, key):
+    """{False: grads, True: grads} of function(outputs) for the generator parameters of the test
+    networks (perturbed, with a small gain kernel so that the log-gain stays inside its clip and
+    has a gradient), with the head noise path and `option` off and on."""
+    import dataclasses
+
+    from sdetalk_jax.models.networks import Networks
+    from tests.test_model import CONFIG
+
+    batch, _, _, params = sample_and_centre(head_noise_path=True)
+    face = params["generator"]["face"]
+    face["head_gain"]["kernel"] = 0.01 * face["head_gain"]["kernel"]
+    noise = jax.random.normal(key, batch["frame_mask"].shape + (CONFIG.hidden,))
+    grads = {}
+    for on in (False, True):
+        generator = Networks.build(
+            dataclasses.replace(CONFIG, head_noise_path=True, **{option: on})
+        ).generator
+
+        def apply(p, generator=generator):
+            return function(generator.apply({"params": p}, batch, noise))
+
+        grads[on] = jax.grad(apply)(params["generator"])["face"]
+    return grads

@@ -339,12 +339,17 @@ def test_the_generator_maximises_diversity_and_sees_the_updated_discriminator(
     params = _perturbed(params)
     terms = {
         "reconstruction": 1.0, "mi": 0.5, "classification": 0.2, "emotional_speech": 0.3,
-        "diversity": 0.4, "adversarial": 0.7, "head_style": 0.6,
+        "diversity": 0.4, "adversarial": 0.7, "head_style": 0.6, "head_gain": 0.9,
     }  # fmt: skip
     _, total = losses.generator_objective(terms, 0.1, 0.2, LossConfig)
     _, more_diverse = losses.generator_objective({**terms, "diversity": 1.4}, 0.1, 0.2, LossConfig)
     # L_d is subtracted (Eq. 7 is maximised): more diversity, lower objective
     assert more_diverse - total == pytest.approx(-LossConfig.lambda_d)
+    # Our head terms enter with their weights (0 in the paper's config).
+    weighted = LossConfig.copy_and_resolve_references()
+    weighted.lambda_head_gain, weighted.lambda_head_style = 2.0, 3.0
+    _, with_head = losses.generator_objective(terms, 0.1, 0.2, weighted)
+    assert with_head - total == pytest.approx(2.0 * 0.9 + 3.0 * 0.6)
 
     step, tx = training_step
     state = fresh_state(params, tx)
@@ -544,3 +549,37 @@ def test_the_generators_mi_term_never_moves_the_estimators(networks_and_params, 
         not np.array_equal(v, traverse_util.flatten_dict(results[0]["generator"])[k])
         for k, v in moved_generator.items()
     )  # while the generator does feel the weight
+
+
+@pytest.mark.parametrize("order", ["sequential", "parallel"])
+def test_the_emotion_networks_frequency_block_reads_what_the_order_says(order):
+    """Item 5 of issue 14: in the paper's order the frequency block attends over the temporal
+    block's output, at the paper's 4 heads and width; in ours both read the mel side by side."""
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, emotion_attention=order)
+    network = sdetalk.EmotionEmbeddingNetwork(config)
+    mel = 3.0 * jax.random.normal(jax.random.key(0), (2, 12, config.mel_bins))
+    mask = jnp.arange(12)[None] < jnp.array([[12], [9]])
+    params = network.init(jax.random.key(1), mel, mask)["params"]
+
+    def frequency_output(params):
+        _, state = network.apply(
+            {"params": params}, mel, mask, capture_intermediates=True,
+            mutable=["intermediates"],
+        )  # fmt: skip
+        return np.asarray(state["intermediates"]["frequency"]["__call__"][0])
+
+    # The temporal block's last LayerNorm, scaled: its output (not the mel) changes.
+    norm = params["temporal"]["norm_feedforward"]
+    moved = {**params, "temporal": {**params["temporal"], "norm_feedforward": {
+        **norm, "scale": 3.0 * norm["scale"]}}}  # fmt: skip
+    before = frequency_output(params)
+    changed = np.abs(frequency_output(moved) - before).max() / np.abs(before).max()
+    query = params["frequency"]["block"]["self_attention"]["query"]["kernel"]
+    if order == "sequential":
+        assert changed > 0.05
+        assert query.shape == (config.hidden, config.heads, config.hidden // config.heads)
+    else:
+        assert changed == 0.0
+        assert query.shape == (config.frequency_dim, 2, config.frequency_dim // 2)

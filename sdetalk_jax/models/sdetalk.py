@@ -35,6 +35,14 @@ class SDETalkConfig:
     frequency_bands: int = 32  # mel bins are pooled into bands, one token each
     frequency_dim: int = 32
     frequency_window: int = 5  # frames of context per band token
+    # How the emotion network joins its two attention blocks. "sequential", the paper's (Sec. 2.1,
+    # configs/biwi.py): the temporal block works on the mel's own bins (so each channel of its
+    # output is still a mel bin, through the residual path; 128 bins = `hidden` in the paper),
+    # the frequency block attends across the bands of that output at `heads` and `hidden`, and the
+    # two outputs are fused. "parallel", ours (docs/training.md has the ablation): both read the
+    # mel, the frequency block at 2 heads and `frequency_dim`; the default, so that runs saved
+    # before the option existed are rebuilt as they were trained.
+    emotion_attention: str = "parallel"
     discriminator_blocks: int = 2
     # Residual dropout in the generator's attention blocks during training (the paper is silent;
     # 0.1 is PyTorch's transformer default). Evaluation and inference are deterministic.
@@ -61,6 +69,27 @@ class SDETalkConfig:
     # The integrated angle forgets its slow drift over about this many frames (a Gaussian
     # high-pass), so that the head returns towards its mean pose as a speaker's does.
     head_drift_frames: float = 50.0
+    # Log-gain per output unit of the head noise path's gain layer (see EmotionalFaceGenerator).
+    head_gain_log_scale: float = 10.0
+    # Our option (docs/paper-notes.md): the gain also reads the speech's loudness (`loudness_window`)
+    # over this many frames up to its own, a direct path for "the head moves with the stressed
+    # syllables" beside G's features. 0: G's features only.
+    head_gain_loudness_frames: int = 0
+    # Our option: the gain also reads the clip's emotion, the same at every frame: how far and how
+    # the head moves is the emotion's style, "nodding for positive, shaking for negative
+    # reactions" (Sec. 1). "mixture": y_e, its gradient stopped (the head does not bend the
+    # classifier); "embedding": e averaged over the clip, so that the head terms also teach the
+    # emotion network what in the voice sets the head's style; "none".
+    head_gain_emotion: str = "none"
+    # Our option: G's features enter the gain with their gradient stopped, so that the head
+    # path's terms (style, gain, and D and L_d through the samples) do not reshape G's attention
+    # blocks, which the face is read from (with head_gain_emotion = "embedding" they still teach
+    # the emotion network, by design).
+    head_gain_detached: bool = False
+    # Our option: a sample's head is the noise path's turn of the mean head with the mean head's
+    # gradient stopped, so that the mean head is learnt by L_r and L_t at z = 0 alone (with
+    # loss.head_reconstruction = "mean") and the terms on samples (D, L_d, style) shape the turn.
+    head_mean_detached: bool = False
     # Metres per network output unit for vertex and translation outputs: the heads predict
     # millimetres, so an optimiser step of lr moves a vertex by about lr mm, not lr metres.
     motion_unit: float = 1e-3
@@ -69,6 +98,13 @@ class SDETalkConfig:
     def from_config(cls, config, **derived) -> SDETalkConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in dict(config).items() if k in fields}
+        if values.get("head_noise_path") and "head_gain_log_scale" not in values:
+            # Such a run's gain layer is softplus(Dense) with a bias near -5.8, which the log-gain
+            # reading would clip to nothing: the head would silently stop turning.
+            raise ValueError(
+                "this run's head noise path predates the log-scaled gain (model.head_gain_log_scale)"
+                " and cannot be rebuilt by this version; train it again"
+            )
         values.update(derived)
         return cls(**values)
 
@@ -134,6 +170,46 @@ def smooth_noise(noise, mask, width: float):
 def scaled_mel(mel):
     """The emotion network's input scale: log-mel values lie in about [-14, 6]."""
     return (mel + 4.0) / 5.0
+
+
+def loudness_window(mel, mask, frames: int) -> jax.Array:
+    """[B, N, frames]: each frame's loudness (mean log-mel, standardised over the clip's real
+    frames: louder or softer than this clip usually is) and that of the `frames - 1` frames before
+    it; zero before the clip and on padding, so that padding changes nothing."""
+    level = mel.mean(-1)[..., None]
+    centred = level - masked_mean(level, mask)[:, None]
+    spread = jnp.sqrt(masked_mean(jnp.square(centred), mask) + 1e-6)[:, None]
+    level = (centred / spread)[..., 0] * mask.astype(mel.dtype)
+    padded = jnp.pad(level, ((0, 0), (frames - 1, 0)))
+    length = level.shape[1]
+    window = jnp.stack(
+        [padded[:, frames - 1 - k : frames - 1 - k + length] for k in range(frames)], -1
+    )
+    return window * mask[..., None].astype(mel.dtype)
+
+
+def head_gain_cues(mel, mask, mixture, embedding, config):
+    """[B, N, K] or None: what the head noise path's gain reads beside G's features, by config:
+    the loudness window (`head_gain_loudness_frames`) and the clip's emotion (`head_gain_emotion`:
+    the mixture y_e with its gradient stopped, or e averaged over the clip's real frames)."""
+    if not config.head_noise_path:
+        return None
+    cues = []
+    if config.head_gain_loudness_frames > 0:
+        cues.append(loudness_window(mel, mask, config.head_gain_loudness_frames))
+    emotion = {
+        "none": None,
+        "mixture": lambda: jax.lax.stop_gradient(mixture),
+        "embedding": lambda: masked_mean(embedding, mask),
+    }
+    if config.head_gain_emotion not in emotion:
+        raise ValueError(
+            f"model.head_gain_emotion is {config.head_gain_emotion!r}: one of {', '.join(emotion)}"
+        )
+    if emotion[config.head_gain_emotion] is not None:
+        per_clip = emotion[config.head_gain_emotion]()
+        cues.append(jnp.broadcast_to(per_clip[:, None], mask.shape + per_clip.shape[-1:]))
+    return jnp.concatenate(cues, -1) if cues else None
 
 
 def pose_faces(faces, rotation, translation):
@@ -226,9 +302,12 @@ class AttentionBlock(nn.Module):
 
 class FrequencyAttention(nn.Module):
     """Per frame, attention across frequency bands with a learned summary token (like a ViT class
-    token): each band token sees its log-energy over a few neighbouring frames."""
+    token): each band token sees its values over a few neighbouring frames. Tokens are `dim` wide,
+    with `heads` heads."""
 
     config: SDETalkConfig
+    dim: int
+    heads: int
 
     @nn.compact
     def __call__(self, mel, mask, deterministic: bool = True):  # mel [B, N, bins] -> [B, N, hidden]
@@ -242,28 +321,27 @@ class FrequencyAttention(nn.Module):
         windows = jnp.stack(
             [padded[:, i : i + frames] for i in range(config.frequency_window)], axis=-1
         )
-        tokens = nn.Dense(config.frequency_dim, name="band_projection")(windows)  # [B, N, bands, d]
+        tokens = nn.Dense(self.dim, name="band_projection")(windows)  # [B, N, bands, dim]
         tokens = tokens + self.param(
-            "band_embedding",
-            nn.initializers.normal(0.02),
-            (config.frequency_bands, config.frequency_dim),
+            "band_embedding", nn.initializers.normal(0.02), (config.frequency_bands, self.dim)
         )
-        summary = self.param("summary_token", nn.initializers.normal(0.02), (config.frequency_dim,))
+        summary = self.param("summary_token", nn.initializers.normal(0.02), (self.dim,))
         tokens = jnp.concatenate(
-            [jnp.broadcast_to(summary, (batch, frames, 1, config.frequency_dim)), tokens], 2
+            [jnp.broadcast_to(summary, (batch, frames, 1, self.dim)), tokens], 2
         )
-        tokens = tokens.reshape(batch * frames, config.frequency_bands + 1, config.frequency_dim)
+        tokens = tokens.reshape(batch * frames, config.frequency_bands + 1, self.dim)
         all_bands = jnp.ones(tokens.shape[:2], bool)
         tokens = AttentionBlock(
-            config.frequency_dim, 2, 2 * config.frequency_dim, dropout=config.dropout, name="block"
+            self.dim, self.heads, 2 * self.dim, dropout=config.dropout, name="block"
         )(tokens, all_bands, deterministic=deterministic)
-        summary_out = tokens[:, 0].reshape(batch, frames, config.frequency_dim)
+        summary_out = tokens[:, 0].reshape(batch, frames, self.dim)
         return nn.Dense(config.hidden, name="out")(summary_out) * mask[..., None]
 
 
 class EmotionEmbeddingNetwork(nn.Module):
-    """Mel spectrogram -> emotional embedding e [B, N, hidden] (Fig. 3): temporal attention, then
-    frequency attention with a summary token, fused."""
+    """Mel spectrogram -> emotional embedding e [B, N, hidden] (Fig. 3): temporal attention and
+    frequency attention with a summary token, sequentially (the paper) or side by side
+    (`emotion_attention`), fused."""
 
     config: SDETalkConfig
 
@@ -286,12 +364,34 @@ class EmotionEmbeddingNetwork(nn.Module):
         # Padded frames become exact zeros, as beyond the ends of an unpadded clip: the frequency
         # block's time windows then read the same values either way.
         normalised = normalised * mask[..., None]
-        temporal = nn.Dense(config.hidden, name="temporal_in")(normalised)
-        temporal = temporal + sinusoidal_positions(mel.shape[1], config.hidden)
-        temporal = AttentionBlock(
-            config.hidden, config.heads, config.feedforward, dropout=config.dropout, name="temporal"
-        )(temporal, mask, deterministic=deterministic)
-        frequency = FrequencyAttention(config, name="frequency")(normalised, mask, deterministic)
+        if config.emotion_attention == "sequential":
+            bins = mel.shape[-1]
+            temporal = AttentionBlock(
+                bins, config.heads, config.feedforward, dropout=config.dropout, name="temporal"
+            )(
+                normalised + sinusoidal_positions(mel.shape[1], bins),
+                mask,
+                deterministic=deterministic,
+            )
+            temporal = temporal * mask[..., None]
+            frequency = FrequencyAttention(
+                config, config.hidden, config.heads, name="frequency"
+            )(temporal, mask, deterministic)  # fmt: skip
+        elif config.emotion_attention == "parallel":
+            temporal = nn.Dense(config.hidden, name="temporal_in")(normalised)
+            temporal = temporal + sinusoidal_positions(mel.shape[1], config.hidden)
+            temporal = AttentionBlock(
+                config.hidden, config.heads, config.feedforward, dropout=config.dropout,
+                name="temporal",
+            )(temporal, mask, deterministic=deterministic)  # fmt: skip
+            frequency = FrequencyAttention(
+                config, config.frequency_dim, 2, name="frequency"
+            )(normalised, mask, deterministic)  # fmt: skip
+        else:
+            raise ValueError(
+                f"model.emotion_attention is {config.emotion_attention!r}: "
+                "'sequential' (the paper) or 'parallel'"
+            )
         fused = nn.Dense(config.hidden, name="fuse")(jnp.concatenate([temporal, frequency], -1))
         return nn.LayerNorm(name="fuse_norm")(fused) * mask[..., None]
 
@@ -317,8 +417,17 @@ class EmotionalFaceGenerator(nn.Module):
     config: SDETalkConfig
 
     @nn.compact
-    def __call__(self, neutral_motion, embedding, diversified, mask, deterministic: bool = True):
-        """-> (f^e offset, R, T, the head gain [B, N, 3] of the head noise path or None)."""
+    def __call__(
+        self,
+        neutral_motion,
+        embedding,
+        diversified,
+        mask,
+        deterministic: bool = True,
+        speech_cues=None,
+    ):
+        """-> (f^e offset, R, T, the head gain [B, N, 3] of the head noise path or None).
+        speech_cues [B, N, K] or None: what the gain reads beside G's features (`head_gain_cues`)."""
         config = self.config
         # f^n (+) e through one linear layer, written as the sum of its two blocks so that each
         # part is initialised for its own width: e (128 wide) is not drowned by f^n (V*3 wide).
@@ -348,13 +457,18 @@ class EmotionalFaceGenerator(nn.Module):
         )(query)
         gain = None
         if config.head_noise_path:
-            # angular speed per noise unit, starting at 0.003 rad (0.17 deg) per frame
-            gain = jax.nn.softplus(
-                nn.Dense(
-                    3, kernel_init=nn.initializers.zeros,
-                    bias_init=nn.initializers.constant(np.log(np.expm1(0.003))), name="head_gain",
-                )(query)
-            )  # fmt: skip
+            # Angular speed per noise unit, starting at 0.003 rad (0.17 deg) per frame, in log
+            # units of head_gain_log_scale per output unit: an optimiser step of lr changes the
+            # gain by about head_gain_log_scale * lr relative (as motion_unit does for vertices),
+            # so it can follow the speech within a short run.
+            features = jax.lax.stop_gradient(query) if config.head_gain_detached else query
+            log_gain = nn.Dense(3, kernel_init=nn.initializers.zeros, name="head_gain")(features)
+            if speech_cues is not None:
+                log_gain = log_gain + nn.Dense(
+                    3, use_bias=False, kernel_init=nn.initializers.zeros, name="head_gain_cues"
+                )(speech_cues)
+            log_gain = config.head_gain_log_scale * log_gain
+            gain = 0.003 * jnp.exp(jnp.clip(log_gain, -10.0, 5.0))
         return expression, rotation, translation, gain
 
 
@@ -403,17 +517,20 @@ class Generator(nn.Module):
         # emotional expressions"): G reads f^n and adds the expression on top of it, but its losses
         # do not reach G_n, so f^n stays a neutral face and "G_n alone" is a real baseline.
         neutral_fixed = jax.lax.stop_gradient(neutral)
+        cues = head_gain_cues(batch["mel"], mask, mixture, embedding, self.config)
         offset, rotation, translation, _ = self.face_generator(
-            jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask, deterministic
-        )
+            jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask, deterministic,
+            cues,
+        )  # fmt: skip
         expression = neutral_fixed + offset  # f^e
         extra = {}
         if mean_head or self.config.head_noise_path:
             # G again at the centre of the noise (e~ = mu); only its head is used, so XLA drops
             # the expression layer of this pass.
             _, mean_rotation, mean_translation, gain = self.face_generator(
-                jax.lax.stop_gradient(neutral_motion), embedding, mean, mask, deterministic
-            )
+                jax.lax.stop_gradient(neutral_motion), embedding, mean, mask, deterministic,
+                cues,
+            )  # fmt: skip
             extra = {"mean_rotation": mean_rotation, "mean_translation": mean_translation}
             if gain is not None:
                 # A sample's head is the mean head turned by the noise path: angular velocity
@@ -421,7 +538,12 @@ class Generator(nn.Module):
                 # this path moves it from sample to sample.
                 angle = integrate_velocity(gain * head_noise, mask, self.config.head_drift_frames)
                 extra["head_turn"] = rotation_from_vector(angle)
-                rotation, translation = extra["head_turn"] @ mean_rotation, mean_translation
+                extra["head_gain"] = gain
+                base_rotation, translation = mean_rotation, mean_translation
+                if self.config.head_mean_detached:
+                    base_rotation = jax.lax.stop_gradient(mean_rotation)
+                    translation = jax.lax.stop_gradient(mean_translation)
+                rotation = extra["head_turn"] @ base_rotation
         return {
             **extra,
             "identity": identity,
