@@ -529,3 +529,49 @@ def gradients_with_and_without(option, function, key):
 
         grads[on] = jax.grad(apply)(params["generator"])["face"]
     return grads
+
+
+def test_the_smoothed_mean_head_is_a_rotation_without_the_jitter():
+    frames = 60
+    rng = np.random.default_rng(0)
+    slow = nodding(frames, amplitude_deg=4.0, frequency=0.5)
+    jitter = np.radians(0.5) * rng.standard_normal((frames, 3))
+    shaky = jnp.einsum(
+        "bnij,njk->bnik", slow, jnp.asarray(rotation_matrices(*jitter.T), jnp.float32)
+    )
+    translation = jnp.asarray(rng.standard_normal((1, frames, 3)), jnp.float32)
+    mask = jnp.ones((1, frames), bool)
+    smoothed, moved = sdetalk.smooth_head_pose(shaky, translation, mask, 3.0)
+    np.testing.assert_allclose(
+        jnp.einsum("bnij,bnkj->bnik", smoothed, smoothed), jnp.broadcast_to(jnp.eye(3), shaky.shape),
+        atol=1e-5,
+    )  # fmt: skip
+    np.testing.assert_allclose(jnp.linalg.det(smoothed), 1.0, atol=1e-5)
+    speed = losses.head_motion_envelopes(shaky, mask.astype(jnp.float32), 1e-3, 8.0)[0].sum(-1)
+    calmer = losses.head_motion_envelopes(smoothed, mask.astype(jnp.float32), 1e-3, 8.0)[0].sum(-1)
+    assert float(calmer.mean()) < 0.3 * float(speed.mean())
+    # the slow nod is kept: the smoothed head stays close to it
+    assert float(jnp.abs(smoothed - slow).max()) < float(jnp.abs(shaky - slow).max())
+    assert float(moved.std()) < 0.5 * float(translation.std())
+    # a still head stays still; padding changes nothing
+    still = jnp.broadcast_to(jnp.eye(3), shaky.shape)
+    np.testing.assert_allclose(
+        sdetalk.smooth_head_pose(still, translation, mask, 3.0)[0], still, atol=1e-6
+    )
+    padded = jnp.pad(shaky, ((0, 0), (0, 10), (0, 0), (0, 0)), constant_values=2.0)
+    padded_mask = jnp.arange(frames + 10)[None] < frames
+    alone = sdetalk.smooth_head_pose(
+        padded, jnp.pad(translation, ((0, 0), (0, 10), (0, 0))), padded_mask, 3.0
+    )[0][:, :frames]
+    np.testing.assert_allclose(alone, smoothed, atol=1e-5)
+
+    # In the generator: the mean head (z = 0) is the smoothed one.
+    _, out, at_zero, _ = sample_and_centre(head_noise_path=True, head_mean_smoothing_frames=3.0)
+    np.testing.assert_allclose(out["mean_rotation"], at_zero["rotation"], atol=1e-5)
+    batch, _, unsmoothed, _ = sample_and_centre(head_noise_path=True)
+    raw, batch_mask = unsmoothed["rotation"], batch["frame_mask"]
+    expected, _ = sdetalk.smooth_head_pose(raw, jnp.zeros(raw.shape[:-1]), batch_mask, 3.0)
+    real = np.asarray(batch_mask)
+    np.testing.assert_allclose(
+        np.asarray(at_zero["rotation"])[real], np.asarray(expected)[real], atol=1e-5
+    )

@@ -90,6 +90,11 @@ class SDETalkConfig:
     # gradient stopped, so that the mean head is learnt by L_r and L_t at z = 0 alone (with
     # loss.head_reconstruction = "mean") and the terms on samples (D, L_d, style) shape the turn.
     head_mean_detached: bool = False
+    # Our option: the mean head (G's pose at z = 0, the base a sample's turn is applied to) is
+    # averaged over time by a Gaussian of this many frames (`smooth_head_pose`). Per-frame L2 at
+    # the paper's weight leaves it jittering at about a third of a speaker's speed, motion that
+    # follows neither the speech nor the emotion and that every sample inherits. 0: as G gives it.
+    head_mean_smoothing_frames: float = 0.0
     # Metres per network output unit for vertex and translation outputs: the heads predict
     # millimetres, so an optimiser step of lr moves a vertex by about lr mm, not lr metres.
     motion_unit: float = 1e-3
@@ -238,6 +243,15 @@ def gaussian_smooth(values, mask, width: float):
     weights = mask.astype(values.dtype)
     total = jnp.einsum("ts,bs,bsk->btk", kernel, weights, values)
     return total / jnp.maximum(jnp.einsum("ts,bs->bt", kernel, weights), 1e-6)[..., None]
+
+
+def smooth_head_pose(rotation, translation, mask, width: float):
+    """The head pose [B, N, 3, 3] and [B, N, 3] averaged over time by a Gaussian of `width` frames
+    over real frames: the rotation through its first two rows (its 6-D parameters) and
+    Gram-Schmidt, so that the result is again a rotation."""
+    batch, frames = mask.shape
+    rows = gaussian_smooth(rotation[..., :2, :].reshape(batch, frames, 6), mask, width)
+    return rotation_from_6d(rows), gaussian_smooth(translation, mask, width)
 
 
 def integrate_velocity(velocity, mask, drift_frames: float):
@@ -531,6 +545,10 @@ class Generator(nn.Module):
                 jax.lax.stop_gradient(neutral_motion), embedding, mean, mask, deterministic,
                 cues,
             )  # fmt: skip
+            if self.config.head_mean_smoothing_frames > 0:
+                mean_rotation, mean_translation = smooth_head_pose(
+                    mean_rotation, mean_translation, mask, self.config.head_mean_smoothing_frames
+                )
             extra = {"mean_rotation": mean_rotation, "mean_translation": mean_translation}
             if gain is not None:
                 # A sample's head is the mean head turned by the noise path: angular velocity
