@@ -564,6 +564,16 @@ def test_the_smoothed_mean_head_is_a_rotation_without_the_jitter():
         padded, jnp.pad(translation, ((0, 0), (0, 10), (0, 0))), padded_mask, 3.0
     )[0][:, :frames]
     np.testing.assert_allclose(alone, smoothed, atol=1e-5)
+    # Long padding, beyond the Gaussian's reach: the gradient stays finite (a NaN there once
+    # stopped a training run at step 14).
+    long_mask = jnp.arange(frames + 200)[None] < frames
+    long = jnp.pad(shaky, ((0, 0), (0, 200), (0, 0), (0, 0)), mode="edge")
+
+    def first_frames(rotation):
+        pose = sdetalk.smooth_head_pose(rotation, jnp.zeros(rotation.shape[:-1]), long_mask, 3.0)
+        return jnp.sum(pose[0][:, :frames] * jnp.arange(9.0).reshape(3, 3))
+
+    assert bool(jnp.all(jnp.isfinite(jax.grad(first_frames)(long))))
 
     # In the generator: the mean head (z = 0) is the smoothed one.
     _, out, at_zero, _ = sample_and_centre(head_noise_path=True, head_mean_smoothing_frames=3.0)

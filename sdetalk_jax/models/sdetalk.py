@@ -250,8 +250,13 @@ def smooth_head_pose(rotation, translation, mask, width: float):
     over real frames: the rotation through its first two rows (its 6-D parameters) and
     Gram-Schmidt, so that the result is again a rotation."""
     batch, frames = mask.shape
-    rows = gaussian_smooth(rotation[..., :2, :].reshape(batch, frames, 6), mask, width)
-    return rotation_from_6d(rows), gaussian_smooth(translation, mask, width)
+    rows = rotation[..., :2, :].reshape(batch, frames, 6)
+    real = mask[..., None].astype(bool)
+    # Padded frames keep their own pose: far from every real frame their smoothed rows would be
+    # zero, and Gram-Schmidt's gradient at zero is NaN (which a mask cannot multiply away).
+    rows = jnp.where(real, gaussian_smooth(rows, mask, width), rows)
+    translation = jnp.where(real, gaussian_smooth(translation, mask, width), translation)
+    return rotation_from_6d(rows), translation
 
 
 def integrate_velocity(velocity, mask, drift_frames: float):
