@@ -59,6 +59,7 @@ def get_config():
     config.model.cross_attention_window = 0
     # Our addition: the head also turns by a predicted gain times three channels of the noise.
     config.model.head_noise_path = False
+    config.model.head_noise = "gaussian"
     config.model.head_drift_frames = 50.0
     config.model.head_gain_log_scale = 10.0
     config.model.head_gain_loudness_frames = 0

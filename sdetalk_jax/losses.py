@@ -3,8 +3,6 @@ nothing, so a clip's loss does not depend on how much padding its batch has."""
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -13,8 +11,12 @@ from sdetalk_jax.models.sdetalk import (
     MI_PAIRS,
     gaussian_log_likelihood,
     gaussian_smooth,
+    head_noise_mean_abs,
     masked_mean,
 )
+
+# E|n| of a unit Gaussian: the head noise path's n unless model.head_noise says otherwise.
+GAUSSIAN_MEAN_ABS = head_noise_mean_abs("gaussian")
 
 
 def _frame_weights(batch, flag: str | None = None):
@@ -144,10 +146,10 @@ def head_style_loss(rotation, target, batch, config):
     )
 
 
-def head_gain_loss(gain, target, batch, config):
+def head_gain_loss(gain, target, batch, config, noise_mean_abs=GAUSSIAN_MEAN_ABS):
     """Our addition (docs/paper-notes.md), weight `loss.lambda_head_gain`: the head noise path's
-    expected angular speed per axis, gain * E|n| (E|n| = sqrt(2 / pi): the path's noise is unit
-    Gaussian per frame), against the speaker's, both smoothed over `head_gain_width_frames`, as
+    expected angular speed per axis, gain * E|n| (`noise_mean_abs`, from
+    `sdetalk.head_noise_mean_abs`; sqrt(2 / pi) for unit Gaussian noise), against the speaker's, both smoothed over `head_gain_width_frames`, as
     the relative squared error of `head_style_loss`. The style term judges one sample, whose
     speed is gain * |n|, so its gradient for the gain is as noisy as |n|; this term regresses the
     gain on how fast the speaker's head moves without drawing any noise. gain [B, N, 3] is the
@@ -155,7 +157,7 @@ def head_gain_loss(gain, target, batch, config):
     weights = _frame_weights(batch, "has_head_pose")
     width = config.head_gain_width_frames
     true_speed, speed_weights, _ = head_motion_envelopes(target, weights, width, width)
-    expected = gaussian_smooth(gain[:, 1:] * math.sqrt(2 / math.pi), speed_weights, width)
+    expected = gaussian_smooth(gain[:, 1:] * noise_mean_abs, speed_weights, width)
     return _relative_envelope_error(expected, true_speed, speed_weights)
 
 

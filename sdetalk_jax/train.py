@@ -30,7 +30,12 @@ from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
 from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
 from sdetalk_jax.models.networks import Networks, speaker_mel_baseline
-from sdetalk_jax.models.sdetalk import SDETalkConfig, per_frame_factors, pose_faces
+from sdetalk_jax.models.sdetalk import (
+    SDETalkConfig,
+    head_noise_mean_abs,
+    per_frame_factors,
+    pose_faces,
+)
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
@@ -138,7 +143,13 @@ def generator_terms(networks, first, second, noises, batch, others, loss_config)
         first.get("head_turn", first["rotation"]), batch["rotation"], batch, loss_config
     )
     terms["head_gain"] = (
-        losses.head_gain_loss(first["head_gain"], batch["rotation"], batch, loss_config)
+        losses.head_gain_loss(
+            first["head_gain"],
+            batch["rotation"],
+            batch,
+            loss_config,
+            head_noise_mean_abs(networks.config.head_noise),
+        )
         if "head_gain" in first
         else jnp.zeros(())
     )

@@ -585,3 +585,61 @@ def test_the_smoothed_mean_head_is_a_rotation_without_the_jitter():
     np.testing.assert_allclose(
         np.asarray(at_zero["rotation"])[real], np.asarray(expected)[real], atol=1e-5
     )
+
+
+def test_direction_noise_leaves_the_head_speed_to_the_gain():
+    from sdetalk_jax.metrics import head_rotation_vectors
+
+    z = jax.random.normal(jax.random.key(3), (2, 4000, 8))
+    mask = jnp.ones(z.shape[:2], bool)
+    for kind in sdetalk.HEAD_NOISE_KINDS:
+        n = np.asarray(sdetalk.head_noise(z, mask, kind))
+        # the loss's E|n_k| and unit variance per axis, as the gain's units assume
+        np.testing.assert_allclose(
+            np.abs(n).mean((0, 1)), sdetalk.head_noise_mean_abs(kind), rtol=0.03
+        )
+        np.testing.assert_allclose(np.square(n).mean((0, 1)), 1.0, rtol=0.05)
+    np.testing.assert_allclose(
+        np.linalg.norm(sdetalk.head_noise(z, mask, "direction"), axis=-1), np.sqrt(3), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="model.head_noise"):
+        sdetalk.head_noise(z, mask, "uniform")
+    # "balanced": every axis of every clip turns with a mean square of exactly 1 over its real
+    # frames (padding, here the second clip's last 3000 frames, takes no part in it).
+    short = mask.at[1, 1000:].set(False)
+    balanced = np.asarray(sdetalk.head_noise(z, short, "balanced"))
+    np.testing.assert_allclose(np.square(balanced[0]).mean(0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.square(balanced[1, :1000]).mean(0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        balanced[1, :1000], sdetalk.head_noise(z[1:, :1000], mask[1:, :1000], "balanced")[0],
+        rtol=1e-5,
+    )  # fmt: skip
+
+    # In the model: the noise that turned the head, read back from a sample's turn (its angle
+    # vectors, differenced) over the gain, has length sqrt(3) at every frame with "direction".
+    import dataclasses
+
+    from sdetalk_jax.models.networks import Networks
+    from tests.test_model import CONFIG
+
+    batch, _, _, params = sample_and_centre(head_noise_path=True)
+    face = params["generator"]["face"]
+    face["head_gain"]["kernel"] = 0.01 * face["head_gain"]["kernel"]  # inside the gain's clip
+    noise = jax.random.normal(jax.random.key(4), batch["frame_mask"].shape + (CONFIG.hidden,))
+
+    def noise_lengths(kind):
+        config = dataclasses.replace(
+            CONFIG, head_noise_path=True, head_noise=kind, head_drift_frames=1e6
+        )
+        out = Networks.build(config).generator.apply({"params": params["generator"]}, batch, noise)
+        lengths = []
+        for clip, length in enumerate(np.asarray(batch["frame_mask"]).sum(1)):
+            turns = np.asarray(out["head_turn"][clip, :length])
+            angles = np.stack([head_rotation_vectors(np.stack([np.eye(3), r]))[0] for r in turns])
+            gain = np.asarray(out["head_gain"][clip, 1:length], np.float64)
+            assert np.std(np.log(gain)) > 0.1  # a gain that changes over the clip
+            lengths.append(np.linalg.norm(np.diff(angles, axis=0) / gain, axis=-1))
+        return np.concatenate(lengths)
+
+    np.testing.assert_allclose(noise_lengths("direction"), np.sqrt(3), rtol=0.02)
+    assert np.std(noise_lengths("gaussian")) > 0.2

@@ -13,6 +13,7 @@ paper leaves open are in docs/paper-notes.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -66,6 +67,12 @@ class SDETalkConfig:
     # between nodding and shaking, is G's to predict from the speech; the direction of each
     # movement is the noise's. At z = 0 it adds nothing.
     head_noise_path: bool = False
+    # What n is in the head noise path (`head_noise`). "gaussian": three channels of the smoothed
+    # noise, N(0, 1) per axis and frame, so a sample's speed is gain * |n| and varies from frame to
+    # frame as much as the gain does. "direction", our option (docs/paper-notes.md): only their
+    # direction, scaled to unit variance per axis, so that the gain alone sets how fast the head
+    # turns at each moment and the noise only which way.
+    head_noise: str = "gaussian"
     # The integrated angle forgets its slow drift over about this many frames (a Gaussian
     # high-pass), so that the head returns towards its mean pose as a speaker's does.
     head_drift_frames: float = 50.0
@@ -170,6 +177,40 @@ def smooth_noise(noise, mask, width: float):
     # The sum of independent N(0, 1) with these weights has variance sum(kernel^2).
     variance = jnp.einsum("ts,bs->bt", jnp.square(kernel), weights)
     return smoothed / jnp.sqrt(jnp.maximum(variance, 1e-12))[..., None]
+
+
+HEAD_NOISE_KINDS = ("gaussian", "direction", "balanced")
+
+
+def head_noise(noise, mask, kind: str) -> jax.Array:
+    """The head noise path's n [B, N, 3] from the (smoothed) noise z [B, N, D] (mask [B, N]):
+    "gaussian": its first three channels;
+    "direction": their direction times sqrt(3), so |n| = sqrt(3) at every frame and E[n_k^2] = 1
+      as for the Gaussian;
+    "balanced": the direction with each axis rescaled to a mean square of 1 over the clip's real
+      frames, so that a sample's split between nodding and shaking is the gain's, not the luck of
+      its draw (|n| stays near sqrt(3))."""
+    channels = noise[..., :3]
+    if kind == "gaussian":
+        return channels
+    if kind not in HEAD_NOISE_KINDS:
+        raise ValueError(f"model.head_noise must be one of {HEAD_NOISE_KINDS}, not {kind!r}")
+    norm = jnp.sqrt(jnp.sum(jnp.square(channels), -1, keepdims=True) + 1e-12)
+    direction = math.sqrt(3.0) * channels / norm
+    if kind == "direction":
+        return direction
+    mean_square = masked_mean(jnp.square(direction), mask)  # [B, 3]
+    return direction / jnp.sqrt(mean_square + 1e-12)[:, None]
+
+
+def head_noise_mean_abs(kind: str) -> float:
+    """E|n_k| per axis of `head_noise`: sqrt(2 / pi) for a unit Gaussian; sqrt(3) / 2 for the
+    direction, whose components are uniform on [-1, 1] (Archimedes) before the sqrt(3)."""
+    if kind == "gaussian":
+        return math.sqrt(2 / math.pi)
+    if kind in ("direction", "balanced"):
+        return math.sqrt(3.0) / 2
+    raise ValueError(f"model.head_noise must be one of {HEAD_NOISE_KINDS}, not {kind!r}")
 
 
 def scaled_mel(mel):
@@ -531,7 +572,7 @@ class Generator(nn.Module):
         log_variance = jnp.clip(log_variance, -8.0, 4.0)
         noise = smooth_noise(noise, mask, self.config.noise_smoothing_frames)
         diversified = mean + jnp.exp(0.5 * log_variance) * noise  # e~, reparameterised
-        head_noise = noise[..., :3]
+        turn_noise = head_noise(noise, mask, self.config.head_noise)
         # G_n is trained by L_n alone ("we separately estimate the neutral mouth shape and the
         # emotional expressions"): G reads f^n and adds the expression on top of it, but its losses
         # do not reach G_n, so f^n stays a neutral face and "G_n alone" is a real baseline.
@@ -559,7 +600,7 @@ class Generator(nn.Module):
                 # A sample's head is the mean head turned by the noise path: angular velocity
                 # gain * n per axis, integrated. The mean head carries no noise, so nothing but
                 # this path moves it from sample to sample.
-                angle = integrate_velocity(gain * head_noise, mask, self.config.head_drift_frames)
+                angle = integrate_velocity(gain * turn_noise, mask, self.config.head_drift_frames)
                 extra["head_turn"] = rotation_from_vector(angle)
                 extra["head_gain"] = gain
                 base_rotation, translation = mean_rotation, mean_translation
