@@ -67,6 +67,7 @@ def get_config():
     config.model.head_gain_detached = False
     config.model.head_mean_detached = False
     config.model.head_mean_smoothing_frames = 0.0
+    config.model.head_mean_pose = "learned"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.vertex_scale = 1000.0  # vertices in metres, losses in millimetres

@@ -643,3 +643,31 @@ def test_direction_noise_leaves_the_head_speed_to_the_gain():
 
     np.testing.assert_allclose(noise_lengths("direction"), np.sqrt(3), rtol=0.02)
     assert np.std(noise_lengths("gaussian")) > 0.2
+
+
+def test_a_mean_head_at_rest_stands_still_at_z0_and_moves_in_samples():
+    import dataclasses
+
+    from sdetalk_jax.models.networks import Networks
+    from tests.test_model import CONFIG
+
+    batch, out, at_zero, _ = sample_and_centre(head_noise_path=True, head_mean_pose="rest")
+    # the perturbed G would tilt the head (as test_the_head_noise_path_... shows); at rest it does not
+    np.testing.assert_allclose(
+        at_zero["rotation"], np.broadcast_to(np.eye(3), at_zero["rotation"].shape), atol=1e-6
+    )
+    np.testing.assert_allclose(at_zero["translation"], 0.0, atol=1e-9)
+    np.testing.assert_allclose(out["rotation"], out["head_turn"], atol=1e-6)
+    assert np.abs(np.asarray(out["rotation"]) - np.eye(3)).max() > 1e-3
+    _, learned, _, _ = sample_and_centre(head_noise_path=True)
+    assert np.abs(np.asarray(learned["mean_rotation"]) - np.eye(3)).max() > 1e-3
+    for changes, message in (
+        (dict(head_mean_pose="rest"), "needs model.head_noise_path"),
+        (dict(head_noise_path=True, head_mean_pose="posture"), "head_mean_pose must be"),
+        (dict(head_noise_path=True, head_noise="uniform"), "head_noise must be"),
+    ):
+        generator = Networks.build(dataclasses.replace(CONFIG, **changes)).generator
+        with pytest.raises(ValueError, match=message):
+            generator.init(
+                jax.random.key(0), batch, jnp.zeros(batch["frame_mask"].shape + (CONFIG.hidden,))
+            )

@@ -102,6 +102,12 @@ class SDETalkConfig:
     # the paper's weight leaves it jittering at about a third of a speaker's speed, motion that
     # follows neither the speech nor the emotion and that every sample inherits. 0: as G gives it.
     head_mean_smoothing_frames: float = 0.0
+    # Our option, with the head noise path: "learned", the mean head is G's pose at z = 0;
+    # "rest", it is the rest pose (identity rotation, no translation), so the head moves only by
+    # the noise path and stands still at z = 0. For a corpus whose head pose is high-passed around
+    # the rest pose (SynthBIWI), the rest pose is the per-frame optimum that a learned mean head
+    # only approaches.
+    head_mean_pose: str = "learned"
     # Metres per network output unit for vertex and translation outputs: the heads predict
     # millimetres, so an optimiser step of lr moves a vertex by about lr mm, not lr metres.
     motion_unit: float = 1e-3
@@ -201,6 +207,22 @@ def head_noise(noise, mask, kind: str) -> jax.Array:
         return direction
     mean_square = masked_mean(jnp.square(direction), mask)  # [B, 3]
     return direction / jnp.sqrt(mean_square + 1e-12)[:, None]
+
+
+def check_head_options(config: SDETalkConfig) -> None:
+    """A clear error for head options that are unknown or do nothing together."""
+    if config.head_noise not in HEAD_NOISE_KINDS:
+        raise ValueError(
+            f"model.head_noise must be one of {HEAD_NOISE_KINDS}, not {config.head_noise!r}"
+        )
+    if config.head_mean_pose not in ("learned", "rest"):
+        raise ValueError(
+            f'model.head_mean_pose must be "learned" or "rest", not {config.head_mean_pose!r}'
+        )
+    if config.head_mean_pose == "rest" and not config.head_noise_path:
+        raise ValueError(
+            'model.head_mean_pose = "rest" needs model.head_noise_path: the head would never move'
+        )
 
 
 def head_noise_mean_abs(kind: str) -> float:
@@ -553,6 +575,7 @@ class Generator(nn.Module):
         frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Returns a dict of outputs. Training
         passes deterministic=False and a 'dropout' key (used only if `dropout` > 0); with
         `mean_head`, also the head pose at z = 0 (`mean_rotation`, `mean_translation`)."""
+        check_head_options(self.config)
         mask = batch["frame_mask"]
         frames = mask.shape[1]
         identity = self.identity(batch["subject_onehot"])  # p
@@ -591,7 +614,10 @@ class Generator(nn.Module):
                 jax.lax.stop_gradient(neutral_motion), embedding, mean, mask, deterministic,
                 cues,
             )  # fmt: skip
-            if self.config.head_mean_smoothing_frames > 0:
+            if self.config.head_mean_pose == "rest":
+                mean_rotation = jnp.broadcast_to(jnp.eye(3), mean_rotation.shape)
+                mean_translation = jnp.zeros_like(mean_translation)
+            elif self.config.head_mean_smoothing_frames > 0:
                 mean_rotation, mean_translation = smooth_head_pose(
                     mean_rotation, mean_translation, mask, self.config.head_mean_smoothing_frames
                 )
