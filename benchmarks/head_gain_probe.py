@@ -9,11 +9,16 @@ head lags the speech by 0.12 s), and with the speaker's angular speed (smoothed 
 correlation across clips of the gain's nodding share with the speaker's; and how much the gain
 varies over time (coefficient of variation per axis). A gain that does not follow the speech has
 correlations near 0 and little variation.
+
+Then, with the run's gain and the noise re-drawn (4 keys per clip) through each kind of
+`model.head_noise`: how closely a sample's nodding share (`metrics.nod_share`) follows the gain's
+and the speaker's across clips, and its speech/head consistency: what the noise makes of the gain.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -27,8 +32,11 @@ from sdetalk_jax import audio, losses, metrics  # noqa: E402
 from sdetalk_jax import evaluate as evaluation  # noqa: E402
 from sdetalk_jax.data import batching  # noqa: E402
 from sdetalk_jax.inference import TrainedModel  # noqa: E402
+from sdetalk_jax.models.networks import Networks  # noqa: E402
+from sdetalk_jax.models.sdetalk import HEAD_NOISE_KINDS  # noqa: E402
 
 LAG_FRAMES = 3
+KEYS = 4
 
 
 def main() -> None:
@@ -45,7 +53,7 @@ def main() -> None:
     )
     buckets = batching.bucket_lengths(max(dataset.lengths), min_length=model.config.data.bucket_min)
     generate = model.generate_fn()
-    with_envelope, with_speed, nod_shares, gains = [], [], [], []
+    with_envelope, with_speed, nod_shares, gains, inputs = [], [], [], [], []
     for index, clip in enumerate(dataset.clips):
         if clip.subject not in model.assets.subjects:
             continue
@@ -74,6 +82,7 @@ def main() -> None:
             )
         )
         gains.append(gain)
+        inputs.append((index, batch, example))
     shares = np.array(nod_shares)
     variation = np.mean([g.std(0) / g.mean(0) for g in gains], axis=0)
     rows = [
@@ -100,6 +109,43 @@ def main() -> None:
     print("|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+    print()
+    noise_table(model, inputs, shares[:, 0], corpus.fps)
+
+
+def noise_table(model, inputs, gain_shares, fps) -> None:
+    """The run's gain through each kind of head noise: how a sample's nodding share and speed come
+    out (mean and spread over the KEYS noise keys of the correlations across clips)."""
+    print(f"| head_noise (noise re-drawn, {KEYS} keys) | sample nod share vs gain's, r "
+          "| sample nod share vs speaker's, r | speech/head r |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    truth = np.array(
+        [metrics.nod_share(e["rotation"][: int(e["num_frames"])]) for _, _, e in inputs]
+    )
+    for kind in HEAD_NOISE_KINDS:
+        config = dataclasses.replace(model.networks.config, head_noise=kind)
+        generator = Networks.build(config).generator
+        generate = jax.jit(lambda p, b, z, g=generator: g.apply({"params": p}, b, z)["rotation"])
+        shares, consistency = np.zeros((KEYS, len(inputs))), np.zeros((KEYS, len(inputs)))
+        for row, (index, batch, example) in enumerate(inputs):
+            n = int(example["num_frames"])
+            for key in range(KEYS):
+                noise = jax.random.normal(
+                    jax.random.fold_in(jax.random.key(index), key),
+                    batch["frame_mask"].shape + (config.hidden,),
+                )
+                rotation = np.asarray(generate(model.params, batch, noise)[0, :n])
+                shares[key, row] = metrics.nod_share(rotation)
+                consistency[key, row] = metrics.speech_head_consistency(
+                    example["audio"], audio.SAMPLE_RATE, rotation, fps
+                )
+        with_gain = [np.corrcoef(gain_shares, s)[0, 1] for s in shares]
+        with_truth = [np.corrcoef(truth, s)[0, 1] for s in shares]
+        print(
+            f"| {kind} | {np.mean(with_gain):.2f} +- {np.std(with_gain):.2f} "
+            f"| {np.mean(with_truth):.2f} +- {np.std(with_truth):.2f} "
+            f"| {consistency.mean():.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ def smooth_noise(noise, mask, width: float):
     return smoothed / jnp.sqrt(jnp.maximum(variance, 1e-12))[..., None]
 
 
-HEAD_NOISE_KINDS = ("gaussian", "direction", "balanced")
+HEAD_NOISE_KINDS = ("gaussian", "direction", "balanced", "signed")
 
 
 def head_noise(noise, mask, kind: str) -> jax.Array:
@@ -195,12 +195,20 @@ def head_noise(noise, mask, kind: str) -> jax.Array:
       as for the Gaussian;
     "balanced": the direction with each axis rescaled to a mean square of 1 over the clip's real
       frames, so that a sample's split between nodding and shaking is the gain's, not the luck of
-      its draw (|n| stays near sqrt(3))."""
+      its draw (|n| stays near sqrt(3));
+    "signed": each channel over its own root mean square within a Gaussian of 1 frame, about +-1
+      but for a short passage through 0 where the channel changes sign, then rescaled to a mean
+      |n_k| of 1 over the clip's real frames: every axis turns at the gain's speed at every moment,
+      and the noise only chooses which way and when it reverses."""
     channels = noise[..., :3]
     if kind == "gaussian":
         return channels
     if kind not in HEAD_NOISE_KINDS:
         raise ValueError(f"model.head_noise must be one of {HEAD_NOISE_KINDS}, not {kind!r}")
+    if kind == "signed":
+        local = gaussian_smooth(jnp.square(channels), mask, 1.0)
+        signed = channels / jnp.sqrt(local + 1e-6)
+        return signed / (masked_mean(jnp.abs(signed), mask) + 1e-6)[:, None]
     norm = jnp.sqrt(jnp.sum(jnp.square(channels), -1, keepdims=True) + 1e-12)
     direction = math.sqrt(3.0) * channels / norm
     if kind == "direction":
@@ -227,11 +235,14 @@ def check_head_options(config: SDETalkConfig) -> None:
 
 def head_noise_mean_abs(kind: str) -> float:
     """E|n_k| per axis of `head_noise`: sqrt(2 / pi) for a unit Gaussian; sqrt(3) / 2 for the
-    direction, whose components are uniform on [-1, 1] (Archimedes) before the sqrt(3)."""
+    direction, whose components are uniform on [-1, 1] (Archimedes) before the sqrt(3); 1 for
+    "signed", which is scaled to it."""
     if kind == "gaussian":
         return math.sqrt(2 / math.pi)
     if kind in ("direction", "balanced"):
         return math.sqrt(3.0) / 2
+    if kind == "signed":
+        return 1.0
     raise ValueError(f"model.head_noise must be one of {HEAD_NOISE_KINDS}, not {kind!r}")
 
 
