@@ -71,6 +71,11 @@ def get_config():
     config.model.head_gain_loudness_frames = 8
     config.model.head_gain_emotion = "embedding"
     config.model.head_gain_detached = True
+    # A sample's speed and its nod-vs-shake split are the gain's: every axis turns at the gain's
+    # speed and the noise only picks the way; the head rests at z = 0, SynthBIWI's per-frame
+    # optimum (docs/training.md, issue 14's third step).
+    config.model.head_noise = "signed"
+    config.model.head_mean_pose = "rest"
     # Our parallel temporal and frequency blocks; the paper's sequential order is the ablation
     # row of docs/training.md.
     config.model.emotion_attention = "parallel"
