@@ -7,7 +7,9 @@ the unposed emotional face, the neutral face, head rotation and translation, the
 mixture per frame) and `out/STEM_sK.mp4` (rendered headless, 25 fps, the input audio muxed in).
 Sample k draws its noise from fold_in(key(seed), k): the same seed gives the same files; other seeds
 or samples give other head motion and expression. Long audio is processed in overlapping windows
-(`--window-s`, `--overlap-s`), so memory does not grow with its length.
+(`--window-s`, `--overlap-s`), so memory does not grow with its length. `--head-scale` scales the
+head's rotation and translation around the rest pose, frame by frame (0: a still head; 1: as
+generated).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from sdetalk_jax import audio, cli
 from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.fileio import write_npz
-from sdetalk_jax.inference import TrainedModel
+from sdetalk_jax.inference import MAX_HEAD_SCALE, TrainedModel
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
 
@@ -46,6 +48,7 @@ def animate(
     size: int = 512,
     window_s: float = 20.0,
     overlap_s: float = 1.0,
+    head_scale: float = 1.0,
     checkpoint: str = "best",
     force: bool = False,
     progress: bool = True,
@@ -55,6 +58,8 @@ def animate(
     from sdetalk_jax import render
 
     waveform = audio.load_audio(audio_path)  # raises AudioError naming the file
+    if not (np.isfinite(head_scale) and 0.0 <= head_scale <= MAX_HEAD_SCALE):
+        raise RunError(f"--head-scale must be between 0 and {MAX_HEAD_SCALE:g}, not {head_scale}")
     model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
     model.subject_index(subject)  # unknown subject: fail before any work
     stem = os.path.splitext(os.path.basename(audio_path))[0]
@@ -73,7 +78,7 @@ def animate(
         key = jax.random.fold_in(jax.random.key(seed), k)
         result = model.animate_waveform(
             waveform, subject=subject, key=key, window_s=window_s, overlap_s=overlap_s,
-            progress=progress,
+            head_scale=head_scale, progress=progress,
         )  # fmt: skip
         npz_path = os.path.join(out_dir, f"{stem}_s{k}.npz")
         write_npz(
@@ -84,6 +89,7 @@ def animate(
             subject=np.array(subject),
             seed=np.int64(seed),
             sample=np.int64(k),
+            head_scale=np.float64(head_scale),
         )
         written.append(npz_path)
         if video:
@@ -114,6 +120,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--overlap-s", type=float, default=1.0, help="crossfaded overlap of windows"
     )
+    parser.add_argument(
+        "--head-scale", type=float, default=1.0,
+        help=f"head motion around the rest pose: 0 a still head, 1 as generated (up to {MAX_HEAD_SCALE:g})",
+    )  # fmt: skip
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
@@ -121,13 +131,16 @@ def main(argv=None) -> int:
         parser.error("--samples must be at least 1")
     if args.overlap_s < 0 or args.window_s <= 2 * args.overlap_s:
         parser.error("--window-s must be more than twice --overlap-s")
+    if not 0 <= args.head_scale <= MAX_HEAD_SCALE:
+        parser.error(f"--head-scale must be between 0 and {MAX_HEAD_SCALE:g}")
     from sdetalk_jax.render import RenderError
 
     try:
         animate(
             args.workdir, args.audio, subject=args.subject, out_dir=args.out, samples=args.samples,
             seed=args.seed, video=not args.no_video, size=args.size, window_s=args.window_s,
-            overlap_s=args.overlap_s, checkpoint=args.checkpoint, force=args.force,
+            overlap_s=args.overlap_s, head_scale=args.head_scale, checkpoint=args.checkpoint,
+            force=args.force,
         )  # fmt: skip
     except (audio.AudioError, RunError, RenderError, CheckpointError) as error:
         return cli.report(error)

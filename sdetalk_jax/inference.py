@@ -59,6 +59,30 @@ def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
+MAX_HEAD_SCALE = 3.0
+
+
+def scale_head_motion(rotation, translation, scale: float):
+    """The head pose [N, 3, 3], [N, 3] moved `scale` of the way from the rest pose (identity, no
+    translation): each rotation's angle about its own axis and the translation times `scale`. 0 is a
+    still head, 1 leaves the pose as it is. Frame by frame, so it needs no look-ahead."""
+    from scipy.spatial.transform import Rotation
+
+    if not (np.isfinite(scale) and 0.0 <= scale <= MAX_HEAD_SCALE):
+        raise ValueError(f"head scale must be between 0 and {MAX_HEAD_SCALE:g}, not {scale}")
+    # Rotation reads column-vector matrices; ours are applied to row vectors (f R), the transpose,
+    # whose power is the transpose of the power: scaling the rotation vector works either way.
+    vectors = Rotation.from_matrix(np.asarray(rotation, np.float64)).as_rotvec()
+    scaled = Rotation.from_rotvec(scale * vectors).as_matrix()
+    return scaled.astype(np.float32), (scale * np.asarray(translation)).astype(np.float32)
+
+
+def pose_vertices(expression, rotation, translation):
+    """f = f^e R + T (Eq. 4) for one clip: expression [N, V, 3], rotation [N, 3, 3], translation
+    [N, 3] -> posed vertices [N, V, 3]."""
+    return np.einsum("nvi,nij->nvj", expression, rotation) + translation[:, None]
+
+
 def check_encoder(workdir: str, assets: Assets, encoder: ContextEncoder) -> None:
     """Refuses a context encoder other than the one the run was trained with: a changed folder,
     hub revision or initialiser would change every feature, and so the animation, silently."""
@@ -136,15 +160,18 @@ class TrainedModel:
         template: np.ndarray | None = None,
         window_s: float = 20.0,
         overlap_s: float = 1.0,
+        head_scale: float = 1.0,
         progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """16 kHz mono waveform -> {'vertices' [N, V, 3] posed, 'expression' [N, V, 3] unposed,
         'neutral' [N, V, 3], 'rotation' [N, 3, 3], 'translation' [N, 3], 'emotion' [N, C]}.
 
         The head motion and expression are drawn with noise from `key` (window w uses
-        fold_in(key, w)); the same key gives the same result."""
+        fold_in(key, w)); the same key gives the same result. `head_scale` scales the head's
+        motion around the rest pose (`scale_head_motion`: 0 still, 1 as generated)."""
         from tqdm import tqdm
 
+        scale_head_motion(np.eye(3)[None], np.zeros((1, 3)), head_scale)  # bad scale: fail first
         fps = self.assets.fps
         samples_per_frame = audio.samples_per_frame(fps)
         num_frames = int(len(waveform) // samples_per_frame)
@@ -198,4 +225,11 @@ class TrainedModel:
         result["rotation"] = nearest_rotation(result["rotation"].reshape(num_frames, 3, 3))
         for name in ("vertices", "expression", "neutral"):
             result[name] = result[name].reshape(num_frames, -1, 3)
+        if head_scale != 1.0:
+            result["rotation"], result["translation"] = scale_head_motion(
+                result["rotation"], result["translation"], head_scale
+            )
+            result["vertices"] = pose_vertices(
+                result["expression"], result["rotation"], result["translation"]
+            )
         return {name: value.astype(np.float32, copy=False) for name, value in result.items()}

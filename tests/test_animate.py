@@ -255,3 +255,76 @@ def test_a_damaged_checkpoint_is_named_in_one_line(workdir, tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith(f"error: {copy}/best/") and "cannot be restored" in error
     assert error.count("\n") == 1
+
+
+def test_head_scale_moves_the_head_that_far_from_rest():
+    from scipy.spatial.transform import Rotation
+
+    from sdetalk_jax.inference import scale_head_motion
+
+    vectors = np.radians([[3.0, -2.0, 1.0], [0.0, 5.0, 0.0], [-4.0, 1.0, 2.0]])
+    rotation = Rotation.from_rotvec(vectors).as_matrix()
+    translation = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 0.5], [2.0, 0.0, -1.0]]) * 1e-3
+    still, zero = scale_head_motion(rotation, translation, 0.0)
+    np.testing.assert_allclose(still, np.broadcast_to(np.eye(3), still.shape), atol=1e-7)
+    np.testing.assert_allclose(zero, 0.0)
+    same, same_t = scale_head_motion(rotation, translation, 1.0)
+    np.testing.assert_allclose(same, rotation, atol=1e-6)
+    np.testing.assert_allclose(same_t, translation, rtol=1e-6)
+    half, half_t = scale_head_motion(rotation, translation, 0.5)
+    # half the angle about the same axis: applied twice it is the whole rotation
+    np.testing.assert_allclose(half @ half, rotation, atol=1e-6)
+    np.testing.assert_allclose(Rotation.from_matrix(half).as_rotvec(), 0.5 * vectors, atol=1e-6)
+    np.testing.assert_allclose(half_t, 0.5 * translation, rtol=1e-6)
+    for bad in (-0.5, float("nan"), 10.0):
+        with pytest.raises(ValueError, match="head scale"):
+            scale_head_motion(rotation, translation, bad)
+
+
+def test_head_scale_zero_is_a_still_head_and_one_is_as_generated(model, speech):
+    import sdetalk_jax.audio as audio_module
+
+    waveform = audio_module.load_audio(speech[0])
+    key = jax.random.key(2)
+    moving = model.animate_waveform(waveform, subject="F2", key=key)
+    assert np.abs(moving["rotation"] - np.eye(3)).max() > 1e-5
+    still = model.animate_waveform(waveform, subject="F2", key=key, head_scale=0.0)
+    np.testing.assert_allclose(
+        still["rotation"], np.broadcast_to(np.eye(3), still["rotation"].shape), atol=1e-6
+    )
+    np.testing.assert_allclose(still["translation"], 0.0)
+    # the face is the same face, unposed: only the head has stopped
+    np.testing.assert_allclose(still["vertices"], still["expression"], atol=1e-7)
+    np.testing.assert_array_equal(still["expression"], moving["expression"])
+    np.testing.assert_array_equal(
+        model.animate_waveform(waveform, subject="F2", key=key, head_scale=1.0)["vertices"],
+        moving["vertices"],
+    )
+    double = model.animate_waveform(waveform, subject="F2", key=key, head_scale=2.0)
+    from scipy.spatial.transform import Rotation
+
+    def angles(rotation):  # from the rotation vector: precise at small angles, unlike arccos
+        return np.linalg.norm(
+            Rotation.from_matrix(rotation.astype(np.float64)).as_rotvec(), axis=-1
+        )
+
+    np.testing.assert_allclose(
+        angles(double["rotation"]), 2 * angles(moving["rotation"]), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        double["translation"], 2 * moving["translation"], rtol=1e-5, atol=1e-9
+    )
+
+
+def test_animate_refuses_a_bad_head_scale_before_any_work(workdir, model, speech, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--workdir", workdir, "--audio", speech[0], "--subject", "F2", "--out", os.fspath(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        animate.main([*args, "--head-scale", "-1"])
+    assert exit_info.value.code == 2
+    assert "--head-scale must be between 0 and 3" in capsys.readouterr().err
+    with pytest.raises(RunError, match="--head-scale must be between 0 and 3, not 5"):
+        animate.animate(
+            workdir, speech[0], subject="F2", out_dir=os.fspath(out), head_scale=5.0, model=model
+        )
+    assert not out.exists()
