@@ -83,6 +83,13 @@ def pose_vertices(expression, rotation, translation):
     return np.einsum("nvi,nij->nvj", expression, rotation) + translation[:, None]
 
 
+def rescaled_head(result: dict, scale: float) -> dict:
+    """rotation, translation and posed vertices of an animation with its head motion scaled."""
+    rotation, translation = scale_head_motion(result["rotation"], result["translation"], scale)
+    vertices = pose_vertices(result["expression"], rotation, translation)
+    return {"rotation": rotation, "translation": translation, "vertices": vertices}
+
+
 def check_encoder(workdir: str, assets: Assets, encoder: ContextEncoder) -> None:
     """Refuses a context encoder other than the one the run was trained with: a changed folder,
     hub revision or initialiser would change every feature, and so the animation, silently."""
@@ -226,10 +233,5 @@ class TrainedModel:
         for name in ("vertices", "expression", "neutral"):
             result[name] = result[name].reshape(num_frames, -1, 3)
         if head_scale != 1.0:
-            result["rotation"], result["translation"] = scale_head_motion(
-                result["rotation"], result["translation"], head_scale
-            )
-            result["vertices"] = pose_vertices(
-                result["expression"], result["rotation"], result["translation"]
-            )
+            result.update(rescaled_head(result, head_scale))
         return {name: value.astype(np.float32, copy=False) for name, value in result.items()}

@@ -69,9 +69,9 @@ class SDETalkConfig:
     head_noise_path: bool = False
     # What n is in the head noise path (`head_noise`). "gaussian": three channels of the smoothed
     # noise, N(0, 1) per axis and frame, so a sample's speed is gain * |n| and varies from frame to
-    # frame as much as the gain does. "direction", our option (docs/paper-notes.md): only their
-    # direction, scaled to unit variance per axis, so that the gain alone sets how fast the head
-    # turns at each moment and the noise only which way.
+    # frame as much as the gain does. Our options (docs/paper-notes.md): "direction", "balanced"
+    # and "signed", in which the gain alone sets how fast the head turns at each moment and, for
+    # the last two, how it splits between nodding and shaking, and the noise only which way.
     head_noise: str = "gaussian"
     # The integrated angle forgets its slow drift over about this many frames (a Gaussian
     # high-pass), so that the head returns towards its mean pose as a speaker's does.
