@@ -23,7 +23,7 @@ import numpy as np
 from sdetalk_jax import audio, cli
 from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.fileio import write_npz
-from sdetalk_jax.inference import MAX_HEAD_SCALE, TrainedModel
+from sdetalk_jax.inference import MAX_HEAD_SCALE, TrainedModel, check_head_scale
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
 
@@ -58,8 +58,10 @@ def animate(
     from sdetalk_jax import render
 
     waveform = audio.load_audio(audio_path)  # raises AudioError naming the file
-    if not (np.isfinite(head_scale) and 0.0 <= head_scale <= MAX_HEAD_SCALE):
-        raise RunError(f"--head-scale must be between 0 and {MAX_HEAD_SCALE:g}, not {head_scale}")
+    try:
+        check_head_scale(head_scale)
+    except ValueError as error:
+        raise RunError(f"--head-scale: {error}") from None
     model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
     model.subject_index(subject)  # unknown subject: fail before any work
     stem = os.path.splitext(os.path.basename(audio_path))[0]

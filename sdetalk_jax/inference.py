@@ -23,7 +23,7 @@ from sdetalk_jax.checkpoint import ASSETS, Assets, RunError, load_run_config, re
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import model_batch
 from sdetalk_jax.models.networks import Networks
-from sdetalk_jax.models.sdetalk import SDETalkConfig
+from sdetalk_jax.models.sdetalk import SDETalkConfig, pose_faces
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
 
@@ -62,14 +62,18 @@ def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
 MAX_HEAD_SCALE = 3.0
 
 
+def check_head_scale(scale: float) -> None:
+    if not (np.isfinite(scale) and 0.0 <= scale <= MAX_HEAD_SCALE):
+        raise ValueError(f"head scale must be between 0 and {MAX_HEAD_SCALE:g}, not {scale}")
+
+
 def scale_head_motion(rotation, translation, scale: float):
     """The head pose [N, 3, 3], [N, 3] moved `scale` of the way from the rest pose (identity, no
     translation): each rotation's angle about its own axis and the translation times `scale`. 0 is a
     still head, 1 leaves the pose as it is. Frame by frame, so it needs no look-ahead."""
     from scipy.spatial.transform import Rotation
 
-    if not (np.isfinite(scale) and 0.0 <= scale <= MAX_HEAD_SCALE):
-        raise ValueError(f"head scale must be between 0 and {MAX_HEAD_SCALE:g}, not {scale}")
+    check_head_scale(scale)
     # Rotation reads column-vector matrices; ours are applied to row vectors (f R), the transpose,
     # whose power is the transpose of the power: scaling the rotation vector works either way.
     vectors = Rotation.from_matrix(np.asarray(rotation, np.float64)).as_rotvec()
@@ -77,16 +81,15 @@ def scale_head_motion(rotation, translation, scale: float):
     return scaled.astype(np.float32), (scale * np.asarray(translation)).astype(np.float32)
 
 
-def pose_vertices(expression, rotation, translation):
-    """f = f^e R + T (Eq. 4) for one clip: expression [N, V, 3], rotation [N, 3, 3], translation
-    [N, 3] -> posed vertices [N, V, 3]."""
-    return np.einsum("nvi,nij->nvj", expression, rotation) + translation[:, None]
-
-
 def rescaled_head(result: dict, scale: float) -> dict:
-    """rotation, translation and posed vertices of an animation with its head motion scaled."""
+    """rotation, translation and posed vertices (Eq. 4, `pose_faces`) of one clip's animation with
+    its head motion scaled."""
     rotation, translation = scale_head_motion(result["rotation"], result["translation"], scale)
-    vertices = pose_vertices(result["expression"], rotation, translation)
+    expression = result["expression"]
+    posed = pose_faces(
+        expression.reshape(1, expression.shape[0], -1), rotation[None], translation[None]
+    )
+    vertices = np.asarray(posed[0]).reshape(expression.shape)
     return {"rotation": rotation, "translation": translation, "vertices": vertices}
 
 
@@ -178,7 +181,7 @@ class TrainedModel:
         motion around the rest pose (`scale_head_motion`: 0 still, 1 as generated)."""
         from tqdm import tqdm
 
-        scale_head_motion(np.eye(3)[None], np.zeros((1, 3)), head_scale)  # bad scale: fail first
+        check_head_scale(head_scale)  # a bad scale fails before any work
         fps = self.assets.fps
         samples_per_frame = audio.samples_per_frame(fps)
         num_frames = int(len(waveform) // samples_per_frame)

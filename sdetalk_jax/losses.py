@@ -149,11 +149,12 @@ def head_style_loss(rotation, target, batch, config):
 def head_gain_loss(gain, target, batch, config, noise_mean_abs=GAUSSIAN_MEAN_ABS):
     """Our addition (docs/paper-notes.md), weight `loss.lambda_head_gain`: the head noise path's
     expected angular speed per axis, gain * E|n| (`noise_mean_abs`, from
-    `sdetalk.head_noise_mean_abs`; sqrt(2 / pi) for unit Gaussian noise), against the speaker's, both smoothed over `head_gain_width_frames`, as
-    the relative squared error of `head_style_loss`. The style term judges one sample, whose
-    speed is gain * |n|, so its gradient for the gain is as noisy as |n|; this term regresses the
-    gain on how fast the speaker's head moves without drawing any noise. gain [B, N, 3] is the
-    angular speed per noise unit of the step into each frame (`integrate_velocity`)."""
+    `sdetalk.head_noise_mean_abs`; sqrt(2 / pi) for unit Gaussian noise), against the speaker's,
+    both smoothed over `head_gain_width_frames`, as the relative squared error of
+    `head_style_loss`. The style term judges one sample, whose speed is gain * |n|, so its gradient
+    for the gain is as noisy as |n|; this term regresses the gain on how fast the speaker's head
+    moves without drawing any noise. gain [B, N, 3] is the angular speed per noise unit of the step
+    into each frame (`integrate_velocity`)."""
     weights = _frame_weights(batch, "has_head_pose")
     width = config.head_gain_width_frames
     true_speed, speed_weights, _ = head_motion_envelopes(target, weights, width, width)

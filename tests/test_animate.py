@@ -323,7 +323,7 @@ def test_animate_refuses_a_bad_head_scale_before_any_work(workdir, model, speech
         animate.main([*args, "--head-scale", "-1"])
     assert exit_info.value.code == 2
     assert "--head-scale must be between 0 and 3" in capsys.readouterr().err
-    with pytest.raises(RunError, match="--head-scale must be between 0 and 3, not 5"):
+    with pytest.raises(RunError, match="--head-scale: head scale must be between 0 and 3, not 5"):
         animate.animate(
             workdir, speech[0], subject="F2", out_dir=os.fspath(out), head_scale=5.0, model=model
         )
