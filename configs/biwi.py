@@ -119,6 +119,10 @@ def get_config():
     config.train.keep_checkpoints = 3
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only
     config.train.progress = True
+    # Emotion control (emotion_control.py, docs/animate.md): at the end of training, the
+    # per-category prototypes of the emotional embedding are fitted to the training takes with
+    # this many Adam steps (0: least squares only; -1: none, fitted when first asked for).
+    config.train.emotion_prototype_steps = 300
     # On GPUs, XLA's deterministic ops make runs bitwise repeatable at some speed cost
     # (docs/scaling.md); CPU runs are deterministic anyway.
     config.train.deterministic_gpu = False

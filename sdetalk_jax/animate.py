@@ -9,7 +9,9 @@ Sample k draws its noise from fold_in(key(seed), k): the same seed gives the sam
 or samples give other head motion and expression. Long audio is processed in overlapping windows
 (`--window-s`, `--overlap-s`), so memory does not grow with its length. `--head-scale` scales the
 head's rotation and translation around the rest pose, frame by frame (0: a still head; 1: as
-generated).
+generated). `--emotion` keeps the emotion inferred from the speech (default), replaces it with a
+mixture of the run's categories or blends the two; `--emotion-intensity` scales the expression
+away from the neutral face (docs/animate.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from sdetalk_jax import audio, cli
 from sdetalk_jax.checkpoint import RunError
+from sdetalk_jax.emotion_control import INFERRED, MAX_INTENSITY, EmotionRequestError, parse_emotion
 from sdetalk_jax.fileio import write_npz
 from sdetalk_jax.inference import MAX_HEAD_SCALE, TrainedModel, check_head_scale
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
@@ -49,6 +52,8 @@ def animate(
     window_s: float = 20.0,
     overlap_s: float = 1.0,
     head_scale: float = 1.0,
+    emotion: str = INFERRED,
+    emotion_intensity: float = 1.0,
     checkpoint: str = "best",
     force: bool = False,
     progress: bool = True,
@@ -64,6 +69,11 @@ def animate(
         raise RunError(f"--head-scale: {error}") from None
     model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
     model.subject_index(subject)  # unknown subject: fail before any work
+    try:
+        request = parse_emotion(emotion, model.assets.emotion_categories, emotion_intensity)
+        model.emotion_inputs(request, progress)  # a category without a prototype: refused now
+    except EmotionRequestError as error:
+        raise RunError(f"--emotion: {error}") from None
     stem = os.path.splitext(os.path.basename(audio_path))[0]
     paths = output_paths(out_dir, stem, samples, video)
     existing = [p for p in paths if os.path.exists(p)]
@@ -80,7 +90,7 @@ def animate(
         key = jax.random.fold_in(jax.random.key(seed), k)
         result = model.animate_waveform(
             waveform, subject=subject, key=key, window_s=window_s, overlap_s=overlap_s,
-            head_scale=head_scale, progress=progress,
+            head_scale=head_scale, emotion=request, progress=progress,
         )  # fmt: skip
         npz_path = os.path.join(out_dir, f"{stem}_s{k}.npz")
         write_npz(
@@ -92,6 +102,8 @@ def animate(
             seed=np.int64(seed),
             sample=np.int64(k),
             head_scale=np.float64(head_scale),
+            emotion_request=np.array(request.describe()),
+            emotion_intensity=np.float64(request.intensity),
         )
         written.append(npz_path)
         if video:
@@ -126,6 +138,15 @@ def main(argv=None) -> int:
         "--head-scale", type=float, default=1.0,
         help=f"head motion around the rest pose: 0 a still head, 1 as generated (up to {MAX_HEAD_SCALE:g})",
     )  # fmt: skip
+    parser.add_argument(
+        "--emotion", default=INFERRED,
+        help="'inferred' (from the speech), 'none', a category ('anger') or a mixture "
+        "('happiness=0.7,surprise=0.3'; may include 'inferred' to blend)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--emotion-intensity", type=float, default=1.0,
+        help=f"expression away from the neutral face: 0 none, 1 as generated (up to {MAX_INTENSITY:g})",
+    )  # fmt: skip
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
@@ -135,13 +156,16 @@ def main(argv=None) -> int:
         parser.error("--window-s must be more than twice --overlap-s")
     if not 0 <= args.head_scale <= MAX_HEAD_SCALE:
         parser.error(f"--head-scale must be between 0 and {MAX_HEAD_SCALE:g}")
+    if not 0 <= args.emotion_intensity <= MAX_INTENSITY:
+        parser.error(f"--emotion-intensity must be between 0 and {MAX_INTENSITY:g}")
     from sdetalk_jax.render import RenderError
 
     try:
         animate(
             args.workdir, args.audio, subject=args.subject, out_dir=args.out, samples=args.samples,
             seed=args.seed, video=not args.no_video, size=args.size, window_s=args.window_s,
-            overlap_s=args.overlap_s, head_scale=args.head_scale, checkpoint=args.checkpoint,
+            overlap_s=args.overlap_s, head_scale=args.head_scale, emotion=args.emotion,
+            emotion_intensity=args.emotion_intensity, checkpoint=args.checkpoint,
             force=args.force,
         )  # fmt: skip
     except (audio.AudioError, RunError, RenderError, CheckpointError) as error:

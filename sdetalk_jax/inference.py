@@ -21,7 +21,14 @@ import numpy as np
 from sdetalk_jax import audio, optim
 from sdetalk_jax.checkpoint import ASSETS, Assets, RunError, load_run_config, restore_run_state
 from sdetalk_jax.data.corpus import open_corpus
-from sdetalk_jax.data.pipeline import model_batch
+from sdetalk_jax.data.pipeline import ClipDataset, model_batch
+from sdetalk_jax.emotion_control import (
+    DEFAULT_REFINE_STEPS,
+    EmotionPrototypes,
+    EmotionRequest,
+    gather_prototypes,
+    request_inputs,
+)
 from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.models.sdetalk import SDETalkConfig, pose_faces
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
@@ -113,6 +120,8 @@ class TrainedModel:
     assets: Assets
     encoder: object
     step: int
+    workdir: str = ""
+    _prototypes: EmotionPrototypes | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def load(cls, workdir: str, *, checkpoint: str = "best") -> TrainedModel:
@@ -136,8 +145,9 @@ class TrainedModel:
         )
         state = restore_run_state(workdir, abstract, checkpoint)
         return cls(
-            config, networks, state["params"]["generator"], assets, encoder, int(state["step"])
-        )
+            config, networks, state["params"]["generator"], assets, encoder, int(state["step"]),
+            workdir,
+        )  # fmt: skip
 
     def subject_index(self, subject: str) -> int:
         if subject not in self.assets.subjects:
@@ -153,6 +163,38 @@ class TrainedModel:
         if subject not in self.assets.templates:
             raise RunError(f"no template for subject '{subject}' in this run's assets")
         return self.assets.templates[subject].reshape(-1)
+
+    def emotion_prototypes(self, progress: bool = False) -> EmotionPrototypes:
+        """The run's emotion prototypes for this checkpoint (`emotion_control`): saved by training,
+        or fitted now from the run's training clips and saved beside them."""
+        if self._prototypes is not None:
+            return self._prototypes
+        path = EmotionPrototypes.path(self.workdir, self.step)
+        if os.path.exists(path):
+            self._prototypes = EmotionPrototypes.load(path)
+            return self._prototypes
+        root = self.config.data.root
+        if not os.path.isdir(root):
+            raise RunError(
+                f"{path} is missing (a run from before emotion control) and its training corpus "
+                f"{root} is not here to fit it from; set data.root in {self.workdir}/config.json"
+            )
+        corpus = open_corpus(self.config)
+        dataset = ClipDataset.from_corpus(corpus, "train", self.assets.subjects, self.encoder)
+        steps = max(self.config.train.get("emotion_prototype_steps", DEFAULT_REFINE_STEPS), 0)
+        self._prototypes = gather_prototypes(
+            self.networks.generator, self.params, dataset, self.assets.emotion_categories,
+            self.step, refine_steps=steps, progress=progress,
+        )  # fmt: skip
+        self._prototypes.save(self.workdir)
+        return self._prototypes
+
+    def emotion_inputs(self, emotion: EmotionRequest | None, progress: bool = False) -> dict:
+        """The generator's extra inputs for a requested emotion ({} for the inferred one)."""
+        if emotion is None or emotion.is_default:
+            return {}
+        inputs = request_inputs(emotion, self.emotion_prototypes(progress))
+        return {name: np.asarray(value)[None] for name, value in inputs.items()}
 
     def generate_fn(self):
         """Jitted generator: (batch, noise) -> outputs."""
@@ -171,6 +213,7 @@ class TrainedModel:
         window_s: float = 20.0,
         overlap_s: float = 1.0,
         head_scale: float = 1.0,
+        emotion: EmotionRequest | None = None,
         progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """16 kHz mono waveform -> {'vertices' [N, V, 3] posed, 'expression' [N, V, 3] unposed,
@@ -178,10 +221,13 @@ class TrainedModel:
 
         The head motion and expression are drawn with noise from `key` (window w uses
         fold_in(key, w)); the same key gives the same result. `head_scale` scales the head's
-        motion around the rest pose (`scale_head_motion`: 0 still, 1 as generated)."""
+        motion around the rest pose (`scale_head_motion`: 0 still, 1 as generated). `emotion`
+        replaces or blends the inferred emotion and sets its intensity (`emotion_control`); the
+        returned 'emotion' is then the classifier's reading of the request."""
         from tqdm import tqdm
 
         check_head_scale(head_scale)  # a bad scale fails before any work
+        steering = self.emotion_inputs(emotion, progress)
         fps = self.assets.fps
         samples_per_frame = audio.samples_per_frame(fps)
         num_frames = int(len(waveform) // samples_per_frame)
@@ -211,6 +257,7 @@ class TrainedModel:
                 "frame_mask": np.ones((1, window), bool),
             }
             batch = model_batch(features, subjects, len(self.assets.subjects), targets=False)
+            batch.update(steering)
             noise = jax.random.normal(jax.random.fold_in(key, index), (1, window, hidden))
             outputs = jax.device_get(generate(self.params, batch, noise))
             weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax import checkpoint, cli, losses, optim, parallel, validation
+from sdetalk_jax import checkpoint, cli, emotion_control, losses, optim, parallel, validation
 from sdetalk_jax.data import batching, biwi
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
@@ -625,7 +625,35 @@ def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
     if trainer.step > 0 and checkpoints.saved_step != trainer.step:
         checkpoints.save(trainer.state, trainer.position, trainer.step)
         checkpoints.latest.wait_until_finished()
+    if trainer.step > 0:
+        save_emotion_prototypes(config, workdir, run, checkpoints, trainer.state)
     return validation_metrics
+
+
+def save_emotion_prototypes(config, workdir: str, run: Setup, checkpoints, state) -> None:
+    """Fits the emotion prototypes (`emotion_control`) of the best checkpoint's generator to the
+    training takes and saves them with the run: `animate --emotion` then needs no corpus. Every
+    process computes them on its own host (the same numbers); the first writes them."""
+    steps = config.train.get("emotion_prototype_steps", -1)
+    categories = run.assets.emotion_categories
+    if steps < 0 or not categories:
+        return
+    step = int(parallel.to_host(state["step"]))
+    best_step = checkpoints.best.best_step()
+    if best_step is not None and best_step != step:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.placement.replicated),
+            state,
+        )
+        state, _ = checkpoint.restore_checkpoint(checkpoints.best, abstract, best_step)
+        step = best_step
+    prototypes = emotion_control.gather_prototypes(
+        run.networks.generator, parallel.to_host(state["params"]["generator"]), run.train_set,
+        categories, step, refine_steps=steps,
+        progress=config.train.progress and jax.process_index() == 0,
+    )  # fmt: skip
+    if jax.process_index() == 0:
+        _log(f"emotion prototypes of step {step}: {prototypes.save(workdir)}")
 
 
 def _log(message: str) -> None:

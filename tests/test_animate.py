@@ -328,3 +328,109 @@ def test_animate_refuses_a_bad_head_scale_before_any_work(workdir, model, speech
             workdir, speech[0], subject="F2", out_dir=os.fspath(out), head_scale=5.0, model=model
         )
     assert not out.exists()
+
+
+def test_training_saves_emotion_prototypes_for_the_checkpoint_animate_uses(workdir, model):
+    from sdetalk_jax.emotion_control import EmotionPrototypes
+
+    path = EmotionPrototypes.path(workdir, model.step)
+    assert os.path.exists(path)
+    prototypes = EmotionPrototypes.load(path)
+    assert prototypes.categories == tuple(model.assets.emotion_categories)
+    assert prototypes.prototypes.shape == (len(synthetic.EMOTIONS), model.networks.config.hidden)
+    assert np.isfinite(prototypes.neutral).all()  # the corpus has neutral takes
+
+
+def test_a_requested_emotion_is_what_the_classifier_reads_and_changes_the_face(model, speech):
+    import sdetalk_jax.audio as audio_module
+    from sdetalk_jax.emotion_control import parse_emotion
+
+    categories = model.assets.emotion_categories
+    waveform = audio_module.load_audio(speech[0])
+    key = jax.random.key(4)
+    inferred = model.animate_waveform(waveform, subject="F2", key=key)
+    prototypes = model.emotion_prototypes()
+    generator = model.networks.generator
+    readings = {}
+    for name in ("anger", "happiness"):
+        asked = model.animate_waveform(
+            waveform, subject="F2", key=key, emotion=parse_emotion(name, categories)
+        )
+        row = prototypes.prototypes[categories.index(name)]
+        # the animation's emotion is the run's classifier applied to the requested embedding
+        expected, _ = generator.apply(
+            {"params": model.params}, row[None, None], np.ones((1, 1), bool),
+            method=lambda module, e, m: module.classifier(e, m),
+        )  # fmt: skip
+        np.testing.assert_allclose(
+            asked["emotion"], np.broadcast_to(expected, asked["emotion"].shape), atol=1e-5
+        )
+        assert np.abs(asked["expression"] - inferred["expression"]).max() > 1e-6
+        np.testing.assert_array_equal(asked["neutral"], inferred["neutral"])  # same lips
+        readings[name] = asked["expression"]
+    assert np.abs(readings["anger"] - readings["happiness"]).max() > 1e-6
+    none = model.animate_waveform(
+        waveform, subject="F2", key=key, emotion=parse_emotion("none", categories)
+    )
+    np.testing.assert_allclose(none["expression"], none["neutral"], atol=1e-7)
+    assert np.abs(none["rotation"] - np.eye(3)).max() > 1e-5  # the head still moves
+
+
+def test_animate_emotion_options_end_to_end(workdir, model, speech, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--workdir", workdir, "--audio", speech[0], "--subject", "F2", "--out", os.fspath(out)]
+    usable = model.emotion_prototypes().available()  # the tiny corpus's labels carry a few
+    spec = f"{usable[0]}=0.7,{usable[1]}=0.3"
+    assert animate.main([*args, "--no-video", "--emotion", spec, "--emotion-intensity", "1.5"]) == 0
+    with np.load(out / "hello_s0.npz") as result:
+        assert str(result["emotion_request"]) == spec
+        assert float(result["emotion_intensity"]) == 1.5
+    bad = tmp_path / "bad"
+    bad_args = [
+        "--workdir",
+        workdir,
+        "--audio",
+        speech[0],
+        "--subject",
+        "F2",
+        "--out",
+        os.fspath(bad),
+    ]
+    assert animate.main([*bad_args, "--emotion", "joy=1"]) == 1
+    err = capsys.readouterr().err
+    assert "--emotion: unknown emotion 'joy': this run's categories are anger, sadness" in err
+    assert not bad.exists()  # refused before any work
+    missing = next(name for name in model.assets.emotion_categories if name not in usable)
+    assert animate.main([*bad_args, "--emotion", missing]) == 1
+    assert f"--emotion: emotion '{missing}' has no prototype" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        animate.main([*bad_args, "--emotion-intensity", "-1"])
+    assert exit_info.value.code == 2
+    assert not bad.exists()
+
+
+def test_an_older_run_fits_its_prototypes_from_its_corpus_or_says_why_not(workdir, tmp_path):
+    import shutil
+
+    from sdetalk_jax.emotion_control import PROTOTYPES_DIR, EmotionPrototypes
+
+    copy = os.fspath(tmp_path / "run")
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(PROTOTYPES_DIR))
+    model = TrainedModel.load(copy)
+    fitted = model.emotion_prototypes()
+    assert os.path.exists(EmotionPrototypes.path(copy, model.step))
+    # the same fit as training's, from the same corpus, steps and checkpoint
+    saved = EmotionPrototypes.load(EmotionPrototypes.path(workdir, model.step))
+    assert fitted.step == saved.step == model.step
+    np.testing.assert_allclose(fitted.prototypes, saved.prototypes, rtol=1e-5, atol=1e-6)
+    shutil.rmtree(os.path.join(copy, PROTOTYPES_DIR))
+    config_path = os.path.join(copy, "config.json")
+    with open(config_path) as handle:
+        config = json.load(handle)
+    config["data"]["root"] = os.fspath(tmp_path / "gone")
+    with open(config_path, "w") as handle:
+        json.dump(config, handle)
+    with pytest.raises(
+        RunError, match=r"emotion_prototypes/\d+\.npz is missing .*/gone is not here"
+    ):
+        TrainedModel.load(copy).emotion_prototypes()

@@ -35,4 +35,5 @@ def get_config():
     config.train.global_batch = 4
     config.train.epochs = 2
     config.train.progress = False
+    config.train.emotion_prototype_steps = 3
     return config

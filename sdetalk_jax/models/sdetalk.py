@@ -291,6 +291,15 @@ def head_gain_cues(mel, mask, mixture, embedding, config):
     return jnp.concatenate(cues, -1) if cues else None
 
 
+def steer_embedding(embedding, mask, batch):
+    """e'(t) = e(t) - (1 - w) mean(e) + target: the clip's own frame-to-frame variation kept, its
+    mean (what the classifier reads) replaced by a requested clip-level embedding, blended with
+    the inferred one by w = emotion_inferred_weight (1 and a zero target leave e as it is)."""
+    keep = batch["emotion_inferred_weight"][:, None]
+    shift = batch["emotion_target"] - (1.0 - keep) * masked_mean(embedding, mask)
+    return embedding + shift[:, None, :]
+
+
 def pose_faces(faces, rotation, translation):
     """f = f^e R + T (Eq. 4): faces [B, N, V*3], rotation [B, N, 3, 3] (row vectors times R),
     translation [B, N, 3] -> posed faces [B, N, V*3]."""
@@ -581,9 +590,16 @@ class Generator(nn.Module):
         self.diversity = nn.Dense(2 * config.hidden, name="diversity")
         self.face_generator = EmotionalFaceGenerator(config, name="face")
 
+    def clip_embedding(self, mel, mask, subject_onehot):
+        """The clip's emotional embedding e averaged over its frames [B, hidden]: what the
+        classifier pools, and what emotion prototypes are fitted to."""
+        return masked_mean(self.emotion_network(mel, mask, subject_onehot), mask)
+
     def __call__(self, batch, noise, deterministic: bool = True, mean_head: bool = False):
         """batch: context [B,N,Dc], mel [B,N,bins], subject_onehot [B,S], template [B,V*3],
-        frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Returns a dict of outputs. Training
+        frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Optionally a requested emotion:
+        emotion_target [B,hidden] with emotion_inferred_weight [B] (`steer_embedding`), and
+        expression_scale [B], the factor on G's expression offset. Returns a dict of outputs. Training
         passes deterministic=False and a 'dropout' key (used only if `dropout` > 0); with
         `mean_head`, also the head pose at z = 0 (`mean_rotation`, `mean_translation`)."""
         check_head_options(self.config)
@@ -601,6 +617,8 @@ class Generator(nn.Module):
         embedding = self.emotion_network(
             batch["mel"], mask, batch["subject_onehot"], deterministic
         )  # e
+        if "emotion_target" in batch:  # a requested emotion (emotion_control.py)
+            embedding = steer_embedding(embedding, mask, batch)
         mixture, emotional_logit = self.classifier(embedding, mask)  # y_e
         mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
         log_variance = jnp.clip(log_variance, -8.0, 4.0)
@@ -616,6 +634,8 @@ class Generator(nn.Module):
             jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask, deterministic,
             cues,
         )  # fmt: skip
+        if "expression_scale" in batch:  # the requested intensity: 0 is f^n
+            offset = batch["expression_scale"][:, None, None] * offset
         expression = neutral_fixed + offset  # f^e
         extra = {}
         if mean_head or self.config.head_noise_path:

@@ -380,6 +380,15 @@ def _face(num_vertices: int):
     return topology, visemes, expressions
 
 
+def category_expression_offsets(num_vertices: int) -> np.ndarray:
+    """The generator's own expression per emotion category [12, V*3] (metres): its blendshape
+    weights for the category times the expression basis, the offset a pure take of that emotion
+    adds to the neutral face at full intensity (before easing in and breathing with the speech).
+    The truth that emotion control is measured against (benchmarks/emotion_control.py)."""
+    _, _, expression_basis = _face(num_vertices)
+    return EXPRESSION_GAIN * _EMOTION_EXPRESSION @ expression_basis
+
+
 def render_clip(job: ClipJob) -> dict:
     """Synthesises one clip and writes its files; returns a small summary. Runs in a fresh process
     per clip so that eSpeak's carried-over state cannot make the audio depend on clip order."""

@@ -1,0 +1,366 @@
+"""Choosing the emotion instead of inferring it: per-category prototypes of the emotional
+embedding, and a requested mixture turned into what the generator reads.
+
+Prototypes. Every training clip's emotional embedding e (Fig. 3), averaged over its frames, is
+ē_i. Over the emotional takes, whose labels y_i are mixtures of the run's categories, we fit
+ē_i ≈ sum_c y_ic P_c by least squares (ridge-shrunk towards the label-weighted means): P_c is the
+embedding of a take spoken purely with emotion c, which no single clip need be, since labels are
+mixtures (the paper's Fig. 1). The neutral takes' mean is P_neutral. Training fits them for its
+best and its last checkpoint and saves them in `WORKDIR/emotion_prototypes/STEP.npz`; for an older
+run `inference.TrainedModel` fits them from the run's corpus the first time they are asked for.
+
+A request w (weights over categories, normalised, optionally with `inferred`: the clip's own
+emotion) becomes target = sum_c w_c P_c, and G reads e'(t) = e(t) - (1 - w_inferred) ē + target
+(`models.sdetalk.steer_embedding`): the speech's own frame-to-frame variation with the clip-level
+emotion replaced. The classifier reads e' too, so the animation's `emotion` is the run's own
+reading of the request. The intensity multiplies G's expression offset, f^e = f^n + a (f^e - f^n);
+`none` is intensity 0 with the neutral prototype: the neutral generator's face, with head motion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdetalk_jax.data.pipeline import identity_onehot
+from sdetalk_jax.fileio import write_npz
+from sdetalk_jax.models.sdetalk import masked_mean
+
+PROTOTYPES_DIR = "emotion_prototypes"
+INFERRED = "inferred"
+NONE = "none"
+MAX_INTENSITY = 3.0
+# A category needs this much label weight among the training takes for a prototype of its own.
+MIN_CATEGORY_WEIGHT = 0.5
+# Refinement steps for a run whose config does not say (`train.emotion_prototype_steps`).
+DEFAULT_REFINE_STEPS = 300
+
+
+class EmotionRequestError(ValueError):
+    """A request that names an unknown category, or weights that are not a mixture."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EmotionPrototypes:
+    categories: tuple[str, ...]
+    prototypes: np.ndarray  # [C, hidden]; NaN rows for categories with too little training weight
+    neutral: np.ndarray  # [hidden]; NaN when the corpus has no neutral take
+    weights: np.ndarray  # [C], the label weight behind each prototype
+    step: int  # the checkpoint step whose emotion network they come from
+
+    @staticmethod
+    def path(workdir: str, step: int) -> str:
+        return os.path.join(workdir, PROTOTYPES_DIR, f"{step}.npz")
+
+    def save(self, workdir: str) -> str:
+        path = self.path(workdir, self.step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_npz(
+            path,
+            categories=np.array(self.categories, dtype=np.str_),
+            prototypes=self.prototypes,
+            neutral=self.neutral,
+            weights=self.weights,
+            step=np.int64(self.step),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> EmotionPrototypes:
+        with np.load(path, allow_pickle=False) as archive:
+            return cls(
+                tuple(str(name) for name in archive["categories"]),
+                archive["prototypes"],
+                archive["neutral"],
+                archive["weights"],
+                int(archive["step"]),
+            )
+
+    def available(self) -> tuple[str, ...]:
+        usable = np.all(np.isfinite(self.prototypes), axis=1)
+        return tuple(name for name, ok in zip(self.categories, usable, strict=True) if ok)
+
+
+def padded_length(frames: int, multiple: int = 64) -> int:
+    return -(-frames // multiple) * multiple
+
+
+def clip_embeddings(generator, params, dataset, batch_size: int = 8) -> np.ndarray:
+    """ē_i [clips, hidden] (float64) of every clip of a `data.pipeline.ClipDataset`: padded to a
+    few lengths so that a handful of shapes are compiled (padding does not change e, whose
+    blocks mask it)."""
+    embed = jax.jit(
+        lambda p, mel, mask, onehot: generator.apply(
+            {"params": p}, mel, mask, onehot, method=type(generator).clip_embedding
+        )
+    )
+    num_subjects = generator.config.num_subjects
+    by_length: dict[int, list[int]] = {}
+    for index, clip in enumerate(dataset.clips):
+        by_length.setdefault(padded_length(clip.num_frames), []).append(index)
+    means = np.zeros((len(dataset.clips), generator.config.hidden), np.float64)
+    for length, indices in sorted(by_length.items()):
+        for first in range(0, len(indices), batch_size):
+            chunk = indices[first : first + batch_size]
+            mel = np.zeros((batch_size, length, generator.config.mel_bins), np.float32)
+            mask = np.zeros((batch_size, length), bool)
+            subjects = np.full(batch_size, -1)
+            for row, index in enumerate(chunk):
+                clip_mel = dataset.log_mel(index)
+                mel[row, : len(clip_mel)] = clip_mel
+                mask[row, : len(clip_mel)] = True
+                subjects[row] = dataset.subject_index(dataset.clips[index].subject)
+            onehot = identity_onehot(subjects, num_subjects)
+            means[chunk] = np.asarray(embed(params, mel, mask, onehot))[: len(chunk)]
+    return means
+
+
+def fit_prototypes(
+    means: np.ndarray,
+    labels: np.ndarray,
+    emotional: np.ndarray,
+    categories,
+    step: int,
+    ridge: float = 1e-2,
+) -> EmotionPrototypes:
+    """Prototypes from clip means [n, H], labels [n, C] (NaN rows: unlabelled) and which clips are
+    emotional takes [n]: least squares over the labelled emotional takes, shrunk by `ridge`
+    (relative to the labels' mean square) towards each category's label-weighted mean."""
+    means = np.asarray(means, np.float64)
+    labelled = emotional & np.all(np.isfinite(labels), axis=1)
+    y = np.asarray(labels[labelled], np.float64)
+    y = y / np.maximum(y.sum(axis=1, keepdims=True), 1e-12)
+    e = means[labelled]
+    weights = y.sum(axis=0)
+    weighted_mean = (y.T @ e) / np.maximum(weights, 1e-12)[:, None]
+    gram = y.T @ y
+    strength = ridge * np.trace(gram) / max(len(weights), 1)
+    prototypes = np.linalg.solve(
+        gram + strength * np.eye(len(weights)), y.T @ e + strength * weighted_mean
+    )
+    prototypes[weights < MIN_CATEGORY_WEIGHT] = np.nan
+    neutral_takes = means[~emotional]
+    neutral = neutral_takes.mean(axis=0) if len(neutral_takes) else np.full(means.shape[1], np.nan)
+    return EmotionPrototypes(
+        tuple(categories), prototypes.astype(np.float32), neutral.astype(np.float32),
+        weights.astype(np.float32), int(step),
+    )  # fmt: skip
+
+
+def labelled_takes(dataset) -> list[int]:
+    return [
+        i for i, clip in enumerate(dataset.clips) if clip.emotional and clip.emotion is not None
+    ]
+
+
+def cropped_batch(dataset, indices, crop: int, num_subjects: int) -> dict:
+    """The first `crop` frames of each take (shorter ones padded and masked) as a model batch, with
+    its label mixture, true face and neutral track where it has one."""
+    rows = len(indices)
+    examples = [dataset.example(i) for i in indices]
+    first = examples[0]
+    batch = {
+        key: np.zeros((rows, crop) + first[key].shape[1:], np.float32)
+        for key in ("context", "mel", "vertices", "neutral_vertices")
+    }
+    batch["frame_mask"] = np.zeros((rows, crop), bool)
+    for row, example in enumerate(examples):
+        n = min(int(example["num_frames"]), crop)
+        for key in ("context", "mel", "vertices", "neutral_vertices"):
+            batch[key][row, :n] = example[key][:n]
+        batch["frame_mask"][row, :n] = True
+    batch["template"] = np.stack([e["template"] for e in examples])
+    batch["has_neutral"] = np.array([bool(e["has_neutral"]) for e in examples])
+    batch["emotion"] = np.stack([e["emotion"] for e in examples])
+    batch["subject_onehot"] = identity_onehot([int(e["subject"]) for e in examples], num_subjects)
+    return batch
+
+
+def category_offsets(offsets: np.ndarray, labels: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """What each category adds to the neutral face [C, V*3]: the takes' mean expression offsets
+    [n, V*3] fitted by least squares as their label mixtures [n, C] of per-category offsets (a
+    mixed emotion's face as the mixture of its parts' faces)."""
+    y = labels / labels.sum(axis=1, keepdims=True)
+    gram = y.T @ y
+    strength = ridge * np.trace(gram) / len(gram)
+    return np.linalg.solve(gram + strength * np.eye(len(gram)), y.T @ offsets)
+
+
+def mean_offset(generator, params, batch, prototype) -> jax.Array:
+    """G's expression offset f^e - f^n averaged over each row's frames [B, V*3] when it reads the
+    clip-level embedding `prototype` [hidden] instead of the speech's own."""
+    rows = batch["mel"].shape[0]
+    steered = {
+        **batch,
+        "emotion_target": jnp.broadcast_to(prototype, (rows, prototype.shape[-1])),
+        "emotion_inferred_weight": jnp.zeros((rows,)),
+        "expression_scale": jnp.ones((rows,)),
+    }
+    noise = jnp.zeros(batch["mel"].shape[:2] + (generator.config.hidden,))
+    outputs = generator.apply({"params": params}, steered, noise)
+    return masked_mean(outputs["expression"] - outputs["neutral"], batch["frame_mask"])
+
+
+def true_mean_offsets(generator, params, batch) -> jax.Array:
+    """Each take's true expression offset averaged over its frames [B, V*3]: the face minus its
+    neutral track, or minus G_n's neutral face f^n where the take has none."""
+    noise = jnp.zeros(batch["mel"].shape[:2] + (generator.config.hidden,))
+    neutral = generator.apply({"params": params}, batch, noise)["neutral"]
+    neutral = jnp.where(batch["has_neutral"][:, None, None], batch["neutral_vertices"], neutral)
+    return masked_mean(batch["vertices"] - neutral, batch["frame_mask"])
+
+
+def prototype_fit_loss(generator, params, prototypes, batch, targets) -> jax.Array:
+    """Mean squared distance (mm^2 per vertex) between G's mean offset under each category's
+    prototype and that category's offset `targets` [C, V*3], over the takes of `batch` (their own
+    speech, the emotion replaced) and every category."""
+    produced = jax.vmap(lambda p: mean_offset(generator, params, batch, p))(prototypes)
+    error = jnp.sum(jnp.square(1000.0 * (produced - targets[:, None])), -1)
+    rows = batch["frame_mask"].any(-1)[None].astype(error.dtype)
+    per_vertex = error / generator.config.num_vertices
+    return jnp.sum(per_vertex * rows) / jnp.maximum(jnp.sum(rows) * len(prototypes), 1.0)
+
+
+def refine_prototypes(
+    generator, params, dataset, prototypes: np.ndarray, *, steps: int, learning_rate: float = 0.05,
+    batch_size: int = 4, crop: int = 64, progress: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """Prototypes [C, H] moved by Adam until G, reading prototype c over the training takes'
+    speech, draws the face the training takes attribute to c (`category_offsets` of their true
+    faces): the embedding of emotion c is then whatever makes G draw emotion c, not only where
+    takes labelled with it happen to lie. Takes are cut to their first `crop` frames (one
+    compiled shape). `steps` = 0 returns them as they are."""
+    import optax
+    from tqdm import tqdm
+
+    usable = np.all(np.isfinite(prototypes), axis=1)
+    takes = labelled_takes(dataset)
+    if steps <= 0 or not usable.any() or not takes:
+        return prototypes
+    num_subjects = generator.config.num_subjects
+    chunks = [takes[i : i + batch_size] for i in range(0, len(takes), batch_size)]
+    batches = [cropped_batch(dataset, chunk, crop, num_subjects) for chunk in chunks]
+    offsets_of = jax.jit(lambda batch: true_mean_offsets(generator, params, batch))
+    offsets = np.concatenate([np.asarray(offsets_of(batch)) for batch in batches])
+    labels = np.concatenate([batch["emotion"] for batch in batches])
+    targets = jnp.asarray(category_offsets(offsets, labels)[usable], jnp.float32)
+    inputs = [
+        {k: v for k, v in b.items() if k not in ("vertices", "neutral_vertices")} for b in batches
+    ]
+    optimiser = optax.adam(learning_rate)
+    loss_and_grad = jax.jit(
+        jax.value_and_grad(
+            lambda p, batch: prototype_fit_loss(generator, params, p, batch, targets)
+        )
+    )
+    current = jnp.asarray(prototypes[usable], jnp.float32)
+    state = optimiser.init(current)
+    for step in tqdm(range(steps), desc="emotion prototypes", disable=not progress):
+        _, grads = loss_and_grad(current, inputs[step % len(inputs)])
+        updates, state = optimiser.update(grads, state, current)
+        current = optax.apply_updates(current, updates)
+    refined = np.array(prototypes, np.float32)
+    refined[usable] = np.asarray(current)
+    return refined
+
+
+def gather_prototypes(
+    generator, params, dataset, categories, step: int, *, refine_steps: int = 0,
+    progress: bool = False,
+) -> EmotionPrototypes:  # fmt: skip
+    """Fits the prototypes of `generator` with `params` to the clips of `dataset` (the training
+    split): least squares on the clip means, then `refine_steps` of `refine_prototypes`."""
+    labels = np.full((len(dataset.clips), len(categories)), np.nan)
+    for index, clip in enumerate(dataset.clips):
+        if clip.emotion is not None:
+            labels[index] = clip.emotion
+    emotional = np.array([clip.emotional for clip in dataset.clips], bool)
+    means = clip_embeddings(generator, params, dataset)
+    fitted = fit_prototypes(means, labels, emotional, categories, step)
+    refined = refine_prototypes(
+        generator, params, dataset, fitted.prototypes, steps=refine_steps, progress=progress
+    )
+    return dataclasses.replace(fitted, prototypes=refined)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmotionRequest:
+    """What the user asked for: weights over the run's categories (and `inferred`) that sum to
+    one, or none at all (`none`: no emotional expression), and the expression's intensity."""
+
+    weights: dict[str, float]
+    intensity: float = 1.0
+
+    @property
+    def is_default(self) -> bool:
+        return self.weights == {INFERRED: 1.0} and self.intensity == 1.0
+
+    def describe(self) -> str:
+        if not self.weights:
+            return NONE
+        return ",".join(f"{name}={weight:.3g}" for name, weight in self.weights.items())
+
+
+def parse_emotion(spec: str, categories, intensity: float = 1.0) -> EmotionRequest:
+    """'inferred' (the default), 'none', 'anger' or 'happiness=0.7,surprise=0.3' (weights are
+    normalised; 'inferred' may take part in a blend) -> EmotionRequest."""
+    if not (np.isfinite(intensity) and 0.0 <= intensity <= MAX_INTENSITY):
+        raise EmotionRequestError(
+            f"emotion intensity must be between 0 and {MAX_INTENSITY:g}, not {intensity}"
+        )
+    spec = spec.strip()
+    if spec == NONE:
+        return EmotionRequest({}, 0.0)
+    known = (*categories, INFERRED)
+    weights: dict[str, float] = {}
+    for part in filter(None, (piece.strip() for piece in spec.split(","))):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in known:
+            raise EmotionRequestError(
+                f"unknown emotion '{name}': this run's categories are {', '.join(categories)} "
+                f"(or '{INFERRED}', the speech's own, or '{NONE}')"
+            )
+        try:
+            weight = float(value) if value else 1.0
+        except ValueError:
+            raise EmotionRequestError(f"emotion weight '{part}' is not a number") from None
+        if not (np.isfinite(weight) and weight >= 0.0):
+            raise EmotionRequestError(f"emotion weight '{part}' must be zero or more")
+        weights[name] = weights.get(name, 0.0) + weight
+    total = sum(weights.values())
+    if total <= 0.0:
+        raise EmotionRequestError(f"emotion '{spec}' gives no weight to any category")
+    return EmotionRequest({name: w / total for name, w in weights.items() if w > 0}, intensity)
+
+
+def request_inputs(request: EmotionRequest, prototypes: EmotionPrototypes) -> dict:
+    """The generator's inputs for a request, for one batch row: emotion_target [hidden],
+    emotion_inferred_weight [], expression_scale [] (`models.sdetalk.steer_embedding`)."""
+    hidden = prototypes.prototypes.shape[1]
+    target = np.zeros(hidden, np.float64)
+    inferred = request.weights.get(INFERRED, 0.0)
+    if not request.weights:  # none: a neutral take's embedding, or the speech's own if none
+        if np.all(np.isfinite(prototypes.neutral)):
+            target = prototypes.neutral.astype(np.float64)
+        else:
+            inferred = 1.0
+    for name, weight in request.weights.items():
+        if name == INFERRED:
+            continue
+        row = prototypes.prototypes[prototypes.categories.index(name)]
+        if not np.all(np.isfinite(row)):
+            raise EmotionRequestError(
+                f"emotion '{name}' has no prototype: too few training takes carry it "
+                f"(usable: {', '.join(prototypes.available())})"
+            )
+        target += weight * row
+    return {
+        "emotion_target": target.astype(np.float32),
+        "emotion_inferred_weight": np.float32(inferred),
+        "expression_scale": np.float32(request.intensity),
+    }

@@ -1,0 +1,238 @@
+"""Emotion control: the request's grammar, the prototypes' fit, and what the generator does with a
+requested emotion (steered embedding, intensity), on perturbed parameters."""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sdetalk_jax import emotion_control
+from sdetalk_jax.emotion_control import (
+    EmotionPrototypes,
+    EmotionRequestError,
+    fit_prototypes,
+    parse_emotion,
+    request_inputs,
+)
+from sdetalk_jax.models.networks import Networks
+from sdetalk_jax.models.sdetalk import masked_mean
+from tests.test_model import CONFIG, _perturbed, make_batch
+
+CATEGORIES = ("anger", "sadness", "fear", "happiness", "surprise")
+
+
+def test_a_mixture_is_normalised_and_a_bare_name_weighs_one():
+    request = parse_emotion("happiness=0.7, surprise=0.7", CATEGORIES)
+    assert request.weights == pytest.approx({"happiness": 0.5, "surprise": 0.5})
+    assert parse_emotion("anger", CATEGORIES).weights == {"anger": 1.0}
+    blend = parse_emotion("inferred=1,fear=3", CATEGORIES, intensity=0.5)
+    assert blend.weights == pytest.approx({"inferred": 0.25, "fear": 0.75})
+    assert blend.intensity == 0.5
+    assert parse_emotion("inferred", CATEGORIES).is_default
+    none = parse_emotion("none", CATEGORIES)
+    assert none.weights == {} and none.intensity == 0.0 and none.describe() == "none"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("joy=1", "unknown emotion 'joy': this run's categories are anger, sadness, fear"),
+        ("anger=lots", "'anger=lots' is not a number"),
+        ("anger=-1", "must be zero or more"),
+        ("anger=0,fear=0", "gives no weight to any category"),
+        ("anger=nan", "must be zero or more"),
+        ("", "gives no weight"),
+    ],
+)
+def test_bad_requests_are_refused_with_the_reason(spec, message):
+    with pytest.raises(EmotionRequestError, match=message):
+        parse_emotion(spec, CATEGORIES)
+
+
+@pytest.mark.parametrize("intensity", [-0.1, 3.5, float("nan")])
+def test_an_intensity_outside_its_range_is_refused(intensity):
+    with pytest.raises(EmotionRequestError, match="intensity must be between 0 and 3"):
+        parse_emotion("anger", CATEGORIES, intensity)
+
+
+def test_least_squares_recovers_pure_prototypes_from_mixed_labels():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(len(CATEGORIES), 6))
+    labels = rng.dirichlet(np.full(len(CATEGORIES), 0.3), size=300)
+    means = labels @ truth + 0.01 * rng.normal(size=(300, 6))
+    emotional = np.ones(300, bool)
+    emotional[:40] = False  # neutral takes: their labels are ignored, their mean is P_neutral
+    means[:40] = 5.0
+    fitted = fit_prototypes(means, labels, emotional, CATEGORIES, step=7)
+    np.testing.assert_allclose(fitted.prototypes, truth, atol=0.05)
+    np.testing.assert_allclose(fitted.neutral, 5.0, atol=1e-6)
+    # the label-weighted mean alone is pulled towards the mixture's average: not a pure take
+    weighted = (labels[40:].T @ means[40:]) / labels[40:].sum(0)[:, None]
+    assert np.abs(weighted - truth).max() > 0.2
+    assert fitted.step == 7
+
+
+def test_a_category_no_take_carries_has_no_prototype_and_is_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.dirichlet(np.ones(len(CATEGORIES)), size=50)
+    labels[:, 2] = 0.0  # nobody was afraid
+    means = rng.normal(size=(50, 4))
+    fitted = fit_prototypes(means, labels, np.ones(50, bool), CATEGORIES, step=3)
+    assert "fear" not in fitted.available() and "anger" in fitted.available()
+    assert np.isnan(fitted.neutral).all()  # no neutral take
+    with pytest.raises(EmotionRequestError, match="'fear' has no prototype"):
+        request_inputs(parse_emotion("fear", CATEGORIES), fitted)
+    # saved and read back as the same numbers (no pickle)
+    loaded = EmotionPrototypes.load(fitted.save(str(tmp_path)))
+    assert loaded.categories == CATEGORIES and loaded.step == 3
+    np.testing.assert_array_equal(loaded.prototypes, fitted.prototypes)
+    # with no neutral prototype, 'none' keeps the speech's own embedding, with no expression
+    inputs = request_inputs(parse_emotion("none", CATEGORIES), fitted)
+    assert inputs["emotion_inferred_weight"] == 1.0 and inputs["expression_scale"] == 0.0
+
+
+def test_a_request_is_the_weighted_sum_of_prototypes():
+    prototypes = EmotionPrototypes(
+        CATEGORIES, np.eye(5, 3, dtype=np.float32), np.full(3, 9.0, np.float32), np.ones(5), 0
+    )
+    inputs = request_inputs(parse_emotion("anger=1,sadness=3", CATEGORIES, 2.0), prototypes)
+    np.testing.assert_allclose(inputs["emotion_target"], [0.25, 0.75, 0.0])
+    assert inputs["emotion_inferred_weight"] == 0.0 and inputs["expression_scale"] == 2.0
+    blend = request_inputs(parse_emotion("inferred=1,fear=1", CATEGORIES), prototypes)
+    np.testing.assert_allclose(blend["emotion_target"], [0.0, 0.0, 0.5])
+    assert blend["emotion_inferred_weight"] == 0.5
+    none = request_inputs(parse_emotion("none", CATEGORIES), prototypes)
+    np.testing.assert_allclose(none["emotion_target"], 9.0)
+    assert none["emotion_inferred_weight"] == 0.0 and none["expression_scale"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def generator():
+    networks = Networks.build(CONFIG)
+    params = _perturbed(networks.init_params(jax.random.key(0)), scale=0.2)["generator"]
+    batch = make_batch([20, 14], 24)
+    noise = jax.random.normal(jax.random.key(3), batch["mel"].shape[:2] + (CONFIG.hidden,))
+    run = jax.jit(lambda b: networks.generator.apply({"params": params}, b, noise))
+    return networks.generator, params, batch, run
+
+
+def steering(batch, target, inferred_weight, scale=1.0):
+    rows = batch["mel"].shape[0]
+    return {
+        **batch,
+        "emotion_target": jnp.broadcast_to(jnp.asarray(target, jnp.float32), (rows, CONFIG.hidden)),
+        "emotion_inferred_weight": jnp.full((rows,), inferred_weight, jnp.float32),
+        "expression_scale": jnp.full((rows,), scale, jnp.float32),
+    }
+
+
+def test_the_steered_embedding_has_the_requested_clip_mean_and_the_speech_s_variation(generator):
+    module, params, batch, run = generator
+    plain = run(batch)
+    mask = batch["frame_mask"]
+    # the speech's own embedding, asked for explicitly, changes nothing
+    same = run(steering(batch, masked_mean(plain["embedding"], mask), 0.0))
+    np.testing.assert_allclose(same["expression"], plain["expression"], atol=1e-5)
+    np.testing.assert_allclose(same["mixture"], plain["mixture"], atol=1e-5)
+    np.testing.assert_allclose(
+        run(steering(batch, np.zeros(CONFIG.hidden), 1.0))["posed"], plain["posed"], atol=1e-5
+    )
+    target = np.linspace(-1.0, 1.0, CONFIG.hidden)
+    steered = run(steering(batch, target, 0.0))
+    np.testing.assert_allclose(
+        masked_mean(steered["embedding"], mask), np.broadcast_to(target, (2, CONFIG.hidden)),
+        atol=1e-5,
+    )  # fmt: skip
+    variation = steered["embedding"] - masked_mean(steered["embedding"], mask)[:, None]
+    own = plain["embedding"] - masked_mean(plain["embedding"], mask)[:, None]
+    np.testing.assert_allclose(variation * mask[..., None], own * mask[..., None], atol=1e-5)
+    # the classifier and G read it: another mixture and another face
+    assert np.abs(steered["mixture"] - plain["mixture"]).max() > 1e-3
+    assert np.abs(steered["expression"] - plain["expression"]).max() > 1e-5
+    # half inferred, half target: the mean halfway between
+    half = run(steering(batch, 0.5 * target, 0.5))
+    expected = 0.5 * masked_mean(plain["embedding"], mask) + 0.5 * target
+    np.testing.assert_allclose(masked_mean(half["embedding"], mask), expected, atol=1e-5)
+
+
+def test_the_clip_embedding_method_is_what_the_classifier_pools(generator):
+    module, params, batch, run = generator
+    pooled = module.apply(
+        {"params": params}, batch["mel"], batch["frame_mask"], batch["subject_onehot"],
+        method=type(module).clip_embedding,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        pooled, masked_mean(run(batch)["embedding"], batch["frame_mask"]), atol=1e-5
+    )
+
+
+def test_intensity_scales_the_expression_offset_from_the_neutral_face(generator):
+    module, params, batch, run = generator
+    plain = run(batch)
+    mean = masked_mean(plain["embedding"], batch["frame_mask"])
+    offset = plain["expression"] - plain["neutral"]
+    assert np.abs(offset).max() > 1e-4  # perturbed: G does move the face
+    flat = run(steering(batch, mean, 0.0, scale=0.0))
+    np.testing.assert_allclose(flat["expression"], flat["neutral"], atol=1e-7)
+    np.testing.assert_allclose(flat["rotation"], plain["rotation"], atol=1e-5)  # the head moves on
+    double = run(steering(batch, mean, 0.0, scale=2.0))
+    np.testing.assert_allclose(double["expression"] - double["neutral"], 2 * offset, atol=2e-5)
+
+
+class Takes:
+    """The dataset interface `refine_prototypes` reads (clips, example), over make_batch's rows."""
+
+    def __init__(self, batch):
+        self.batch = {k: np.asarray(v) for k, v in batch.items()}
+        rows = len(self.batch["mel"])
+        self.clips = [
+            SimpleNamespace(emotional=True, emotion=self.batch["emotion"][r]) for r in range(rows)
+        ]
+
+    def example(self, row):
+        example = {key: value[row] for key, value in self.batch.items()}
+        example["num_frames"] = int(self.batch["frame_mask"][row].sum())
+        return example
+
+
+def test_category_offsets_are_the_pure_faces_behind_mixed_takes():
+    rng = np.random.default_rng(2)
+    faces = rng.normal(size=(len(CATEGORIES), 9))
+    labels = rng.dirichlet(np.full(len(CATEGORIES), 0.3), size=200)
+    offsets = labels @ faces + 0.01 * rng.normal(size=(200, 9))
+    np.testing.assert_allclose(
+        emotion_control.category_offsets(offsets, 3 * labels), faces, atol=0.05
+    )  # labels are normalised first
+
+
+def test_refinement_brings_g_s_face_under_each_prototype_closer_to_the_category_s(generator):
+    module, params, batch, run = generator
+    takes = Takes(batch)
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(CONFIG.num_emotions, CONFIG.hidden)).astype(np.float32)
+    crop = int(batch["frame_mask"].shape[1])
+    cropped = emotion_control.cropped_batch(takes, [0, 1], crop, CONFIG.num_subjects)
+    offsets = np.asarray(emotion_control.true_mean_offsets(module, params, cropped))
+    np.testing.assert_allclose(offsets, 0.001, rtol=1e-3)  # the face minus its neutral track
+    targets = emotion_control.category_offsets(offsets, cropped["emotion"])
+    loss = jax.jit(
+        lambda p: emotion_control.prototype_fit_loss(module, params, p, cropped, targets)
+    )
+    refined = emotion_control.refine_prototypes(
+        module, params, takes, start, steps=30, batch_size=2, crop=crop
+    )
+    assert float(loss(refined)) < 0.8 * float(loss(start))
+    np.testing.assert_array_equal(
+        emotion_control.refine_prototypes(module, params, takes, start, steps=0), start
+    )
+
+
+def test_refinement_keeps_a_category_without_prototype_empty(generator):
+    module, params, batch, run = generator
+    start = np.ones((CONFIG.num_emotions, CONFIG.hidden), np.float32)
+    start[1] = np.nan
+    refined = emotion_control.refine_prototypes(module, params, Takes(batch), start, steps=2)
+    assert np.isnan(refined[1]).all() and np.isfinite(np.delete(refined, 1, 0)).all()
+    assert np.abs(np.delete(refined, 1, 0) - 1.0).max() > 0  # the others did move
