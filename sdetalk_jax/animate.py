@@ -25,18 +25,57 @@ import numpy as np
 from sdetalk_jax import audio, cli
 from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.emotion_control import INFERRED, MAX_INTENSITY, EmotionRequestError, parse_emotion
+from sdetalk_jax.export_gltf import DEFAULT_TOLERANCE_MM
 from sdetalk_jax.fileio import write_npz
 from sdetalk_jax.inference import MAX_HEAD_SCALE, TrainedModel, check_head_scale
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
+FORMATS = ("npz", "mp4", "glb")
 
-def output_paths(out_dir: str, stem: str, samples: int, video: bool) -> list[str]:
-    paths = []
-    for k in range(samples):
-        paths.append(os.path.join(out_dir, f"{stem}_s{k}.npz"))
-        if video:
-            paths.append(os.path.join(out_dir, f"{stem}_s{k}.mp4"))
-    return paths
+
+def output_paths(
+    out_dir: str, stem: str, samples: int, video: bool, glb: bool = False
+) -> list[str]:
+    """Every file the command writes: per sample the npz, the mp4, the glb and its audio."""
+    suffixes = ["npz"] + (["mp4"] if video else []) + (["glb", "wav"] if glb else [])
+    return [
+        os.path.join(out_dir, f"{stem}_s{k}.{suffix}")
+        for k in range(samples)
+        for suffix in suffixes
+    ]
+
+
+def parse_formats(text: str) -> tuple[bool, bool]:
+    """'mp4', 'glb', 'npz' or a comma list of them -> (video, glb); the npz is always written."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown or not names:
+        raise ValueError(f"unknown format '{','.join(unknown)}': choose from {', '.join(FORMATS)}")
+    return "mp4" in names, "glb" in names
+
+
+def export_glb(path: str, result: dict, model: TrainedModel, subject: str, waveform, *,
+               tolerance_mm: float, colors=None, extras: dict) -> dict:  # fmt: skip
+    """The .glb of one sample and its audio beside it (16 kHz mono, as the model heard it);
+    returns what the export reports (morph targets, reconstruction error)."""
+    import soundfile
+
+    from sdetalk_jax.export_gltf import build_gltf, write_glb
+    from sdetalk_jax.fileio import atomic_path
+
+    assets = model.assets
+    if assets.faces.size == 0:
+        raise RunError("the run's assets have no mesh faces, which a .glb needs")
+    audio_path = os.path.splitext(path)[0] + ".wav"
+    gltf, basis = build_gltf(
+        assets.templates[subject], assets.faces, result["expression"], result["rotation"],
+        result["translation"], assets.fps, tolerance_mm=tolerance_mm, colors=colors,
+        extras={**extras, "audio": os.path.basename(audio_path)},
+    )  # fmt: skip
+    with atomic_path(audio_path) as temporary:
+        soundfile.write(temporary, waveform, audio.SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    write_glb(path, gltf)
+    return {"morph_targets": basis.count, "max_error_mm": basis.max_error_mm}
 
 
 def animate(
@@ -48,6 +87,8 @@ def animate(
     samples: int = 1,
     seed: int = 0,
     video: bool = True,
+    glb: bool = False,
+    morph_tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     size: int = 512,
     window_s: float = 20.0,
     overlap_s: float = 1.0,
@@ -75,7 +116,7 @@ def animate(
     except EmotionRequestError as error:
         raise RunError(f"--emotion: {error}") from None
     stem = os.path.splitext(os.path.basename(audio_path))[0]
-    paths = output_paths(out_dir, stem, samples, video)
+    paths = output_paths(out_dir, stem, samples, video, glb)
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not force:
         raise RunError(
@@ -106,6 +147,19 @@ def animate(
             emotion_intensity=np.float64(request.intensity),
         )
         written.append(npz_path)
+        if glb:
+            glb_path = os.path.join(out_dir, f"{stem}_s{k}.glb")
+            report = export_glb(
+                glb_path, result, model, subject, waveform, tolerance_mm=morph_tolerance_mm,
+                colors=colors,
+                extras={"subject": subject, "seed": seed, "sample": k, "emotion": request.describe()},
+            )  # fmt: skip
+            written += [glb_path, os.path.splitext(glb_path)[0] + ".wav"]
+            if progress:
+                print(
+                    f"{glb_path}: {report['morph_targets']} morph targets, largest vertex error "
+                    f"{report['max_error_mm']:.3g} mm (tolerance {morph_tolerance_mm:g} mm)"
+                )
         if video:
             if assets.faces.size == 0:
                 raise RunError(f"{workdir}: the run's assets have no mesh faces; use --no-video")
@@ -116,7 +170,7 @@ def animate(
             )  # fmt: skip
             written.append(video_path)
         if progress:
-            print(f"sample {k}: " + ", ".join(written[-2 if video else -1 :]))
+            print(f"sample {k}: " + ", ".join(p for p in written if f"_s{k}." in p))
     return written
 
 
@@ -128,7 +182,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--samples", type=int, default=1, help="how many different animations")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-video", action="store_true", help="write the npz files only")
+    parser.add_argument(
+        "--format", default="mp4",
+        help="what to write beside each npz: mp4 (video with audio), glb (glTF 2.0 with morph "
+        "targets and head animation, its audio beside it) or both: mp4,glb",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-video", action="store_true", help="no mp4 (the npz, and glb if asked)"
+    )
+    parser.add_argument(
+        "--morph-tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM,
+        help="glb: largest vertex error allowed to the morph-target basis",
+    )  # fmt: skip
     parser.add_argument("--size", type=int, default=512, help="video width and height in pixels")
     parser.add_argument("--window-s", type=float, default=20.0, help="window length for long audio")
     parser.add_argument(
@@ -156,6 +221,12 @@ def main(argv=None) -> int:
         parser.error("--window-s must be more than twice --overlap-s")
     if not 0 <= args.head_scale <= MAX_HEAD_SCALE:
         parser.error(f"--head-scale must be between 0 and {MAX_HEAD_SCALE:g}")
+    try:
+        video, glb = parse_formats(args.format)
+    except ValueError as error:
+        parser.error(f"--format: {error}")
+    if not args.morph_tolerance_mm > 0:
+        parser.error("--morph-tolerance-mm must be positive")
     if not 0 <= args.emotion_intensity <= MAX_INTENSITY:
         parser.error(f"--emotion-intensity must be between 0 and {MAX_INTENSITY:g}")
     from sdetalk_jax.render import RenderError
@@ -163,7 +234,8 @@ def main(argv=None) -> int:
     try:
         animate(
             args.workdir, args.audio, subject=args.subject, out_dir=args.out, samples=args.samples,
-            seed=args.seed, video=not args.no_video, size=args.size, window_s=args.window_s,
+            seed=args.seed, video=video and not args.no_video, glb=glb,
+            morph_tolerance_mm=args.morph_tolerance_mm, size=args.size, window_s=args.window_s,
             overlap_s=args.overlap_s, head_scale=args.head_scale, emotion=args.emotion,
             emotion_intensity=args.emotion_intensity, checkpoint=args.checkpoint,
             force=args.force,

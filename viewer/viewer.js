@@ -1,0 +1,99 @@
+// The sdetalk-jax glTF viewer: loads ?model=FILE.glb (and ?audio=FILE.wav, else the audio named in
+// the file's extras), plays the animation in step with the audio: every frame the animation time is
+// the audio's clock, so the face cannot drift from the speech. window.viewer exposes what the
+// headless check reads: ready, errors, duration, seek(t).
+import * as THREE from "three";
+import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
+
+const errors = [];
+function report(message) {
+  errors.push(String(message));
+  document.getElementById("errors").textContent = errors.join("; ");
+}
+window.addEventListener("error", (event) => report(event.message));
+window.addEventListener("unhandledrejection", (event) => report(event.reason));
+
+const canvas = document.getElementById("view");
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
+renderer.setPixelRatio(window.devicePixelRatio);
+const scene = new THREE.Scene();
+scene.background = new THREE.Color(0x202226);
+scene.add(new THREE.HemisphereLight(0xffffff, 0x404050, 1.2));
+const key = new THREE.DirectionalLight(0xffffff, 2.0);
+key.position.set(0.3, 0.5, 1.0);
+scene.add(key);
+const camera = new THREE.PerspectiveCamera(25, 1, 0.01, 100);
+
+const viewer = { ready: false, errors, duration: 0, time: 0 };
+window.viewer = viewer;
+const params = new URLSearchParams(window.location.search);
+const modelUrl = params.get("model");
+const audio = new Audio();
+let mixer = null;
+
+function resize() {
+  const { clientWidth: width, clientHeight: height } = canvas;
+  renderer.setSize(width, height, false);
+  camera.aspect = width / Math.max(height, 1);
+  camera.updateProjectionMatrix();
+}
+
+function frameCamera(object) {
+  // A fixed frontal camera on the rest pose's bounding sphere, as the project's videos use.
+  const sphere = new THREE.Box3().setFromObject(object).getBoundingSphere(new THREE.Sphere());
+  const distance = (sphere.radius * 1.15) / Math.tan(THREE.MathUtils.degToRad(25 / 2));
+  camera.position.copy(sphere.center).add(new THREE.Vector3(0, 0, distance));
+  camera.near = distance / 20;
+  camera.far = distance * 20;
+  camera.lookAt(sphere.center);
+  camera.updateProjectionMatrix();
+}
+
+function draw(time) {
+  viewer.time = Math.min(Math.max(time, 0), viewer.duration);
+  if (mixer) mixer.setTime(viewer.time);
+  renderer.render(scene, camera);
+  document.getElementById("clock").textContent = `${viewer.time.toFixed(2)} s`;
+  document.getElementById("time").value = String(viewer.time / Math.max(viewer.duration, 1e-9));
+}
+
+viewer.seek = (time) => {
+  audio.currentTime = time;
+  draw(time);
+  return viewer.time;
+};
+
+function loop() {
+  if (!audio.paused) draw(audio.currentTime);
+  requestAnimationFrame(loop);
+}
+
+async function start() {
+  if (!modelUrl) throw new Error("no model: open this page with ?model=FILE.glb");
+  const gltf = await new GLTFLoader().loadAsync(modelUrl);
+  scene.add(gltf.scene);
+  frameCamera(gltf.scene);
+  const clip = gltf.animations[0];
+  if (!clip) throw new Error(`${modelUrl} has no animation`);
+  mixer = new THREE.AnimationMixer(gltf.scene);
+  mixer.clipAction(clip).play();
+  viewer.duration = clip.duration;
+  const extras = gltf.asset.extras || {};
+  viewer.extras = extras;
+  const audioName = params.get("audio") || extras.audio;
+  if (audioName) audio.src = new URL(audioName, new URL(modelUrl, window.location.href)).href;
+  const play = document.getElementById("play");
+  play.disabled = !audioName;
+  play.onclick = () => (audio.paused ? audio.play().catch(report) : audio.pause());
+  audio.onplay = () => (play.textContent = "pause");
+  audio.onpause = () => (play.textContent = "play");
+  document.getElementById("time").oninput = (event) =>
+    viewer.seek(Number(event.target.value) * viewer.duration);
+  resize();
+  window.addEventListener("resize", () => { resize(); draw(viewer.time); });
+  draw(0);
+  viewer.ready = true;
+  loop();
+}
+
+start().catch(report);
