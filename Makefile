@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DATA ?= data/synthetic
 DEMO_RUN ?= runs/synthetic
 
-.PHONY: setup demo test test-quick lint clean
+.PHONY: setup demo test test-quick lint clean viewer-setup
 
 $(VENV)/.installed: pyproject.toml
 	@# Rendering needs an EGL library and Mesa's software OpenGL driver (no GPU or display needed).
@@ -29,6 +29,19 @@ demo: setup
 	$(BIN)/python -m sdetalk_jax.evaluate --workdir $(DEMO_RUN) --split test-a --plots --force
 	$(BIN)/python -m sdetalk_jax.animate --workdir $(DEMO_RUN) --audio $(DEMO_DATA)/wav/F2_e37.wav \
 		--subject F2 --samples 2 --seed 0 --out $(DEMO_RUN)/animations --force
+
+# The glTF viewer's tools (docs/animate.md): three.js, the Khronos glTF validator and playwright-core
+# from npm (viewer/package-lock.json), and Debian's Chromium for the headless viewer test. Without
+# them the tests marked `node` are skipped with the reason; CI (.ci/run) installs them first.
+viewer-setup: viewer/node_modules/.installed
+
+viewer/node_modules/.installed: viewer/package.json viewer/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		{ echo "installing Node.js and npm"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	@[ -x /usr/bin/chromium ] || \
+		{ echo "installing Chromium (headless viewer test)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 lint: setup
 	$(BIN)/ruff check .

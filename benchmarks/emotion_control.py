@@ -8,7 +8,10 @@ the same noise for every request. The produced expression offset is f^e - f^n av
 frames and clips [V*3]; it is correlated, coordinate by coordinate, with the corpus generator's own
 offset for every category (`data.synthetic.category_expression_offsets`: its blendshape weights
 per emotion times the expression basis). The confusion table's row c holds those correlations; the
-requested category should be the best match. Beside it:
+requested category should be the best match. A second table does the same after subtracting G's
+offset under the neutral prototype (what G draws for a neutral take's embedding, at intensity 1):
+the part that every request shares, G's own corrections of f^n's lips, which is no emotion's. Beside
+them:
 
 * the classifier-read error: the run's own classifier applied to the steered embedding (the
   animation's `emotion`), squared L2 against the request, for one-category requests and for
@@ -82,7 +85,13 @@ def measure_run(workdir: str, clips: int, seed: int) -> dict:
     takes = neutral_takes(model, clips)
     key = jax.random.key(seed)
     inferred = animate_all(model, takes, parse_emotion("inferred", categories), key)
+    # What G draws for a neutral take's embedding (the neutral prototype, intensity 1): the part of
+    # its offset that every request shares (G's own lip corrections over G_n), not an emotion.
+    neutral = np.mean(
+        [item[0] for item in animate_all(model, takes, EmotionRequest({}, 1.0), key)], 0
+    )
     confusion = np.zeros((len(categories), len(categories)))
+    over_neutral = np.zeros_like(confusion)
     one_hot_errors, where = [], []
     produced_maps = []
     for c, name in enumerate(categories):
@@ -90,6 +99,7 @@ def measure_run(workdir: str, clips: int, seed: int) -> dict:
         offset = np.mean([item[0] for item in steered], axis=0)
         produced_maps.append(np.linalg.norm(offset.reshape(-1, 3), axis=1))
         confusion[c] = [correlation(offset, truth[k]) for k in range(len(categories))]
+        over_neutral[c] = [correlation(offset - neutral, truth[k]) for k in range(len(categories))]
         target = np.eye(len(categories))[c]
         one_hot_errors += [metrics.emotion_error(r["emotion"][0], target) for _, r, _ in steered]
         change = np.mean(
@@ -112,6 +122,10 @@ def measure_run(workdir: str, clips: int, seed: int) -> dict:
         "categories": categories,
         "confusion": confusion,
         "hits": int(np.sum(np.argmax(confusion, axis=1) == np.arange(len(categories)))),
+        "over_neutral": over_neutral,
+        "hits_over_neutral": int(
+            np.sum(np.argmax(over_neutral, axis=1) == np.arange(len(categories)))
+        ),
         "one_hot_error": float(np.mean(one_hot_errors)),
         "mixture_error": float(np.mean(mixture_errors)),
         "where_r": float(np.mean(where)),
@@ -122,12 +136,12 @@ def measure_run(workdir: str, clips: int, seed: int) -> dict:
     }
 
 
-def print_confusion(result: dict) -> None:
+def print_confusion(result: dict, key: str = "confusion") -> None:
     categories = result["categories"]
     short = [name[:5] for name in categories]
     print("requested \\ true  " + " ".join(f"{s:>6}" for s in short) + "   best")
     for c, name in enumerate(categories):
-        row = result["confusion"][c]
+        row = result[key][c]
         cells = " ".join(f"{v:6.2f}" for v in row)
         best = categories[int(np.argmax(row))]
         print(f"{name:>17} {cells}   {best}{'' if best == name else '  (miss)'}")
@@ -180,10 +194,14 @@ def main(argv=None) -> int:
     for workdir in args.workdir:
         result = measure_run(workdir, args.clips, args.seed)
         print(f"\n## {workdir} (step {result['model'].step})\n")
+        print("offset f^e - f^n against the true offsets (r):")
         print_confusion(result)
+        print("\nthe same offset minus G's for a neutral take's embedding (r):")
+        print_confusion(result, "over_neutral")
         results.append(result)
     rows = (
         ("requested category is the best match (of 12)", "hits", "{:.1f}"),
+        ("... with G's face for a neutral take subtracted", "hits_over_neutral", "{:.1f}"),
         ("classifier-read error, one-category requests", "one_hot_error", "{:.4f}"),
         ("classifier-read error, random mixtures", "mixture_error", "{:.4f}"),
         ("where the face changes vs Fig. 5's map (r)", "where_r", "{:.3f}"),

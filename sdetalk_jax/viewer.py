@@ -14,6 +14,7 @@ import http.server
 import os
 import sys
 import threading
+import urllib.parse
 
 from sdetalk_jax import cli
 
@@ -49,7 +50,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def translate_path(self, path: str) -> str:
         if path.startswith(FILES):
-            relative = path[len(FILES) :].split("?", 1)[0].split("#", 1)[0]
+            relative = urllib.parse.unquote(path[len(FILES) :].split("?", 1)[0].split("#", 1)[0])
             root = os.path.realpath(self.files_dir)
             target = os.path.realpath(os.path.join(root, *relative.split("/")))
             # nothing outside the export folder

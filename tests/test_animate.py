@@ -434,3 +434,39 @@ def test_an_older_run_fits_its_prototypes_from_its_corpus_or_says_why_not(workdi
         RunError, match=r"emotion_prototypes/\d+\.npz is missing .*/gone is not here"
     ):
         TrainedModel.load(copy).emotion_prototypes()
+
+
+def test_animate_writes_a_glb_with_its_audio_that_the_validator_accepts(
+    workdir, model, speech, tmp_path, capsys
+):
+    import pygltflib
+
+    from tests.test_export_gltf import node_tools_missing, validate
+
+    out = tmp_path / "out"
+    usable = model.emotion_prototypes().available()
+    args = ["--workdir", workdir, "--audio", speech[0], "--subject", "F2", "--out", os.fspath(out)]
+    assert (
+        animate.main(
+            [*args, "--format", "glb", "--emotion", usable[0], "--morph-tolerance-mm", "0.02"]
+        )
+        == 0
+    )
+    assert sorted(os.listdir(out)) == ["hello_s0.glb", "hello_s0.npz", "hello_s0.wav"]
+    printed = capsys.readouterr().out
+    assert "morph targets, largest vertex error" in printed and "(tolerance 0.02 mm)" in printed
+    gltf = pygltflib.GLTF2().load(os.fspath(out / "hello_s0.glb"))
+    extras = gltf.asset.extras
+    assert extras["audio"] == "hello_s0.wav" and extras["emotion"] == f"{usable[0]}=1"
+    assert extras["morph_max_error_mm"] <= 0.02 and extras["fps"] == model.assets.fps
+    waveform, rate = soundfile.read(os.fspath(out / "hello_s0.wav"))
+    assert rate == 16000 and abs(len(waveform) / rate - speech[1]) < 0.01
+    if node_tools_missing() is None:
+        assert validate(os.fspath(out / "hello_s0.glb"))["issues"]["numErrors"] == 0
+    # an existing export is not replaced without --force; a bad format is a usage error
+    assert animate.main([*args, "--format", "glb"]) == 1
+    assert "hello_s0.npz already exists (3 outputs would be replaced)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        animate.main([*args, "--format", "fbx"])
+    assert exit_info.value.code == 2
+    assert "--format: unknown format 'fbx': choose from npz, mp4, glb" in capsys.readouterr().err
