@@ -54,10 +54,37 @@ def parse_formats(text: str) -> tuple[bool, bool]:
     return "mp4" in names, "glb" in names
 
 
+def write_sample_npz(path: str, result: dict, assets, request, settings: dict) -> None:
+    """One sample's arrays and what made them (docs/animate.md lists the keys)."""
+    write_npz(
+        path,
+        **result,
+        fps=np.float64(assets.fps),
+        emotion_categories=np.array(assets.emotion_categories, dtype=np.str_),
+        subject=np.array(settings["subject"]),
+        seed=np.int64(settings["seed"]),
+        sample=np.int64(settings["sample"]),
+        head_scale=np.float64(settings["head_scale"]),
+        emotion_request=np.array(request.describe()),
+        emotion_intensity=np.float64(request.intensity),
+    )
+
+
+def checked_emotion(model: TrainedModel, emotion: str, intensity: float, progress: bool):
+    """The parsed request, its prototypes fitted if the run has none yet; a bad request is a
+    RunError before any work."""
+    try:
+        request = parse_emotion(emotion, model.assets.emotion_categories, intensity)
+        model.emotion_inputs(request, progress)  # a category without a prototype: refused now
+    except EmotionRequestError as error:
+        raise RunError(f"--emotion: {error}") from None
+    return request
+
+
 def export_glb(path: str, result: dict, model: TrainedModel, subject: str, waveform, *,
-               tolerance_mm: float, colors=None, extras: dict) -> dict:  # fmt: skip
+               tolerance_mm: float, colors=None, extras: dict, progress: bool = False) -> dict:  # fmt: skip
     """The .glb of one sample and its audio beside it (16 kHz mono, as the model heard it);
-    returns what the export reports (morph targets, reconstruction error)."""
+    returns (and with `progress` prints) what the export reports: morph targets, largest error."""
     import soundfile
 
     from sdetalk_jax.export_gltf import build_gltf, write_glb
@@ -75,6 +102,11 @@ def export_glb(path: str, result: dict, model: TrainedModel, subject: str, wavef
     with atomic_path(audio_path) as temporary:
         soundfile.write(temporary, waveform, audio.SAMPLE_RATE, format="WAV", subtype="PCM_16")
     write_glb(path, gltf)
+    if progress:
+        print(
+            f"{path}: {basis.count} morph targets, largest vertex error "
+            f"{basis.max_error_mm:.3g} mm (tolerance {tolerance_mm:g} mm)"
+        )
     return {"morph_targets": basis.count, "max_error_mm": basis.max_error_mm}
 
 
@@ -110,11 +142,7 @@ def animate(
         raise RunError(f"--head-scale: {error}") from None
     model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
     model.subject_index(subject)  # unknown subject: fail before any work
-    try:
-        request = parse_emotion(emotion, model.assets.emotion_categories, emotion_intensity)
-        model.emotion_inputs(request, progress)  # a category without a prototype: refused now
-    except EmotionRequestError as error:
-        raise RunError(f"--emotion: {error}") from None
+    request = checked_emotion(model, emotion, emotion_intensity, progress)
     stem = os.path.splitext(os.path.basename(audio_path))[0]
     paths = output_paths(out_dir, stem, samples, video, glb)
     existing = [p for p in paths if os.path.exists(p)]
@@ -134,32 +162,17 @@ def animate(
             head_scale=head_scale, emotion=request, progress=progress,
         )  # fmt: skip
         npz_path = os.path.join(out_dir, f"{stem}_s{k}.npz")
-        write_npz(
-            npz_path,
-            **result,
-            fps=np.float64(assets.fps),
-            emotion_categories=np.array(assets.emotion_categories, dtype=np.str_),
-            subject=np.array(subject),
-            seed=np.int64(seed),
-            sample=np.int64(k),
-            head_scale=np.float64(head_scale),
-            emotion_request=np.array(request.describe()),
-            emotion_intensity=np.float64(request.intensity),
-        )
+        settings = {"subject": subject, "seed": seed, "sample": k, "head_scale": head_scale}
+        write_sample_npz(npz_path, result, assets, request, settings)
         written.append(npz_path)
         if glb:
             glb_path = os.path.join(out_dir, f"{stem}_s{k}.glb")
-            report = export_glb(
+            export_glb(
                 glb_path, result, model, subject, waveform, tolerance_mm=morph_tolerance_mm,
-                colors=colors,
+                colors=colors, progress=progress,
                 extras={"subject": subject, "seed": seed, "sample": k, "emotion": request.describe()},
             )  # fmt: skip
             written += [glb_path, os.path.splitext(glb_path)[0] + ".wav"]
-            if progress:
-                print(
-                    f"{glb_path}: {report['morph_targets']} morph targets, largest vertex error "
-                    f"{report['max_error_mm']:.3g} mm (tolerance {morph_tolerance_mm:g} mm)"
-                )
         if video:
             if assets.faces.size == 0:
                 raise RunError(f"{workdir}: the run's assets have no mesh faces; use --no-video")

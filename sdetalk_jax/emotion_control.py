@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax.data.pipeline import identity_onehot
+from sdetalk_jax.data.pipeline import identity_onehot, model_batch
 from sdetalk_jax.fileio import write_npz
 from sdetalk_jax.models.sdetalk import masked_mean
 
@@ -174,10 +174,14 @@ def cropped_batch(dataset, indices, crop: int, num_subjects: int) -> dict:
             batch[key][row, :n] = example[key][:n]
         batch["frame_mask"][row, :n] = True
     batch["template"] = np.stack([e["template"] for e in examples])
-    batch["has_neutral"] = np.array([bool(e["has_neutral"]) for e in examples])
-    batch["emotion"] = np.stack([e["emotion"] for e in examples])
-    batch["subject_onehot"] = identity_onehot([int(e["subject"]) for e in examples], num_subjects)
-    return batch
+    subjects = [int(e["subject"]) for e in examples]
+    return {
+        **model_batch(batch, subjects, num_subjects, targets=False),
+        "vertices": batch["vertices"],
+        "neutral_vertices": batch["neutral_vertices"],
+        "has_neutral": np.array([bool(e["has_neutral"]) for e in examples]),
+        "emotion": np.stack([e["emotion"] for e in examples]),
+    }
 
 
 def category_offsets(offsets: np.ndarray, labels: np.ndarray, ridge: float = 1e-3) -> np.ndarray:

@@ -124,6 +124,76 @@ class _Buffer:
         return len(self.gltf.accessors) - 1
 
 
+def _add_mesh(gltf, buffer: _Buffer, template, faces, basis: MorphBasis, colors) -> None:
+    """The face mesh, its morph targets and material, in node 0 of scene 0."""
+    import pygltflib as gl
+
+    attributes = gl.Attributes(
+        POSITION=buffer.add(
+            template.astype(np.float32), gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER
+        )
+    )
+    if colors is not None:  # per-vertex RGB in [0, 1] (the lips marked, as in the videos)
+        attributes.COLOR_0 = buffer.add(
+            np.clip(colors, 0, 1).astype(np.float32), gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER
+        )
+    indices = buffer.add(
+        front_facing(faces, template).astype(np.uint32).reshape(-1), gl.SCALAR, gl.UNSIGNED_INT,
+        target=gl.ELEMENT_ARRAY_BUFFER,
+    )  # fmt: skip
+    targets = [
+        {"POSITION": buffer.add(t, gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER)}
+        for t in basis.targets
+    ]
+    skin = [1.0, 1.0, 1.0, 1.0] if colors is not None else [0.86, 0.68, 0.58, 1.0]
+    gltf.materials.append(
+        gl.Material(
+            name="skin",
+            doubleSided=False,
+            pbrMetallicRoughness=gl.PbrMetallicRoughness(
+                baseColorFactor=skin, metallicFactor=0.0, roughnessFactor=0.7
+            ),
+        )  # fmt: skip
+    )
+    primitive = gl.Primitive(
+        attributes=attributes, indices=indices, material=0, targets=targets or None
+    )
+    gltf.meshes.append(
+        gl.Mesh(
+            name="face",
+            primitives=[primitive],
+            weights=[0.0] * basis.count or None,
+            extras={"targetNames": [f"expression_{k}" for k in range(basis.count)]},
+        )  # fmt: skip
+    )
+    gltf.nodes.append(gl.Node(name="head", mesh=0))
+    gltf.scenes.append(gl.Scene(nodes=[0]))
+    gltf.scene = 0
+
+
+def _add_animation(gltf, buffer: _Buffer, basis: MorphBasis, rotation, translation, fps) -> None:
+    """One keyframe per frame (LINEAR): node 0's rotation and translation, the morph weights."""
+    import pygltflib as gl
+
+    frames = len(rotation)
+    times = np.arange(frames, dtype=np.float64) / fps
+    start = buffer.add(times.astype(np.float32), gl.SCALAR, gl.FLOAT, bounds=True)
+    outputs = [
+        ("rotation", buffer.add(head_quaternions(rotation), gl.VEC4, gl.FLOAT)),
+        ("translation", buffer.add(np.asarray(translation, np.float32), gl.VEC3, gl.FLOAT)),
+    ]
+    if basis.count:
+        outputs.append(("weights", buffer.add(basis.weights.reshape(-1), gl.SCALAR, gl.FLOAT)))
+    samplers = [
+        gl.AnimationSampler(input=start, output=o, interpolation="LINEAR") for _, o in outputs
+    ]
+    channels = [
+        gl.AnimationChannel(sampler=i, target=gl.AnimationChannelTarget(node=0, path=path))
+        for i, (path, _) in enumerate(outputs)
+    ]
+    gltf.animations.append(gl.Animation(name="speech", samplers=samplers, channels=channels))
+
+
 def build_gltf(
     template: np.ndarray,
     faces: np.ndarray,
@@ -144,76 +214,10 @@ def build_gltf(
     basis = morph_basis(expression - template[None], tolerance_mm)
     gltf = gl.GLTF2(asset=gl.Asset(version="2.0", generator="sdetalk-jax"))
     buffer = _Buffer(gltf)
-    position = buffer.add(
-        template.astype(np.float32), gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER
-    )
-    indices = buffer.add(
-        front_facing(faces, template).astype(np.uint32).reshape(-1), gl.SCALAR, gl.UNSIGNED_INT,
-        target=gl.ELEMENT_ARRAY_BUFFER,
-    )  # fmt: skip
-    targets = [
-        {"POSITION": buffer.add(t, gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER)}
-        for t in basis.targets
-    ]
-    names = [f"expression_{k}" for k in range(basis.count)]
-    gltf.materials.append(
-        gl.Material(
-            name="skin",
-            doubleSided=True,
-            pbrMetallicRoughness=gl.PbrMetallicRoughness(
-                baseColorFactor=[1.0, 1.0, 1.0, 1.0]
-                if colors is not None
-                else [0.86, 0.68, 0.58, 1.0],
-                metallicFactor=0.0,
-                roughnessFactor=0.7,
-            ),
-        )  # fmt: skip
-    )
-    attributes = gl.Attributes(POSITION=position)
-    if colors is not None:  # per-vertex RGB in [0, 1] (the lips marked, as in the videos)
-        attributes.COLOR_0 = buffer.add(
-            np.clip(colors, 0, 1).astype(np.float32), gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER
-        )
-    primitive = gl.Primitive(
-        attributes=attributes, indices=indices, material=0,
-        targets=targets or None,
-    )  # fmt: skip
-    gltf.meshes.append(
-        gl.Mesh(
-            name="face",
-            primitives=[primitive],
-            weights=[0.0] * basis.count or None,
-            extras={"targetNames": names},
-        )  # fmt: skip
-    )
-    gltf.nodes.append(gl.Node(name="head", mesh=0))
-    gltf.scenes.append(gl.Scene(nodes=[0]))
-    gltf.scene = 0
-    frames = len(expression)
-    times = buffer.add(
-        (np.arange(frames) / fps).astype(np.float32), gl.SCALAR, gl.FLOAT, bounds=True
-    )
-    outputs = [
-        ("rotation", buffer.add(head_quaternions(rotation), gl.VEC4, gl.FLOAT)),
-        ("translation", buffer.add(np.asarray(translation, np.float32), gl.VEC3, gl.FLOAT)),
-    ]
-    if basis.count:
-        outputs.append(("weights", buffer.add(basis.weights.reshape(-1), gl.SCALAR, gl.FLOAT)))
-    gltf.animations.append(
-        gl.Animation(
-            name="speech",
-            samplers=[
-                gl.AnimationSampler(input=times, output=o, interpolation="LINEAR")
-                for _, o in outputs
-            ],
-            channels=[
-                gl.AnimationChannel(sampler=i, target=gl.AnimationChannelTarget(node=0, path=path))
-                for i, (path, _) in enumerate(outputs)
-            ],
-        )  # fmt: skip
-    )
+    _add_mesh(gltf, buffer, template, faces, basis, colors)
+    _add_animation(gltf, buffer, basis, rotation, translation, fps)
     gltf.asset.extras = {
-        "fps": float(fps), "frames": frames, "morph_targets": basis.count,
+        "fps": float(fps), "frames": len(expression), "morph_targets": basis.count,
         "morph_tolerance_mm": tolerance_mm, "morph_max_error_mm": basis.max_error_mm,
         **(extras or {}),
     }  # fmt: skip

@@ -196,6 +196,17 @@ class TrainedModel:
         inputs = request_inputs(emotion, self.emotion_prototypes(progress))
         return {name: np.asarray(value)[None] for name, value in inputs.items()}
 
+    def window_batch(self, piece, window: int, subjects, template_flat) -> dict:
+        """The model batch of one window of audio (one row)."""
+        context = audio.interpolate_frames(self.encoder.encode(piece), window)
+        features = {
+            "context": context[None],
+            "mel": audio.frame_aligned_log_mel(piece, window)[None],
+            "template": template_flat[None],
+            "frame_mask": np.ones((1, window), bool),
+        }
+        return model_batch(features, subjects, len(self.assets.subjects), targets=False)
+
     def generate_fn(self):
         """Jitted generator: (batch, noise) -> outputs."""
         generator = self.networks.generator
@@ -249,15 +260,7 @@ class TrainedModel:
             tqdm(starts, desc="animate", unit="window", disable=not progress)
         ):
             piece = waveform[start * samples_per_frame : (start + window) * samples_per_frame]
-            context = audio.interpolate_frames(self.encoder.encode(piece), window)
-            features = {
-                "context": context[None],
-                "mel": audio.frame_aligned_log_mel(piece, window)[None],
-                "template": template_flat[None],
-                "frame_mask": np.ones((1, window), bool),
-            }
-            batch = model_batch(features, subjects, len(self.assets.subjects), targets=False)
-            batch.update(steering)
+            batch = {**self.window_batch(piece, window, subjects, template_flat), **steering}
             noise = jax.random.normal(jax.random.fold_in(key, index), (1, window, hidden))
             outputs = jax.device_get(generate(self.params, batch, noise))
             weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)

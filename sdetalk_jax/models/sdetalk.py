@@ -590,6 +590,18 @@ class Generator(nn.Module):
         self.diversity = nn.Dense(2 * config.hidden, name="diversity")
         self.face_generator = EmotionalFaceGenerator(config, name="face")
 
+    def neutral_face(self, batch):
+        """(p, G_n's motion, f^n = G_n(c (+) p) + f_0^n) of Eq. 2."""
+        identity = self.identity(batch["subject_onehot"])
+        frames = batch["frame_mask"].shape[1]
+        identity_frames = jnp.broadcast_to(
+            identity[:, None], (identity.shape[0], frames, identity.shape[-1])
+        )
+        neutral_motion = self.config.motion_unit * self.neutral_generator(
+            jnp.concatenate([batch["context"], identity_frames], -1)
+        )
+        return identity, neutral_motion, neutral_motion + batch["template"][:, None]
+
     def clip_embedding(self, mel, mask, subject_onehot):
         """The clip's emotional embedding e averaged over its frames [B, hidden]: what the
         classifier pools, and what emotion prototypes are fitted to."""
@@ -604,16 +616,8 @@ class Generator(nn.Module):
         `mean_head`, also the head pose at z = 0 (`mean_rotation`, `mean_translation`)."""
         check_head_options(self.config)
         mask = batch["frame_mask"]
-        frames = mask.shape[1]
-        identity = self.identity(batch["subject_onehot"])  # p
         context = batch["context"]  # c, Eq. 1 (aligned outside)
-        identity_frames = jnp.broadcast_to(
-            identity[:, None], (identity.shape[0], frames, identity.shape[-1])
-        )
-        neutral_motion = self.config.motion_unit * self.neutral_generator(
-            jnp.concatenate([context, identity_frames], -1)
-        )
-        neutral = neutral_motion + batch["template"][:, None]  # Eq. 2
+        identity, neutral_motion, neutral = self.neutral_face(batch)  # p, Eq. 2
         embedding = self.emotion_network(
             batch["mel"], mask, batch["subject_onehot"], deterministic
         )  # e
