@@ -121,7 +121,8 @@ def get_config():
     config.train.progress = True
     # Emotion control (emotion_control.py, docs/animate.md): at the end of training, the
     # per-category prototypes of the emotional embedding are fitted to the training takes with
-    # this many Adam steps (0: least squares only; -1: none, fitted when first asked for).
+    # this many Adam steps (0: least squares only; -1: not when training ends, but the first time
+    # animate asks, from the corpus, with 300 steps).
     config.train.emotion_prototype_steps = 300
     # On GPUs, XLA's deterministic ops make runs bitwise repeatable at some speed cost
     # (docs/scaling.md); CPU runs are deterministic anyway.

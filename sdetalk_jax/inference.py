@@ -181,7 +181,8 @@ class TrainedModel:
             )
         corpus = open_corpus(self.config)
         dataset = ClipDataset.from_corpus(corpus, "train", self.assets.subjects, self.encoder)
-        steps = max(self.config.train.get("emotion_prototype_steps", DEFAULT_REFINE_STEPS), 0)
+        steps = self.config.train.get("emotion_prototype_steps", -1)
+        steps = steps if steps >= 0 else DEFAULT_REFINE_STEPS  # -1: none at the end of training
         self._prototypes = gather_prototypes(
             self.networks.generator, self.params, dataset, self.assets.emotion_categories,
             self.step, refine_steps=steps, progress=progress,

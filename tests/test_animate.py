@@ -28,6 +28,7 @@ def workdir(tmp_path_factory):
     )
     config = tiny_training_config(root, os.fspath(base / "cache"))
     config.train.epochs = 1
+    config.train.emotion_prototype_steps = 3  # fitted when training ends (emotion control)
     config.data.splits.unseen_subjects = ("F4",)  # test-b: a speaker the model has not heard
     run = os.fspath(base / "run")
     train(config, run)

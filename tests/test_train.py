@@ -67,6 +67,8 @@ def test_train_writes_metrics_config_and_checkpoints(config, tmp_path):
         checkpoint.checkpoint_manager(workdir, checkpoint.BEST, keep=1, best=True).latest_step()
         is not None
     )
+    # train.emotion_prototype_steps = -1 (tests/tiny_config.py): none when training ends
+    assert not os.path.exists(os.path.join(workdir, "emotion_prototypes"))
 
 
 def test_resume_gives_bitwise_the_same_parameters(config, straight_run, tmp_path):

@@ -35,5 +35,7 @@ def get_config():
     config.train.global_batch = 4
     config.train.epochs = 2
     config.train.progress = False
-    config.train.emotion_prototype_steps = 3
+    # No emotion prototypes at the end of every tiny training (a fit compiles G once more);
+    # tests/test_animate.py's run turns them on.
+    config.train.emotion_prototype_steps = -1
     return config
