@@ -94,11 +94,14 @@ def export_glb(path: str, result: dict, model: TrainedModel, subject: str, wavef
     if assets.faces.size == 0:
         raise RunError("the run's assets have no mesh faces, which a .glb needs")
     audio_path = os.path.splitext(path)[0] + ".wav"
-    gltf, basis = build_gltf(
-        assets.templates[subject], assets.faces, result["expression"], result["rotation"],
-        result["translation"], assets.fps, tolerance_mm=tolerance_mm, colors=colors,
-        extras={**extras, "audio": os.path.basename(audio_path)},
-    )  # fmt: skip
+    try:
+        gltf, basis = build_gltf(
+            assets.templates[subject], assets.faces, result["expression"], result["rotation"],
+            result["translation"], assets.fps, tolerance_mm=tolerance_mm, colors=colors,
+            extras={**extras, "audio": os.path.basename(audio_path)},
+        )  # fmt: skip
+    except ValueError as error:  # the tolerance cannot be reached
+        raise RunError(f"{path}: {error} (--morph-tolerance-mm)") from None
     with atomic_path(audio_path) as temporary:
         soundfile.write(temporary, waveform, audio.SAMPLE_RATE, format="WAV", subtype="PCM_16")
     write_glb(path, gltf)

@@ -5,9 +5,13 @@ Prototypes. Every training clip's emotional embedding e (Fig. 3), averaged over 
 ē_i. Over the emotional takes, whose labels y_i are mixtures of the run's categories, we fit
 ē_i ≈ sum_c y_ic P_c by least squares (ridge-shrunk towards the label-weighted means): P_c is the
 embedding of a take spoken purely with emotion c, which no single clip need be, since labels are
-mixtures (the paper's Fig. 1). The neutral takes' mean is P_neutral. Training fits them for its
-best and its last checkpoint and saves them in `WORKDIR/emotion_prototypes/STEP.npz`; for an older
-run `inference.TrainedModel` fits them from the run's corpus the first time they are asked for.
+mixtures (the paper's Fig. 1). The neutral takes' mean is P_neutral. That start lands near the
+average emotional face, so `refine_prototypes` then moves each P_c until G, reading it over the
+training takes' speech, draws the face the takes attribute to c (`category_offsets`: their true
+expression offsets regressed on their mixtures the same way). Training fits them for its best
+checkpoint when it ends and saves them in `WORKDIR/emotion_prototypes/STEP.npz`; for another
+checkpoint or an older run `inference.TrainedModel` fits them from the run's corpus the first time
+they are asked for.
 
 A request w (weights over categories, normalised, optionally with `inferred`: the clip's own
 emotion) becomes target = sum_c w_c P_c, and G reads e'(t) = e(t) - (1 - w_inferred) ē + target
@@ -131,7 +135,7 @@ def fit_prototypes(
     emotional takes [n]: least squares over the labelled emotional takes, shrunk by `ridge`
     (relative to the labels' mean square) towards each category's label-weighted mean."""
     means = np.asarray(means, np.float64)
-    labelled = emotional & np.all(np.isfinite(labels), axis=1)
+    labelled = emotional & np.all(np.isfinite(labels), axis=1) & (np.nansum(labels, axis=1) > 0)
     y = np.asarray(labels[labelled], np.float64)
     y = y / np.maximum(y.sum(axis=1, keepdims=True), 1e-12)
     e = means[labelled]
@@ -139,9 +143,12 @@ def fit_prototypes(
     weighted_mean = (y.T @ e) / np.maximum(weights, 1e-12)[:, None]
     gram = y.T @ y
     strength = ridge * np.trace(gram) / max(len(weights), 1)
-    prototypes = np.linalg.solve(
-        gram + strength * np.eye(len(weights)), y.T @ e + strength * weighted_mean
-    )
+    if strength > 0:
+        prototypes = np.linalg.solve(
+            gram + strength * np.eye(len(weights)), y.T @ e + strength * weighted_mean
+        )
+    else:  # no labelled emotional take: no category has a prototype
+        prototypes = np.full((len(weights), means.shape[1]), np.nan)
     prototypes[weights < MIN_CATEGORY_WEIGHT] = np.nan
     neutral_takes = means[~emotional]
     neutral = neutral_takes.mean(axis=0) if len(neutral_takes) else np.full(means.shape[1], np.nan)
@@ -188,7 +195,7 @@ def category_offsets(offsets: np.ndarray, labels: np.ndarray, ridge: float = 1e-
     """What each category adds to the neutral face [C, V*3]: the takes' mean expression offsets
     [n, V*3] fitted by least squares as their label mixtures [n, C] of per-category offsets (a
     mixed emotion's face as the mixture of its parts' faces)."""
-    y = labels / labels.sum(axis=1, keepdims=True)
+    y = labels / np.maximum(labels.sum(axis=1, keepdims=True), 1e-12)
     gram = y.T @ y
     strength = ridge * np.trace(gram) / len(gram)
     return np.linalg.solve(gram + strength * np.eye(len(gram)), y.T @ offsets)
@@ -340,6 +347,15 @@ def parse_emotion(spec: str, categories, intensity: float = 1.0) -> EmotionReque
     if total <= 0.0:
         raise EmotionRequestError(f"emotion '{spec}' gives no weight to any category")
     return EmotionRequest({name: w / total for name, w in weights.items() if w > 0}, intensity)
+
+
+def inferred_inputs(hidden: int, intensity: float) -> dict:
+    """The generator's inputs that keep the speech's own emotion, at `intensity`."""
+    return {
+        "emotion_target": np.zeros(hidden, np.float32),
+        "emotion_inferred_weight": np.float32(1.0),
+        "expression_scale": np.float32(intensity),
+    }
 
 
 def request_inputs(request: EmotionRequest, prototypes: EmotionPrototypes) -> dict:

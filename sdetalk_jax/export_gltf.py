@@ -50,10 +50,13 @@ def morph_basis(
     flat = np.asarray(offsets, np.float64).reshape(frames, -1)
     u, s, vt = np.linalg.svd(flat, full_matrices=False)
     limit = min(max_targets, len(s))
+    residual = flat.copy()  # what the first `count` targets leave, updated one target at a time
     for count in range(0, limit + 1):
-        approximation = (u[:, :count] * s[:count]) @ vt[:count]
-        residual = (flat - approximation).reshape(frames, vertices, 3)
-        error_mm = float(np.linalg.norm(residual, axis=-1).max() * 1000.0)
+        if count:
+            residual -= np.outer(u[:, count - 1] * s[count - 1], vt[count - 1])
+        error_mm = float(
+            np.linalg.norm(residual.reshape(frames, vertices, 3), axis=-1).max() * 1000
+        )
         if error_mm <= tolerance_mm:
             break
     else:

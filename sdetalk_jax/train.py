@@ -654,6 +654,8 @@ def save_emotion_prototypes(config, workdir: str, run: Setup, checkpoints, state
     )  # fmt: skip
     if jax.process_index() == 0:
         _log(f"emotion prototypes of step {step}: {prototypes.save(workdir)}")
+    # No process exits before the file is written (a scheduler may end the job with the first).
+    parallel.barrier("sdetalk-emotion-prototypes")
 
 
 def _log(message: str) -> None:

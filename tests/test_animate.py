@@ -370,6 +370,13 @@ def test_a_requested_emotion_is_what_the_classifier_reads_and_changes_the_face(m
         np.testing.assert_array_equal(asked["neutral"], inferred["neutral"])  # same lips
         readings[name] = asked["expression"]
     assert np.abs(readings["anger"] - readings["happiness"]).max() > 1e-6
+    twice = model.animate_waveform(
+        waveform, subject="F2", key=key, emotion=parse_emotion("happiness", categories, 2.0)
+    )
+    np.testing.assert_allclose(
+        twice["expression"] - twice["neutral"],
+        2 * (readings["happiness"] - inferred["neutral"]), rtol=1e-4, atol=1e-7,
+    )  # fmt: skip
     none = model.animate_waveform(
         waveform, subject="F2", key=key, emotion=parse_emotion("none", categories)
     )
@@ -410,7 +417,9 @@ def test_animate_emotion_options_end_to_end(workdir, model, speech, tmp_path, ca
     assert not bad.exists()
 
 
-def test_an_older_run_fits_its_prototypes_from_its_corpus_or_says_why_not(workdir, tmp_path):
+def test_an_older_run_fits_its_prototypes_from_its_corpus_or_says_why_not(
+    workdir, speech, tmp_path
+):
     import shutil
 
     from sdetalk_jax.emotion_control import PROTOTYPES_DIR, EmotionPrototypes
@@ -435,6 +444,22 @@ def test_an_older_run_fits_its_prototypes_from_its_corpus_or_says_why_not(workdi
         RunError, match=r"emotion_prototypes/\d+\.npz is missing .*/gone is not here"
     ):
         TrainedModel.load(copy).emotion_prototypes()
+    # the speech's own emotion at another intensity needs no prototype
+    import sdetalk_jax.audio as audio_module
+    from sdetalk_jax.emotion_control import parse_emotion
+
+    older = TrainedModel.load(copy)
+    waveform = audio_module.load_audio(speech[0])
+    key = jax.random.key(5)
+    plain = older.animate_waveform(waveform, subject="F2", key=key)
+    half = older.animate_waveform(
+        waveform, subject="F2", key=key,
+        emotion=parse_emotion("inferred", older.assets.emotion_categories, 0.5),
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        half["expression"] - half["neutral"], 0.5 * (plain["expression"] - plain["neutral"]),
+        rtol=1e-4, atol=1e-7,
+    )  # fmt: skip
 
 
 def test_animate_writes_a_glb_with_its_audio_that_the_validator_accepts(

@@ -93,6 +93,15 @@ def test_a_category_no_take_carries_has_no_prototype_and_is_refused(tmp_path):
     assert inputs["emotion_inferred_weight"] == 1.0 and inputs["expression_scale"] == 0.0
 
 
+def test_without_labelled_emotional_takes_no_category_has_a_prototype():
+    means = np.random.default_rng(0).normal(size=(10, 4))
+    labels = np.full((10, len(CATEGORIES)), np.nan)
+    fitted = fit_prototypes(means, labels, np.ones(10, bool), CATEGORIES, step=1)
+    assert fitted.available() == () and np.isnan(fitted.prototypes).all()
+    with pytest.raises(EmotionRequestError, match="'anger' has no prototype"):
+        request_inputs(parse_emotion("anger", CATEGORIES), fitted)
+
+
 def test_a_request_is_the_weighted_sum_of_prototypes():
     prototypes = EmotionPrototypes(
         CATEGORIES, np.eye(5, 3, dtype=np.float32), np.full(3, 9.0, np.float32), np.ones(5), 0

@@ -213,6 +213,9 @@ def test_the_viewer_plays_the_export_in_headless_chromium(tmp_path):
     # the same time twice draws the same picture: the difference above is the animation's
     still = view_in_chromium(os.fspath(tmp_path), "clip.glb", times=(0.5, 0.5))
     assert still["differing"] == 0
+    # the last frame is the last frame, not the first again (the clip plays once and holds)
+    ends = view_in_chromium(os.fspath(tmp_path), "clip.glb", times=(0.0, result["duration"]))
+    assert ends["differing"] > 0.002 * ends["pixels"]
     missing = view_in_chromium(os.fspath(tmp_path), "nothing.glb")
     assert not missing["ready"] and missing["errors"]  # the page reports what went wrong
 

@@ -76,7 +76,8 @@ async function start() {
   const clip = gltf.animations[0];
   if (!clip) throw new Error(`${modelUrl} has no animation`);
   mixer = new THREE.AnimationMixer(gltf.scene);
-  mixer.clipAction(clip).play();
+  // Once, held at its last frame: at the clip's end the face must not jump back to frame 0.
+  mixer.clipAction(clip).setLoop(THREE.LoopOnce, 1).play().clampWhenFinished = true;
   viewer.duration = clip.duration;
   const extras = gltf.asset.extras || {};
   viewer.extras = extras;
