@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sdetalk_jax import audio, metrics  # noqa: E402
 from sdetalk_jax.data import synthetic  # noqa: E402
 from sdetalk_jax.data.corpus import open_corpus  # noqa: E402
-from sdetalk_jax.emotion_control import EmotionRequest, parse_emotion  # noqa: E402
+from sdetalk_jax.data.pipeline import ClipDataset  # noqa: E402
+from sdetalk_jax.emotion_control import EmotionRequest, gather_prototypes, parse_emotion  # noqa: E402
 from sdetalk_jax.inference import TrainedModel  # noqa: E402
 
 
@@ -75,8 +76,21 @@ def animate_all(model, takes, request: EmotionRequest, key):
     return results
 
 
-def measure_run(workdir: str, clips: int, seed: int) -> dict:
+def refit_prototypes(model: TrainedModel, steps: int) -> None:
+    """Prototypes fitted afresh with `steps` refinement steps (0: least squares only), kept in
+    memory for this measurement only: the run's saved ones are left as they are."""
+    corpus = open_corpus(model.config)
+    dataset = ClipDataset.from_corpus(corpus, "train", model.assets.subjects, model.encoder)
+    model._prototypes = gather_prototypes(
+        model.networks.generator, model.params, dataset, model.assets.emotion_categories,
+        model.step, refine_steps=steps,
+    )  # fmt: skip
+
+
+def measure_run(workdir: str, clips: int, seed: int, refine_steps: int | None = None) -> dict:
     model = TrainedModel.load(workdir)
+    if refine_steps is not None:
+        refit_prototypes(model, refine_steps)
     categories = tuple(model.assets.emotion_categories)
     if categories != synthetic.EMOTIONS:
         raise SystemExit(f"{workdir}: not a SynthBIWI run (categories {categories})")
@@ -189,10 +203,15 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=6, help="test-a takes per request")
     parser.add_argument("--seed", type=int, default=0, help="noise key of every animation")
     parser.add_argument("--figure", help="PNG of the first run's displacement maps")
+    parser.add_argument(
+        "--refine-steps", type=int,
+        help="fit the prototypes afresh with this many refinement steps (0: least squares only), "
+        "in memory; default: the run's saved prototypes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     results = []
     for workdir in args.workdir:
-        result = measure_run(workdir, args.clips, args.seed)
+        result = measure_run(workdir, args.clips, args.seed, args.refine_steps)
         print(f"\n## {workdir} (step {result['model'].step})\n")
         print("offset f^e - f^n against the true offsets (r):")
         print_confusion(result)
