@@ -307,6 +307,11 @@ class EmotionRequest:
     intensity: float = 1.0
 
     @property
+    def needs_prototypes(self) -> bool:
+        """Whether the request names a category or is `none` (the neutral prototype)."""
+        return not self.weights or any(name != INFERRED for name in self.weights)
+
+    @property
     def is_default(self) -> bool:
         return self.weights == {INFERRED: 1.0} and self.intensity == 1.0
 
@@ -349,19 +354,15 @@ def parse_emotion(spec: str, categories, intensity: float = 1.0) -> EmotionReque
     return EmotionRequest({name: w / total for name, w in weights.items() if w > 0}, intensity)
 
 
-def inferred_inputs(hidden: int, intensity: float) -> dict:
-    """The generator's inputs that keep the speech's own emotion, at `intensity`."""
-    return {
-        "emotion_target": np.zeros(hidden, np.float32),
-        "emotion_inferred_weight": np.float32(1.0),
-        "expression_scale": np.float32(intensity),
-    }
-
-
-def request_inputs(request: EmotionRequest, prototypes: EmotionPrototypes) -> dict:
+def request_inputs(
+    request: EmotionRequest, hidden: int, prototypes: EmotionPrototypes | None = None
+) -> dict:
     """The generator's inputs for a request, for one batch row: emotion_target [hidden],
-    emotion_inferred_weight [], expression_scale [] (`models.sdetalk.steer_embedding`)."""
-    hidden = prototypes.prototypes.shape[1]
+    emotion_inferred_weight [], expression_scale [] (`models.sdetalk.steer_embedding`).
+    `prototypes` are read only if the request names a category or is `none`
+    (`EmotionRequest.needs_prototypes`)."""
+    if request.needs_prototypes and prototypes is None:
+        raise ValueError(f"emotion '{request.describe()}' needs the run's prototypes")
     target = np.zeros(hidden, np.float64)
     inferred = request.weights.get(INFERRED, 0.0)
     if not request.weights:  # none: a neutral take's embedding, or the speech's own if none

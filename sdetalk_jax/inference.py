@@ -24,11 +24,9 @@ from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, model_batch
 from sdetalk_jax.emotion_control import (
     DEFAULT_REFINE_STEPS,
-    INFERRED,
     EmotionPrototypes,
     EmotionRequest,
     gather_prototypes,
-    inferred_inputs,
     request_inputs,
 )
 from sdetalk_jax.models.networks import Networks
@@ -196,10 +194,9 @@ class TrainedModel:
         """The generator's extra inputs for a requested emotion ({} for the inferred one)."""
         if emotion is None or emotion.is_default:
             return {}
-        if emotion.weights == {INFERRED: 1.0}:  # the speech's own emotion at another intensity
-            inputs = inferred_inputs(self.networks.config.hidden, emotion.intensity)
-        else:
-            inputs = request_inputs(emotion, self.emotion_prototypes(progress))
+        # the speech's own emotion at another intensity needs no prototypes
+        prototypes = self.emotion_prototypes(progress) if emotion.needs_prototypes else None
+        inputs = request_inputs(emotion, self.networks.config.hidden, prototypes)
         return {name: np.asarray(value)[None] for name, value in inputs.items()}
 
     def window_batch(self, piece, window: int, subjects, template_flat) -> dict:

@@ -43,6 +43,7 @@ def test_a_mixture_is_normalised_and_a_bare_name_weighs_one():
         ("anger=-1", "must be zero or more"),
         ("anger=0,fear=0", "gives no weight to any category"),
         ("anger=nan", "must be zero or more"),
+        ("anger=inf", "must be zero or more"),
         ("", "gives no weight"),
     ],
 )
@@ -83,13 +84,13 @@ def test_a_category_no_take_carries_has_no_prototype_and_is_refused(tmp_path):
     assert "fear" not in fitted.available() and "anger" in fitted.available()
     assert np.isnan(fitted.neutral).all()  # no neutral take
     with pytest.raises(EmotionRequestError, match="'fear' has no prototype"):
-        request_inputs(parse_emotion("fear", CATEGORIES), fitted)
+        request_inputs(parse_emotion("fear", CATEGORIES), 4, fitted)
     # saved and read back as the same numbers (no pickle)
     loaded = EmotionPrototypes.load(fitted.save(str(tmp_path)))
     assert loaded.categories == CATEGORIES and loaded.step == 3
     np.testing.assert_array_equal(loaded.prototypes, fitted.prototypes)
     # with no neutral prototype, 'none' keeps the speech's own embedding, with no expression
-    inputs = request_inputs(parse_emotion("none", CATEGORIES), fitted)
+    inputs = request_inputs(parse_emotion("none", CATEGORIES), 4, fitted)
     assert inputs["emotion_inferred_weight"] == 1.0 and inputs["expression_scale"] == 0.0
 
 
@@ -99,20 +100,26 @@ def test_without_labelled_emotional_takes_no_category_has_a_prototype():
     fitted = fit_prototypes(means, labels, np.ones(10, bool), CATEGORIES, step=1)
     assert fitted.available() == () and np.isnan(fitted.prototypes).all()
     with pytest.raises(EmotionRequestError, match="'anger' has no prototype"):
-        request_inputs(parse_emotion("anger", CATEGORIES), fitted)
+        request_inputs(parse_emotion("anger", CATEGORIES), 4, fitted)
 
 
 def test_a_request_is_the_weighted_sum_of_prototypes():
     prototypes = EmotionPrototypes(
         CATEGORIES, np.eye(5, 3, dtype=np.float32), np.full(3, 9.0, np.float32), np.ones(5), 0
     )
-    inputs = request_inputs(parse_emotion("anger=1,sadness=3", CATEGORIES, 2.0), prototypes)
+    inputs = request_inputs(parse_emotion("anger=1,sadness=3", CATEGORIES, 2.0), 3, prototypes)
     np.testing.assert_allclose(inputs["emotion_target"], [0.25, 0.75, 0.0])
     assert inputs["emotion_inferred_weight"] == 0.0 and inputs["expression_scale"] == 2.0
-    blend = request_inputs(parse_emotion("inferred=1,fear=1", CATEGORIES), prototypes)
+    blend = request_inputs(parse_emotion("inferred=1,fear=1", CATEGORIES), 3, prototypes)
     np.testing.assert_allclose(blend["emotion_target"], [0.0, 0.0, 0.5])
     assert blend["emotion_inferred_weight"] == 0.5
-    none = request_inputs(parse_emotion("none", CATEGORIES), prototypes)
+    # the speech's own emotion at another intensity reads no prototypes; anything else does
+    softer = request_inputs(parse_emotion("inferred", CATEGORIES, 0.5), 3)
+    np.testing.assert_array_equal(softer["emotion_target"], 0.0)
+    assert softer["emotion_inferred_weight"] == 1.0 and softer["expression_scale"] == 0.5
+    with pytest.raises(ValueError, match="needs the run's prototypes"):
+        request_inputs(parse_emotion("inferred=1,fear=1", CATEGORIES), 3)
+    none = request_inputs(parse_emotion("none", CATEGORIES), 3, prototypes)
     np.testing.assert_allclose(none["emotion_target"], 9.0)
     assert none["emotion_inferred_weight"] == 0.0 and none["expression_scale"] == 0.0
 
