@@ -1,12 +1,18 @@
 """Times the SDETalk training step on BIWI-shaped data and prints a table.
 
-    python benchmarks/train_step.py [--vertices 23370] [--batch 4] [--clips 48] [--context-dim 768]
-                                    [--deterministic-gpu]
+    python benchmarks/train_step.py [--vertices 23370] [--batch 4] [--clips 384] [--steps 2]
+                                    [--context-dim 768] [--deterministic-gpu]
 
-BIWI-shaped: 23370 vertices, clip lengths drawn like BIWI's sentences (2.5-6 s at 25 fps), context
-features of wav2vec2-base width (768) as the feature cache would supply them. Reports compile time
-per bucket, the number of compilations in an epoch (one per bucket), steady-state clips/s and
-frames/s, and peak memory (host RSS on CPU; device peak where the backend reports it).
+BIWI-shaped: 23370 vertices, context features of wav2vec2-base width (768) as the feature cache
+would supply them, and an epoch of `--clips` clips (384: BIWI's training set, 6 subjects x 32
+sentences, each emotional and neutral) with lengths drawn like BIWI's sentences (2.5-6 s at 25 fps), bucketed as
+configs/biwi.py buckets them. Each bucket is compiled once (timed apart) and stepped `--steps`
+times; the epoch's time is each bucket's steady step time times its number of batches.
+
+Prints, besides clips/s and frames/s of real (unpadded) frames: the step's FLOPs from XLA's own
+cost analysis, the GFLOP/s achieved, the same run's reference (one [B*N, Dc] x [Dc, V*3] float32
+matmul, the shape of G_n's layer), the padding waste of the epoch, and peak memory (host RSS on
+CPU; device peak where the backend reports it).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import resource
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sdetalk_jax import optim
@@ -54,11 +61,70 @@ def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
     return model_batch(batch, batch["subject"], subjects)
 
 
+def padding_waste(plans, lengths) -> float:
+    """The share of an epoch's padded frames that are padding (padding rows included)."""
+    padded = sum(plan.length * len(plan.rows) for plan in plans)
+    real = sum(lengths[row] for plan in plans for row in plan.rows if row != batching.PAD_ROW)
+    return 1.0 - real / padded
+
+
+def compiled_flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jax: one dict per computation
+        analysis = analysis[0]
+    return float(analysis.get("flops", float("nan")))
+
+
+def matmul_reference(rows: int, inner: int, outer: int, repeats: int = 5) -> float:
+    """GFLOP/s of one float32 [rows, inner] x [inner, outer] matmul, best of `repeats`."""
+    keys = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(keys[0], (rows, inner))
+    b = jax.random.normal(keys[1], (inner, outer))
+    product = jax.jit(jnp.matmul)
+    jax.block_until_ready(product(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(product(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * rows * inner * outer / best / 1e9
+
+
+def time_buckets(step_fn, state, placement, plans, lengths, args, rng):
+    """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step)."""
+    per_bucket = {}
+    for plan in plans:
+        if plan.length in per_bucket:
+            continue
+        rows = [lengths[r] if r != batching.PAD_ROW else 0 for r in plan.rows]
+        batch = placement.shard_batch(
+            fake_batch(rng, plan.length, rows, args.vertices, args.context_dim, 12, 6)
+        )
+        start = time.perf_counter()
+        compiled = step_fn.lower(state, batch).compile()
+        compile_seconds = time.perf_counter() - start
+        state, metrics = compiled(state, batch)  # the first run of an executable warms it up
+        jax.block_until_ready(metrics)
+        timings = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            timings.append(time.perf_counter() - start)
+        per_bucket[plan.length] = (
+            compile_seconds,
+            float(np.median(timings)),
+            compiled_flops(compiled),
+        )
+    return per_bucket
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vertices", type=int, default=23370)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--clips", type=int, default=48, help="clips in the timed epoch")
+    parser.add_argument("--clips", type=int, default=384, help="clips in the epoch")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per bucket")
     parser.add_argument("--context-dim", type=int, default=768)
     parser.add_argument(
         "--deterministic-gpu", action="store_true", help="XLA's deterministic GPU ops (its cost)"
@@ -67,37 +133,28 @@ def main() -> None:
     if args.deterministic_gpu:
         request_deterministic_gpu_ops()
 
+    config = repository_config("biwi")  # the paper's loss weights, learning rate and buckets
     rng = np.random.default_rng(0)
     lengths = rng.integers(62, 150, size=args.clips).tolist()  # 2.5-6 s at 25 fps
-    buckets = batching.bucket_lengths(max(lengths))
+    buckets = batching.bucket_lengths(
+        max(lengths), min_length=config.data.bucket_min, growth=config.data.bucket_growth
+    )
     plans = batching.epoch_plan(lengths, global_batch=args.batch, buckets=buckets, seed=0, epoch=0)
     model_config = sdetalk.SDETalkConfig(
         num_vertices=args.vertices, context_dim=args.context_dim, num_subjects=6, num_emotions=12
     )
     networks = Networks.build(model_config)
-    config = repository_config("biwi")  # the paper's loss weights and learning rate
     placement = Placement(data_mesh())
     state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
+    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng)
 
-    compile_seconds, steady, frames_done, clips_done = [], [], 0, 0
-    seen_shapes = set()
-    for plan in plans:
-        rows = [lengths[r] if r != batching.PAD_ROW else 0 for r in plan.rows]
-        batch = fake_batch(rng, plan.length, rows, args.vertices, args.context_dim, 12, 6)
-        start = time.perf_counter()
-        state, metrics = step_fn(state, placement.shard_batch(batch))
-        jax.block_until_ready(metrics)
-        elapsed = time.perf_counter() - start
-        if plan.length not in seen_shapes:
-            seen_shapes.add(plan.length)
-            compile_seconds.append(elapsed)
-        else:
-            steady.append(elapsed)
-            frames_done += sum(rows)
-            clips_done += sum(r > 0 for r in rows)
-    # What jit actually compiled (its cache of executables), not what the buckets predict.
-    compilations = step_fn._cache_size() if hasattr(step_fn, "_cache_size") else "n/a"
+    epoch_seconds = sum(per_bucket[plan.length][1] for plan in plans)
+    epoch_flops = sum(per_bucket[plan.length][2] for plan in plans)
+    real_frames = sum(lengths)
+    reference = matmul_reference(args.batch * 120, args.context_dim, args.vertices * 3)
+    achieved = epoch_flops / epoch_seconds / 1e9
+    compile_seconds = [entry[0] for entry in per_bucket.values()]
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
@@ -106,7 +163,6 @@ def main() -> None:
         if stats and "peak_bytes_in_use" in stats
         else "n/a (CPU)"
     )
-    total_steady = sum(steady)
     rows = [
         ("device", f"{device.platform} ({device.device_kind}), jax {jax.__version__}"),
         ("XLA deterministic GPU ops", "on" if args.deterministic_gpu else "off"),
@@ -114,15 +170,26 @@ def main() -> None:
             "vertices / context dim / global batch",
             f"{args.vertices} / {args.context_dim} / {args.batch}",
         ),
-        ("batches in the epoch / buckets used", f"{len(plans)} / {len(seen_shapes)}"),
-        ("compilations in the epoch", f"{compilations} (buckets used: {len(seen_shapes)})"),
         (
-            "first step per bucket, incl. compile (s)",
+            "clips / batches / buckets in the epoch",
+            f"{args.clips} / {len(plans)} / {len(per_bucket)} ({sorted(per_bucket)})",
+        ),
+        ("padding waste of the epoch", f"{100 * padding_waste(plans, lengths):.1f} %"),
+        (
+            "compile per bucket (s)",
             f"mean {np.mean(compile_seconds):.1f}, total {sum(compile_seconds):.1f}",
         ),
-        ("steady-state step (s)", f"{np.mean(steady):.3f}" if steady else "n/a"),
-        ("steady-state clips/s", f"{clips_done / total_steady:.2f}" if steady else "n/a"),
-        ("steady-state frames/s", f"{frames_done / total_steady:.0f}" if steady else "n/a"),
+        ("steady-state step (s), mean over the epoch", f"{epoch_seconds / len(plans):.3f}"),
+        ("steady-state clips/s", f"{args.clips / epoch_seconds:.2f}"),
+        ("steady-state frames/s (real frames)", f"{real_frames / epoch_seconds:.0f}"),
+        ("XLA cost analysis: GFLOP per real frame", f"{epoch_flops / real_frames / 1e9:.3f}"),
+        ("achieved GFLOP/s", f"{achieved:.0f}"),
+        (
+            f"reference: [{args.batch * 120}, {args.context_dim}] x "
+            f"[{args.context_dim}, {args.vertices * 3}] matmul, GFLOP/s",
+            f"{reference:.0f} (the step reaches {100 * achieved / reference:.0f} %)",
+        ),
+        ("projected 500 epochs", f"{500 * epoch_seconds / 3600:.1f} h"),
         ("peak host memory (RSS)", f"{peak_rss_gb:.2f} GiB"),
         ("peak device memory", device_peak),
     ]

@@ -26,7 +26,7 @@ from sdetalk_jax import audio, cli
 from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.emotion_control import INFERRED, MAX_INTENSITY, EmotionRequestError, parse_emotion
 from sdetalk_jax.export_gltf import DEFAULT_TOLERANCE_MM
-from sdetalk_jax.fileio import write_npz
+from sdetalk_jax.fileio import FrameFiles, write_npz
 from sdetalk_jax.inference import MAX_HEAD_SCALE, TrainedModel, check_head_scale
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
@@ -113,6 +113,40 @@ def export_glb(path: str, result: dict, model: TrainedModel, subject: str, wavef
     return {"morph_targets": basis.count, "max_error_mm": basis.max_error_mm}
 
 
+def sample_paths(out_dir: str, stem: str, k: int) -> dict[str, str]:
+    return {suffix: os.path.join(out_dir, f"{stem}_s{k}.{suffix}") for suffix in FORMATS}
+
+
+def write_sample(result, model, k, *, paths, audio_path, waveform, request, colors, progress,
+                 settings) -> list[str]:  # fmt: skip
+    """One sample's npz, and its glb and mp4 if asked; returns the paths written. `result`'s
+    arrays may be `StoredFrames` (read a piece at a time), except for the glb, which reads the
+    whole clip."""
+    from sdetalk_jax import render
+
+    assets, subject = model.assets, settings["subject"]
+    write_sample_npz(paths["npz"], result, assets, request, settings)
+    written = [paths["npz"]]
+    if settings["glb"]:
+        export_glb(
+            paths["glb"], {name: np.asarray(value) for name, value in result.items()}, model,
+            subject, waveform, tolerance_mm=settings["morph_tolerance_mm"], colors=colors,
+            progress=progress,
+            extras={"subject": subject, "seed": settings["seed"], "sample": k,
+                    "emotion": request.describe()},
+        )  # fmt: skip
+        written += [paths["glb"], os.path.splitext(paths["glb"])[0] + ".wav"]
+    if settings["video"]:
+        if assets.faces.size == 0:
+            raise RunError(f"{model.workdir}: the run's assets have no mesh faces; use --no-video")
+        render.render_animation(
+            paths["mp4"], result["vertices"], assets.faces, colors, fps=assets.fps,
+            size=settings["size"], audio_path=audio_path, progress=progress,
+        )  # fmt: skip
+        written.append(paths["mp4"])
+    return written
+
+
 def animate(
     workdir: str,
     audio_path: str,
@@ -145,6 +179,7 @@ def animate(
         raise RunError(f"--head-scale: {error}") from None
     model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
     model.subject_index(subject)  # unknown subject: fail before any work
+    num_frames = model.frame_count(waveform)  # too short: likewise
     request = checked_emotion(model, emotion, emotion_intensity, progress)
     stem = os.path.splitext(os.path.basename(audio_path))[0]
     paths = output_paths(out_dir, stem, samples, video, glb)
@@ -160,31 +195,21 @@ def animate(
     written = []
     for k in range(samples):
         key = jax.random.fold_in(jax.random.key(seed), k)
-        result = model.animate_waveform(
-            waveform, subject=subject, key=key, window_s=window_s, overlap_s=overlap_s,
-            head_scale=head_scale, emotion=request, progress=progress,
-        )  # fmt: skip
-        npz_path = os.path.join(out_dir, f"{stem}_s{k}.npz")
-        settings = {"subject": subject, "seed": seed, "sample": k, "head_scale": head_scale}
-        write_sample_npz(npz_path, result, assets, request, settings)
-        written.append(npz_path)
-        if glb:
-            glb_path = os.path.join(out_dir, f"{stem}_s{k}.glb")
-            export_glb(
-                glb_path, result, model, subject, waveform, tolerance_mm=morph_tolerance_mm,
-                colors=colors, progress=progress,
-                extras={"subject": subject, "seed": seed, "sample": k, "emotion": request.describe()},
+        # The frames go to disk as they are made, so memory does not grow with the audio.
+        with FrameFiles(out_dir, num_frames) as frame_files:
+            for chunk in model.animation_chunks(
+                waveform, subject=subject, key=key, window_s=window_s, overlap_s=overlap_s,
+                head_scale=head_scale, emotion=request, progress=progress,
+            ):  # fmt: skip
+                frame_files.append(chunk)
+            result = frame_files.arrays()
+            written += write_sample(
+                result, model, k, paths=sample_paths(out_dir, stem, k), audio_path=audio_path,
+                waveform=waveform, request=request, colors=colors, progress=progress,
+                settings={"subject": subject, "seed": seed, "sample": k, "head_scale": head_scale,
+                          "video": video, "glb": glb, "size": size,
+                          "morph_tolerance_mm": morph_tolerance_mm},
             )  # fmt: skip
-            written += [glb_path, os.path.splitext(glb_path)[0] + ".wav"]
-        if video:
-            if assets.faces.size == 0:
-                raise RunError(f"{workdir}: the run's assets have no mesh faces; use --no-video")
-            video_path = os.path.join(out_dir, f"{stem}_s{k}.mp4")
-            render.render_animation(
-                video_path, result["vertices"], assets.faces, colors, fps=assets.fps, size=size,
-                audio_path=audio_path, progress=progress,
-            )  # fmt: skip
-            written.append(video_path)
         if progress:
             print(f"sample {k}: " + ", ".join(p for p in written if f"_s{k}." in p))
     return written

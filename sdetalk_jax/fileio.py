@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -68,23 +69,122 @@ def write_npy(path: str, array: np.ndarray) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def write_npz(path: str, **arrays: np.ndarray) -> None:
+def write_npz(path: str, **arrays) -> None:
     """An uncompressed .npz that `np.load` reads, with fixed zip timestamps so that the same arrays
-    always give the same bytes (`np.savez` stamps the current time)."""
-    write_bytes(path, npz_bytes(**arrays))
+    always give the same bytes (`np.savez` stamps the current time). A value may be a
+    `StoredFrames`: its .npy file is copied in a piece at a time, never read whole."""
+    with atomic_output(path) as handle:
+        write_npz_to(handle, arrays)
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     """The bytes `write_npz` writes."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for key in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
-            archive.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue()
-            )
+    write_npz_to(buffer, arrays)
     return buffer.getvalue()
+
+
+def write_npz_to(handle, arrays: dict) -> None:
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            value = arrays[key]
+            if isinstance(value, StoredFrames):
+                large = os.path.getsize(value.path) >= zipfile.ZIP64_LIMIT
+                with archive.open(info, "w", force_zip64=large) as member:
+                    value.copy_to(member)
+            else:
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+                archive.writestr(info, member.getvalue())
+
+
+class StoredFrames:
+    """An array [N, ...] in a .npy file, read back a slice of frames at a time (`frames[a:b]`)
+    with plain reads: unlike a memory map, reading it does not grow the process's resident memory."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            self.shape, _, self.dtype = read_header(handle)
+            self.offset = handle.tell()
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise IndexError("StoredFrames reads contiguous slices of frames")
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset + start * self.row_bytes)
+            flat = np.fromfile(handle, self.dtype, count * self.row_bytes // self.dtype.itemsize)
+        return flat.reshape((count,) + tuple(self.shape[1:]))
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def copy_to(self, handle, piece_bytes: int = 1 << 24) -> None:
+        """The whole .npy file, header included, into `handle`."""
+        with open(self.path, "rb") as source:
+            shutil.copyfileobj(source, handle, piece_bytes)
+
+
+class FrameFiles:
+    """Arrays of a known number of frames, written a chunk of frames at a time (`append`) to .npy
+    files in a temporary folder beside the outputs, and read back as `StoredFrames`: how `animate`
+    keeps memory flat for audio of any length. The folder is removed on leaving the block."""
+
+    def __init__(self, directory: str, num_frames: int):
+        self.directory, self.num_frames = directory, num_frames
+        self.folder = ""
+        self.handles: dict[str, object] = {}
+        self.written: dict[str, int] = {}
+
+    def __enter__(self) -> FrameFiles:
+        os.makedirs(self.directory, exist_ok=True)
+        self.folder = tempfile.mkdtemp(dir=self.directory, prefix=".tmp-frames-")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def append(self, chunk: dict[str, np.ndarray]) -> None:
+        for name, value in chunk.items():
+            value = np.ascontiguousarray(value)
+            if name not in self.handles:
+                handle = open(os.path.join(self.folder, f"{name}.npy"), "wb")
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(value.dtype),
+                    "fortran_order": False,
+                    "shape": (self.num_frames,) + value.shape[1:],
+                }
+                np.lib.format.write_array_header_1_0(handle, header)
+                self.handles[name], self.written[name] = handle, 0
+            if self.written[name] + len(value) > self.num_frames:
+                raise ValueError(f"{name}: more than the {self.num_frames} frames announced")
+            value.tofile(self.handles[name])
+            self.written[name] += len(value)
+
+    def arrays(self) -> dict[str, StoredFrames]:
+        """Every array, once all its frames are written."""
+        short = {name: count for name, count in self.written.items() if count != self.num_frames}
+        if short:
+            raise ValueError(f"frames missing (of {self.num_frames}): {short}")
+        for handle in self.handles.values():
+            handle.flush()
+        return {name: StoredFrames(handle.name) for name, handle in self.handles.items()}
 
 
 def truncate_records(path: str, step: int, *, keep_validation_at_step: bool = True) -> int:
@@ -129,6 +229,7 @@ class MetricWriter:
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tensorboard = None
+        self.handle = None
         if enabled:
             from tensorboardX import SummaryWriter
 
@@ -141,13 +242,15 @@ class MetricWriter:
             self.tensorboard = SummaryWriter(
                 os.path.join(workdir, "tensorboard"), purge_step=purge_step
             )
+            # Opened once, each record flushed as it is written: a killed run loses no line.
+            self.handle = open(self.path, "a")
 
     def write(self, step: int, prefix: str, values: dict) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in values.items()}}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self.handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self.handle.flush()
         for name, value in record.items():
             if name != "step":
                 self.tensorboard.add_scalar(name, value, step)
@@ -155,6 +258,9 @@ class MetricWriter:
     def close(self):
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
 
 def environment_record() -> dict:

@@ -100,6 +100,57 @@ def rescaled_head(result: dict, scale: float) -> dict:
     return {"rotation": rotation, "translation": translation, "vertices": vertices}
 
 
+class Crossfade:
+    """Sums overlapping windows' outputs with their crossfade weights and hands frames back,
+    normalised, once no later window reaches them: it holds only the frames still open."""
+
+    def __init__(self):
+        self.start = 0  # the first frame not yet handed back
+        self.sums: dict[str, np.ndarray] = {}
+        self.weight = np.zeros(0)
+
+    def add(self, start: int, values: dict[str, np.ndarray], weights: np.ndarray) -> None:
+        if start < self.start:
+            raise ValueError(f"a window at frame {start} reaches frames already handed back")
+        end = start + len(weights)
+        grow = end - self.start - len(self.weight)
+        if grow > 0:
+            self.weight = np.concatenate([self.weight, np.zeros(grow)])
+            for name, total in self.sums.items():
+                padding = np.zeros((grow,) + total.shape[1:], np.float32)
+                self.sums[name] = np.concatenate([total, padding])
+        offset = start - self.start
+        for name, value in values.items():
+            if name not in self.sums:
+                # float32: for long clips these arrays are the memory
+                shape = (len(self.weight),) + value.shape[1:]
+                self.sums[name] = np.zeros(shape, np.float32)
+            self.sums[name][offset : offset + len(weights)] += weights[:, None] * value
+        self.weight[offset : offset + len(weights)] += weights
+
+    def take(self, until: int) -> dict[str, np.ndarray]:
+        """Frames [start, until) of every output, divided by their summed weight."""
+        count = until - self.start
+        weight = self.weight[:count, None].astype(np.float32)
+        taken = {name: total[:count] / weight for name, total in self.sums.items()}
+        self.sums = {name: total[count:] for name, total in self.sums.items()}
+        self.weight = self.weight[count:]
+        self.start = until
+        return taken
+
+
+def finished_frames(frames: dict[str, np.ndarray], head_scale: float) -> dict[str, np.ndarray]:
+    """Crossfaded frames as `animate_waveform` returns them: rotations projected back onto SO(3),
+    vertices [n, V, 3], the head motion scaled."""
+    count = len(frames["rotation"])
+    frames["rotation"] = nearest_rotation(frames["rotation"].reshape(count, 3, 3))
+    for name in ("vertices", "expression", "neutral"):
+        frames[name] = frames[name].reshape(count, -1, 3)
+    if head_scale != 1.0:
+        frames.update(rescaled_head(frames, head_scale))
+    return {name: value.astype(np.float32, copy=False) for name, value in frames.items()}
+
+
 def check_encoder(workdir: str, assets: Assets, encoder: ContextEncoder) -> None:
     """Refuses a context encoder other than the one the run was trained with: a changed folder,
     hub revision or initialiser would change every feature, and so the animation, silently."""
@@ -217,7 +268,16 @@ class TrainedModel:
             lambda params, batch, noise: generator.apply({"params": params}, batch, noise)
         )
 
-    def animate_waveform(
+    def frame_count(self, waveform: np.ndarray) -> int:
+        """How many face frames `waveform` (16 kHz) animates to; refuses audio too short."""
+        num_frames = int(len(waveform) // audio.samples_per_frame(self.assets.fps))
+        if num_frames < 2:
+            raise audio.AudioError(
+                f"audio of {len(waveform) / audio.SAMPLE_RATE:.3f} s is too short to animate"
+            )
+        return num_frames
+
+    def animation_chunks(
         self,
         waveform: np.ndarray,
         *,
@@ -229,26 +289,18 @@ class TrainedModel:
         head_scale: float = 1.0,
         emotion: EmotionRequest | None = None,
         progress: bool = False,
-    ) -> dict[str, np.ndarray]:
-        """16 kHz mono waveform -> {'vertices' [N, V, 3] posed, 'expression' [N, V, 3] unposed,
-        'neutral' [N, V, 3], 'rotation' [N, 3, 3], 'translation' [N, 3], 'emotion' [N, C]}.
-
-        The head motion and expression are drawn with noise from `key` (window w uses
-        fold_in(key, w)); the same key gives the same result. `head_scale` scales the head's
-        motion around the rest pose (`scale_head_motion`: 0 still, 1 as generated). `emotion`
-        replaces or blends the inferred emotion and sets its intensity (`emotion_control`); the
-        returned 'emotion' is then the classifier's reading of the request."""
+    ):
+        """Yields the animation of `waveform` in order, a chunk of finished frames at a time (the
+        keys and shapes of `animate_waveform`, with fewer frames): a window's frames are handed on
+        as soon as no later window overlaps them, so memory holds about one window, whatever the
+        length of the audio. Arguments as for `animate_waveform`."""
         from tqdm import tqdm
 
         check_head_scale(head_scale)  # a bad scale fails before any work
         steering = self.emotion_inputs(emotion, progress)
         fps = self.assets.fps
         samples_per_frame = audio.samples_per_frame(fps)
-        num_frames = int(len(waveform) // samples_per_frame)
-        if num_frames < 2:
-            raise audio.AudioError(
-                f"audio of {len(waveform) / audio.SAMPLE_RATE:.3f} s is too short to animate"
-            )
+        num_frames = self.frame_count(waveform)
         window = max(int(round(window_s * fps)), 2)
         overlap = min(int(round(overlap_s * fps)), window // 2)
         window = min(window, num_frames)
@@ -257,8 +309,7 @@ class TrainedModel:
         template_flat = self.template_for(subject, template)
         generate = self.generate_fn()
         hidden = self.networks.config.hidden
-        accumulated = {}
-        total_weight = np.zeros(num_frames)
+        crossfade = Crossfade()
         for index, start in enumerate(
             tqdm(starts, desc="animate", unit="window", disable=not progress)
         ):
@@ -266,7 +317,6 @@ class TrainedModel:
             batch = {**self.window_batch(piece, window, subjects, template_flat), **steering}
             noise = jax.random.normal(jax.random.fold_in(key, index), (1, window, hidden))
             outputs = jax.device_get(generate(self.params, batch, noise))
-            weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)
             mixture = np.broadcast_to(outputs["mixture"][0], (window, outputs["mixture"].shape[-1]))
             pieces = {
                 "vertices": outputs["posed"][0],
@@ -276,18 +326,31 @@ class TrainedModel:
                 "translation": outputs["translation"][0],
                 "emotion": mixture,
             }
-            for name, value in pieces.items():
-                if name not in accumulated:
-                    # float32 and divided in place: for long clips these arrays are the memory
-                    accumulated[name] = np.zeros((num_frames,) + value.shape[1:], np.float32)
-                accumulated[name][start : start + window] += weights[:, None] * value
-            total_weight[start : start + window] += weights
-        for value in accumulated.values():
-            value /= total_weight[:, None].astype(np.float32)
-        result = accumulated
-        result["rotation"] = nearest_rotation(result["rotation"].reshape(num_frames, 3, 3))
-        for name in ("vertices", "expression", "neutral"):
-            result[name] = result[name].reshape(num_frames, -1, 3)
-        if head_scale != 1.0:
-            result.update(rescaled_head(result, head_scale))
-        return {name: value.astype(np.float32, copy=False) for name, value in result.items()}
+            del outputs
+            weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)
+            crossfade.add(start, pieces, weights)
+            finished = starts[index + 1] if index + 1 < len(starts) else num_frames
+            yield finished_frames(crossfade.take(finished), head_scale)
+
+    def animate_waveform(self, waveform: np.ndarray, **options) -> dict[str, np.ndarray]:
+        """16 kHz mono waveform -> {'vertices' [N, V, 3] posed, 'expression' [N, V, 3] unposed,
+        'neutral' [N, V, 3], 'rotation' [N, 3, 3], 'translation' [N, 3], 'emotion' [N, C]}.
+
+        Options (keyword only): subject, key, template, window_s, overlap_s, head_scale, emotion,
+        progress. The head motion and expression are drawn with noise from `key` (window w uses
+        fold_in(key, w)); the same key gives the same result. `head_scale` scales the head's
+        motion around the rest pose (`scale_head_motion`: 0 still, 1 as generated). `emotion`
+        replaces or blends the inferred emotion and sets its intensity (`emotion_control`); the
+        returned 'emotion' is then the classifier's reading of the request.
+
+        The whole animation is held in memory; `animation_chunks` hands it on a piece at a time
+        (what `animate` does, for audio of any length)."""
+        result, filled = {}, 0
+        for chunk in self.animation_chunks(waveform, **options):
+            for name, value in chunk.items():
+                if name not in result:
+                    shape = (self.frame_count(waveform),) + value.shape[1:]
+                    result[name] = np.empty(shape, np.float32)
+                result[name][filled : filled + len(value)] = value
+            filled += len(next(iter(chunk.values())))
+        return result

@@ -254,12 +254,24 @@ def render_animation(
     size: int = 512,
     audio_path: str | None = None,
     progress: bool = False,
+    chunk_frames: int = 256,
 ) -> None:
-    """Renders frames [N, V, 3] (or [N, V*3]) with a camera fixed on the first frame's bounds (the
-    head moves within the frame) and writes `path` as mp4 with the audio muxed in."""
-    frames = np.asarray(vertices, np.float32).reshape(vertices.shape[0], -1, 3)
-    every = frames.reshape(-1, 3)
-    low, high = every.min(0), every.max(0)
+    """Renders frames [N, V, 3] (or [N, V*3]) with a camera fixed on the bounds of every frame
+    (the head moves within the picture) and writes `path` as mp4 with the audio muxed in.
+    `vertices` may be anything sliced by frames, like `fileio.StoredFrames`: it is read
+    `chunk_frames` at a time, twice (bounds, then pictures), never whole."""
+    count = len(vertices)
+
+    def chunks():
+        for start in range(0, count, chunk_frames):
+            block = np.asarray(vertices[start : start + chunk_frames], np.float32)
+            yield block.reshape(len(block), -1, 3)
+
+    low = np.full(3, np.inf, np.float32)
+    high = np.full(3, -np.inf, np.float32)
+    for block in chunks():
+        low = np.minimum(low, block.reshape(-1, 3).min(0))
+        high = np.maximum(high, block.reshape(-1, 3).max(0))
     renderer = MeshRenderer(
         faces,
         colors,
@@ -270,12 +282,12 @@ def render_animation(
     try:
         write_video(
             path,
-            (renderer.render(frame) for frame in frames),
+            (renderer.render(frame) for block in chunks() for frame in block),
             fps=fps,
             size=size,
             audio_path=audio_path,
             progress=progress,
-            total=len(frames),
+            total=count,
         )
     finally:
         renderer.release()

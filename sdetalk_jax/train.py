@@ -201,18 +201,27 @@ def make_train_step(networks: Networks, loss_config):
         dropout_rngs = {"dropout": jax.random.fold_in(step_key, 3)}
 
         mean_head = loss_config.head_reconstruction == "mean"
-
-        def generate(generator_params, noise, with_mean_head=False):
-            return networks.generator.apply(
-                {"params": generator_params}, batch, noise, deterministic=False,
-                mean_head=with_mean_head, rngs=dropout_rngs,
-            )  # fmt: skip
-
         shape = batch["frame_mask"].shape + (networks.config.hidden,)
         noises = (jax.random.normal(noise_key_1, shape), jax.random.normal(noise_key_2, shape))
         frame_weights = batch["frame_mask"].astype(jnp.float32)
 
-        outputs = jax.lax.stop_gradient(generate(params["generator"], noises[0]))
+        def two_samples(generator_params):
+            variables = {"params": generator_params}
+            # G_n's face does not depend on the noise: one pass serves both samples.
+            neutral_parts = networks.generator.apply(variables, batch, method="neutral_face")
+
+            def generate(noise, with_mean_head):
+                return networks.generator.apply(
+                    variables, batch, noise, deterministic=False, mean_head=with_mean_head,
+                    neutral_parts=neutral_parts, rngs=dropout_rngs,
+                )  # fmt: skip
+
+            return generate(noises[0], mean_head), generate(noises[1], False)
+
+        # G runs forward once: its first sample feeds the estimators' and D's updates (as a
+        # constant), then the generator's terms, whose gradient goes back through the same pass.
+        (first, second), pull_back = jax.vjp(two_samples, params["generator"])
+        outputs = jax.lax.stop_gradient(first)
         estimator_params, estimator_opt, estimator_nll = estimator_update(
             networks, params["estimators"], opt_state["estimators"],
             per_frame_factors(outputs), frame_weights, tx,
@@ -223,15 +232,12 @@ def make_train_step(networks: Networks, loss_config):
         )  # fmt: skip
         others = {"estimators": estimator_params, "discriminator": discriminator_params}
 
-        def generator_loss(generator_params):
-            first = generate(generator_params, noises[0], mean_head)
-            second = generate(generator_params, noises[1])
-            terms, total = generator_terms(
-                networks, first, second, noises, batch, others, loss_config
-            )
+        def generator_loss(samples):
+            terms, total = generator_terms(networks, *samples, noises, batch, others, loss_config)
             return total, terms
 
-        (_, terms), grads = jax.value_and_grad(generator_loss, has_aux=True)(params["generator"])
+        (_, terms), sample_grads = jax.value_and_grad(generator_loss, has_aux=True)((first, second))
+        (grads,) = pull_back(sample_grads)
         generator_params, generator_opt = optim.apply_update(
             tx, grads, opt_state["generator"], params["generator"]
         )
@@ -497,6 +503,10 @@ class Trainer:
             disable=not (config.train.progress and lead),
         )  # fmt: skip
         max_steps = config.train.max_steps or math.inf
+        # A step's metrics are fetched after the next step is dispatched: the host never waits for
+        # the device between steps. They are always checked before a checkpoint is saved, so a
+        # non-finite loss is never saved (the state one step past it is dropped with the error).
+        pending = None
         for batch_index, batch in run.train_set.batches(
             global_batch=config.train.global_batch, buckets=run.buckets, seed=run.seeds["data"],
             epoch=epoch, start_batch=start_batch, process_index=jax.process_index(),
@@ -508,28 +518,40 @@ class Trainer:
                 model_batch(batch, batch["subject"], run.networks.config.num_subjects)
             )
             self.state, metrics = self.step_fn(self.state, prepared)
-            metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
-            _check_finite(metrics, self.step, epoch, batch_index, self.workdir)
+            if pending is not None:
+                self.record(*pending, bar)
+            pending = (self.step, epoch, batch_index, metrics)
             self.step += 1
-            self.writer.write(self.step, "train", metrics)
-            bar.set_postfix(
-                rec=f"{metrics['reconstruction']:.3g}", cls=f"{metrics['classification']:.3g}",
-                mi=f"{metrics['mi']:.3g}", d=f"{metrics['discriminator']:.3g}",
-            )  # fmt: skip
             bar.update(1)
             self.position = {"epoch": epoch, "batch": batch_index + 1}
             every = config.train.checkpoint_every_steps
-            if every and self.step % every == 0:
+            saving = bool(every and self.step % every == 0)
+            stopping = stop.agreed()
+            if saving or stopping:
+                self.record(*pending, bar)
+                pending = None
                 self.checkpoints.save(self.state, self.position, self.step)
-            if stop.agreed():
-                self.checkpoints.save(self.state, self.position, self.step)
+            if stopping:
                 raise parallel.Preempted(
                     f"{stop.name}: stopped after step {self.step} (epoch {epoch}, batch "
                     f"{batch_index + 1}) and saved a checkpoint in {self.workdir}/checkpoints; "
                     "run the same command to resume"
                 )
+        if pending is not None:
+            self.record(*pending, bar)
         bar.close()
         return not (self.step >= max_steps and self.position["batch"] < self.plans_per_epoch)
+
+    def record(self, step: int, epoch: int, batch_index: int, device_metrics, bar) -> None:
+        """Fetches one step's metrics, stops on a non-finite loss, writes them (as step + 1, the
+        number of updates done) and shows them on the progress bar."""
+        metrics = {k: float(v) for k, v in parallel.to_host(device_metrics).items()}
+        _check_finite(metrics, step, epoch, batch_index, self.workdir)
+        self.writer.write(step + 1, "train", metrics)
+        bar.set_postfix(
+            rec=f"{metrics['reconstruction']:.3g}", cls=f"{metrics['classification']:.3g}",
+            mi=f"{metrics['mi']:.3g}", d=f"{metrics['discriminator']:.3g}",
+        )  # fmt: skip
 
     def end_epoch(self, epoch: int, epoch_start: float, stop: parallel.StopRequest) -> dict:
         """Validates, writes the records and saves the end-of-epoch checkpoint (and the best).

@@ -138,6 +138,31 @@ def test_long_audio_goes_through_overlapping_windows_without_seams(model, speech
     assert steps.max() < 5 * np.percentile(steps, 99) + 1e-9
 
 
+def test_animate_streams_long_audio_to_disk_as_the_in_memory_animation(
+    workdir, model, speech, tmp_path
+):
+    """The command hands the frames to disk a window at a time (memory does not grow with the
+    audio: benchmarks/animate_speed.py measures it) and writes what animate_waveform returns."""
+    import sdetalk_jax.audio as audio_module
+
+    waveform = np.tile(audio_module.load_audio(speech[0]), 4)
+    path = os.fspath(tmp_path / "long.wav")
+    soundfile.write(path, waveform, 16000, subtype="FLOAT")
+    options = {"subject": "F3", "window_s": 3.0, "overlap_s": 0.6}
+    out = os.fspath(tmp_path / "out")
+    animate.animate(
+        workdir, path, out_dir=out, seed=3, video=False, model=model, progress=False, **options
+    )
+    key = jax.random.fold_in(jax.random.key(3), 0)
+    chunks = list(model.animation_chunks(waveform, key=key, **options))
+    assert len(chunks) > 3 and max(len(chunk["vertices"]) for chunk in chunks) <= 3.0 * 25
+    expected = model.animate_waveform(waveform, key=key, **options)
+    with np.load(os.path.join(out, "long_s0.npz")) as written:
+        for name, value in expected.items():
+            np.testing.assert_array_equal(written[name], value, err_msg=name)
+    assert os.listdir(out) == ["long_s0.npz"]  # no temporary frames left behind
+
+
 @pytest.mark.parametrize(
     "case, message",
     [

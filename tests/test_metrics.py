@@ -5,7 +5,7 @@ import pytest
 
 from sdetalk_jax import metrics
 from sdetalk_jax.data import face_model
-from sdetalk_jax.inference import crossfade_weights, nearest_rotation, window_starts
+from sdetalk_jax.inference import Crossfade, crossfade_weights, nearest_rotation, window_starts
 
 
 def _faces(frames=4, vertices=5):
@@ -129,6 +129,33 @@ def test_windows_cover_the_clip_and_crossfade_weights_sum_to_one():
     total = _total_weight(1003, 200, 25)
     assert np.all(total >= 1.0 - 1e-12)
     assert window_starts(150, 200, 25) == [0]
+
+
+@pytest.mark.parametrize("num_frames", [900, 1003, 150])
+def test_the_streaming_crossfade_gives_bitwise_the_whole_clip_crossfade(num_frames):
+    """Windows summed into whole-clip arrays and divided at the end (how animation worked before
+    it streamed) against `Crossfade`, which hands frames on as soon as no later window reaches
+    them: the same numbers to the bit, and never more than a window's frames held."""
+    window, overlap = 200, 25
+    starts = window_starts(num_frames, window, overlap)
+    window = min(window, num_frames)
+    rng = np.random.default_rng(num_frames)
+    outputs = [rng.normal(size=(window, 6)).astype(np.float32) for _ in starts]
+    whole = np.zeros((num_frames, 6), np.float32)
+    total = np.zeros(num_frames)
+    crossfade, handed_back = Crossfade(), []
+    for index, (start, values) in enumerate(zip(starts, outputs, strict=True)):
+        weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)
+        whole[start : start + window] += weights[:, None] * values
+        total[start : start + window] += weights
+        crossfade.add(start, {"x": values}, weights)
+        assert len(crossfade.weight) <= window
+        until = starts[index + 1] if index + 1 < len(starts) else num_frames
+        handed_back.append(crossfade.take(until)["x"])
+    whole /= total[:, None].astype(np.float32)
+    np.testing.assert_array_equal(np.concatenate(handed_back), whole)
+    with pytest.raises(ValueError, match="already handed back"):
+        crossfade.add(0, {"x": outputs[0]}, np.ones(window))
 
 
 def test_nearest_rotation_returns_a_rotation_close_to_the_average():

@@ -583,3 +583,77 @@ def test_the_emotion_networks_frequency_block_reads_what_the_order_says(order):
     else:
         assert changed == 0.0
         assert query.shape == (config.frequency_dim, 2, config.frequency_dim // 2)
+
+
+def test_the_steps_generator_update_is_plain_autodiff_of_its_objective(networks_and_params):
+    """The step computes G_n once for both samples and runs G forward once for the estimators,
+    D and its own gradient (`make_train_step`). With plain SGD at rate 1 its generator update
+    must be minus the gradient of the objective written out directly: each sample a full pass of
+    G, differentiated by jax.grad, against the estimators and D as the step updated them."""
+    import optax
+
+    from sdetalk_jax.train import generator_terms
+
+    networks, params = networks_and_params
+    params = _perturbed(params)
+    config = PAPER.copy_and_resolve_references()
+    config.loss.lambda_emotional = 1.0
+    config.loss.head_reconstruction = "mean"  # the first sample also carries the head at z = 0
+    tx = optax.sgd(1.0)
+    batch = make_batch([12, 8], 12)
+    key = jax.random.key(0)
+    step = jax.jit(lambda s, b, k: make_train_step(networks, config.loss)(s, b, k, tx))
+    new_state, metrics = step(fresh_state(params, tx), batch, key)
+
+    noise_keys = jax.random.split(jax.random.fold_in(key, 0))
+    noises = tuple(
+        jax.random.normal(k, batch["frame_mask"].shape + (CONFIG.hidden,)) for k in noise_keys
+    )
+    others = {name: new_state["params"][name] for name in ("estimators", "discriminator")}
+
+    def objective(generator_params):
+        def sample(noise, mean_head):
+            return networks.generator.apply(
+                {"params": generator_params}, batch, noise, deterministic=False,
+                mean_head=mean_head, rngs={"dropout": jax.random.key(9)},
+            )  # fmt: skip
+
+        first, second = sample(noises[0], True), sample(noises[1], False)
+        terms, total = generator_terms(networks, first, second, noises, batch, others, config.loss)
+        return total, terms
+
+    (total, terms), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(
+        params["generator"]
+    )
+    assert float(metrics["total"]) == pytest.approx(float(total), rel=1e-5)
+    steps = traverse_util.flatten_dict(
+        jax.tree.map(jnp.subtract, params["generator"], new_state["params"]["generator"])
+    )
+    gradients = traverse_util.flatten_dict(grads)
+    overall = np.sqrt(sum(np.sum(np.square(g)) for g in gradients.values()))
+    for name, gradient in gradients.items():
+        # float32 sums in another order: the difference is rounding, small against the tensor's
+        # own gradient or (for one that is zero in exact arithmetic, like attention key biases)
+        # against the whole gradient
+        difference = np.linalg.norm(np.asarray(steps[name]) - np.asarray(gradient))
+        assert difference <= 2e-5 * np.linalg.norm(gradient) + 1e-8 * overall, name
+    moved = traverse_util.flatten_dict(grads)
+    assert np.abs(moved[("neutral", "kernel")]).max() > 0  # G_n's gradient reaches it
+
+
+def test_the_neutral_layer_is_a_dense_on_context_and_identity_per_frame():
+    """G_n's layer applies its identity rows once per clip: the same parameters give what an
+    nn.Dense gives on every frame's (c (+) p), so runs trained before the change load as they
+    were."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(0)
+    frames, identity = rng.normal(size=(2, 5, 6)), rng.normal(size=(2, 3))
+    layer = sdetalk.FrameAndClipDense(7)
+    params = layer.init(jax.random.key(0), frames, identity)
+    params = jax.tree.map(lambda x: x + jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+    concatenated = np.concatenate([frames, np.broadcast_to(identity[:, None], (2, 5, 3))], -1)
+    expected = nn.Dense(7).apply(params, concatenated)
+    np.testing.assert_allclose(
+        layer.apply(params, frames, identity), expected, rtol=1e-5, atol=1e-5
+    )

@@ -130,3 +130,36 @@ def test_train_with_an_unreachable_hub_name_says_so_in_one_line(small_corpus, tm
     assert result.stderr.startswith("error: facebook/wav2vec2-base-960h: not a local folder")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+def test_frames_written_in_chunks_read_back_and_go_into_an_npz_unchanged(tmp_path):
+    """`FrameFiles` (animate's constant-memory path): chunks appended to .npy files, read back
+    by slices, and copied into an npz that loads as the arrays themselves; too many or too few
+    frames are refused, and the temporary folder is gone afterwards."""
+    rng = np.random.default_rng(0)
+    vertices = rng.normal(size=(50, 7, 3)).astype(np.float32)
+    emotion = rng.random((50, 4)).astype(np.float32)
+    out = os.fspath(tmp_path / "out")
+    with fileio.FrameFiles(out, 50) as frames:
+        for start in range(0, 50, 16):
+            frames.append(
+                {"vertices": vertices[start : start + 16], "emotion": emotion[start : start + 16]}
+            )
+        with pytest.raises(ValueError, match="more than the 50 frames"):
+            frames.append({"emotion": emotion[:1]})
+        stored = frames.arrays()
+        assert len(stored["vertices"]) == 50
+        np.testing.assert_array_equal(stored["vertices"][10:23], vertices[10:23])
+        np.testing.assert_array_equal(np.asarray(stored["emotion"]), emotion)
+        fileio.write_npz(os.path.join(out, "a.npz"), fps=np.float64(25.0), **stored)
+        folder = frames.folder
+    assert not os.path.exists(folder)
+    with np.load(os.path.join(out, "a.npz")) as loaded:
+        np.testing.assert_array_equal(loaded["vertices"], vertices)
+        np.testing.assert_array_equal(loaded["emotion"], emotion)
+        assert float(loaded["fps"]) == 25.0
+    with fileio.FrameFiles(out, 50) as frames:
+        frames.append({"vertices": vertices[:20]})
+        with pytest.raises(ValueError, match="frames missing"):
+            frames.arrays()
+    assert os.listdir(out) == ["a.npz"]

@@ -574,6 +574,27 @@ class EmotionalFaceGenerator(nn.Module):
         return expression, rotation, translation, gain
 
 
+class FrameAndClipDense(nn.Module):
+    """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip: the kernel's rows
+    for p are applied once per clip, not once per frame. The parameters are those of an nn.Dense on
+    the concatenation (`kernel` [Dc + Dp, F], `bias` [F]), and so is the result, up to rounding.
+    At BIWI's 70k outputs this matters: with the concatenation, training also computed the
+    gradient with respect to every frame's c, which nothing uses."""
+
+    features: int
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, frame_inputs, clip_inputs):  # [B, N, Dc], [B, Dp] -> [B, N, F]
+        frame_dim = frame_inputs.shape[-1]
+        kernel = self.param(
+            "kernel", self.kernel_init, (frame_dim + clip_inputs.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        per_clip = clip_inputs @ kernel[frame_dim:] + bias
+        return frame_inputs @ kernel[:frame_dim] + per_clip[:, None]
+
+
 class Generator(nn.Module):
     """Everything trained by the generator loss; see the module docstring."""
 
@@ -582,7 +603,7 @@ class Generator(nn.Module):
     def setup(self):
         config = self.config
         self.identity = nn.Dense(config.identity_dim, use_bias=False, name="identity")
-        self.neutral_generator = nn.Dense(
+        self.neutral_generator = FrameAndClipDense(
             config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="neutral"
         )
         self.emotion_network = EmotionEmbeddingNetwork(config, name="emotion")
@@ -593,12 +614,8 @@ class Generator(nn.Module):
     def neutral_face(self, batch):
         """(p, G_n's motion, f^n = G_n(c (+) p) + f_0^n) of Eq. 2."""
         identity = self.identity(batch["subject_onehot"])
-        frames = batch["frame_mask"].shape[1]
-        identity_frames = jnp.broadcast_to(
-            identity[:, None], (identity.shape[0], frames, identity.shape[-1])
-        )
         neutral_motion = self.config.motion_unit * self.neutral_generator(
-            jnp.concatenate([batch["context"], identity_frames], -1)
+            batch["context"], identity
         )
         return identity, neutral_motion, neutral_motion + batch["template"][:, None]
 
@@ -607,17 +624,20 @@ class Generator(nn.Module):
         classifier pools, and what emotion prototypes are fitted to."""
         return masked_mean(self.emotion_network(mel, mask, subject_onehot), mask)
 
-    def __call__(self, batch, noise, deterministic: bool = True, mean_head: bool = False):
+    def __call__(
+        self, batch, noise, deterministic: bool = True, mean_head: bool = False, neutral_parts=None
+    ):
         """batch: context [B,N,Dc], mel [B,N,bins], subject_onehot [B,S], template [B,V*3],
         frame_mask [B,N]; noise: z [B,N,hidden] ~ N(0, I). Optionally a requested emotion:
         emotion_target [B,hidden] with emotion_inferred_weight [B] (`steer_embedding`), and
         expression_scale [B], the factor on G's expression offset. Returns a dict of outputs. Training
         passes deterministic=False and a 'dropout' key (used only if `dropout` > 0); with
-        `mean_head`, also the head pose at z = 0 (`mean_rotation`, `mean_translation`)."""
+        `mean_head`, also the head pose at z = 0 (`mean_rotation`, `mean_translation`).
+        `neutral_parts`: `neutral_face(batch)` if known (training shares it between samples)."""
         check_head_options(self.config)
         mask = batch["frame_mask"]
         context = batch["context"]  # c, Eq. 1 (aligned outside)
-        identity, neutral_motion, neutral = self.neutral_face(batch)  # p, Eq. 2
+        identity, neutral_motion, neutral = neutral_parts or self.neutral_face(batch)  # p, Eq. 2
         embedding = self.emotion_network(
             batch["mel"], mask, batch["subject_onehot"], deterministic
         )  # e
