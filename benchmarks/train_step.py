@@ -18,7 +18,9 @@ CPU; device peak where the backend reports it).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import shutil
 import time
 
 import jax
@@ -90,8 +92,9 @@ def matmul_reference(rows: int, inner: int, outer: int, repeats: int = 5) -> flo
     return 2.0 * rows * inner * outer / best / 1e9
 
 
-def time_buckets(step_fn, state, placement, plans, lengths, args, rng):
-    """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step)."""
+def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops):
+    """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step); with
+    `args.profile`, the first bucket's slowest ops are appended to `top_ops`."""
     per_bucket = {}
     for plan in plans:
         if plan.length in per_bucket:
@@ -111,12 +114,50 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng):
             state, metrics = compiled(state, batch)
             jax.block_until_ready(metrics)
             timings.append(time.perf_counter() - start)
+        if args.profile and not per_bucket:
+            state, slowest = profile_top_ops(compiled, state, batch, args.profile)
+            top_ops.extend(slowest)
         per_bucket[plan.length] = (
             compile_seconds,
             float(np.median(timings)),
             compiled_flops(compiled),
         )
     return per_bucket
+
+
+def profile_top_ops(compiled, state, batch, count: int):
+    """(state after one more step, the `count` XLA operations that took longest in it): each
+    with what in the model it computes (its op_name) and its share of the step
+    (jax.profiler trace)."""
+    import glob
+    import gzip
+    import json
+    import re
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="train-step-trace-")
+    with jax.profiler.trace(folder):
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+    trace_path = sorted(glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True))
+    with gzip.open(trace_path[-1]) as handle:
+        events = [e for e in json.load(handle)["traceEvents"] if e.get("ph") == "X"]
+    shutil.rmtree(folder)
+    step = max(e["dur"] for e in events if e["name"].startswith("ThunkExecutor::Execute"))
+    what = {}
+    for line in compiled.as_text().splitlines():
+        found = re.match(r"\s*(?:ROOT )?%([\w.-]+) = .*op_name=\"([^\"]*)\"", line)
+        if found:
+            what[found.group(1)] = found.group(2).replace("jit(step_fn)/", "")
+    durations: dict[str, float] = {}
+    for event in events:
+        if event["name"] in what:  # XLA's operations, not the runtime's own events
+            durations[event["name"]] = durations.get(event["name"], 0.0) + event["dur"]
+    ranked = sorted(durations.items(), key=lambda item: -item[1])[:count]
+    return state, [
+        (name, what.get(name, "?")[:90], f"{100 * seconds / step:.1f} %")
+        for name, seconds in ranked
+    ]
 
 
 def main() -> None:
@@ -128,6 +169,9 @@ def main() -> None:
     parser.add_argument("--context-dim", type=int, default=768)
     parser.add_argument(
         "--deterministic-gpu", action="store_true", help="XLA's deterministic GPU ops (its cost)"
+    )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="also list the N slowest XLA ops of one step"
     )
     args = parser.parse_args()
     if args.deterministic_gpu:
@@ -147,7 +191,8 @@ def main() -> None:
     placement = Placement(data_mesh())
     state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
-    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng)
+    top_ops: list = []
+    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops)
 
     epoch_seconds = sum(per_bucket[plan.length][1] for plan in plans)
     epoch_flops = sum(per_bucket[plan.length][2] for plan in plans)
@@ -197,6 +242,13 @@ def main() -> None:
     print("|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+    if top_ops:
+        first = next(iter(per_bucket))
+        print(f"\nslowest XLA operations of one step (batch of {first} frames):\n")
+        print("| operation | computes | share of the step |")
+        print("|---|---|---:|")
+        for row in top_ops:
+            print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,15 @@ def rescaled_head(result: dict, scale: float) -> dict:
     return {"rotation": rotation, "translation": translation, "vertices": vertices}
 
 
+def fresh_unit_rows(weights: np.ndarray, first_fresh: int) -> tuple[int, int]:
+    """The longest run [low, high) of rows from `first_fresh` on whose weight is exactly one
+    (the middle of a crossfade window); (0, 0) if there is none."""
+    ones = np.flatnonzero(weights[first_fresh:] == 1.0) + first_fresh
+    if len(ones) == 0 or not np.all(weights[ones[0] : ones[-1] + 1] == 1.0):
+        return 0, 0
+    return int(ones[0]), int(ones[-1]) + 1
+
+
 class Crossfade:
     """Sums overlapping windows' outputs with their crossfade weights and hands frames back,
     normalised, once no later window reaches them: it holds only the frames still open."""
@@ -112,20 +121,26 @@ class Crossfade:
     def add(self, start: int, values: dict[str, np.ndarray], weights: np.ndarray) -> None:
         if start < self.start:
             raise ValueError(f"a window at frame {start} reaches frames already handed back")
-        end = start + len(weights)
-        grow = end - self.start - len(self.weight)
+        held = len(self.weight)  # frames [self.start, self.start + held) have sums already
+        grow = start + len(weights) - self.start - held
         if grow > 0:
             self.weight = np.concatenate([self.weight, np.zeros(grow)])
             for name, total in self.sums.items():
-                padding = np.zeros((grow,) + total.shape[1:], np.float32)
-                self.sums[name] = np.concatenate([total, padding])
+                grown = np.zeros((held + grow,) + total.shape[1:], np.float32)
+                grown[:held] = total
+                self.sums[name] = grown
         offset = start - self.start
+        low, high = fresh_unit_rows(weights, max(held - offset, 0))
         for name, value in values.items():
             if name not in self.sums:
                 # float32: for long clips these arrays are the memory
-                shape = (len(self.weight),) + value.shape[1:]
-                self.sums[name] = np.zeros(shape, np.float32)
-            self.sums[name][offset : offset + len(weights)] += weights[:, None] * value
+                self.sums[name] = np.zeros((len(self.weight),) + value.shape[1:], np.float32)
+            target = self.sums[name][offset : offset + len(weights)]
+            # Rows no window has reached, at weight one, are copied: the same float32 numbers as
+            # adding 1.0 * value to zero, without a float64 product the size of the window.
+            target[low:high] = value[low:high]
+            for rows in (slice(0, low), slice(high, None)):
+                target[rows] += weights[rows, None] * value[rows]
         self.weight[offset : offset + len(weights)] += weights
 
     def take(self, until: int) -> dict[str, np.ndarray]:

@@ -1,0 +1,187 @@
+"""Animation speed and memory at BIWI size, as `animate` runs it, and prints a table.
+
+    python benchmarks/animate_speed.py [--seconds 10 60 600] [--video-up-to 60] [--size 512]
+                                       [--vertices 23370]
+
+The model is BIWI-sized and random: wav2vec2-base's architecture (768 wide, 12 layers) with
+random weights, SDETalk at 23370 vertices (configs/biwi.py), a SynthBIWI face mesh of that size.
+Each length of audio runs in its own process, so that its peak RSS is its own:
+
+* loading: the encoder's and the networks' parameters built (a real run reads them from disk);
+* compilation: the first pass over the same audio (every window shape compiled);
+* model part: `animate.animate`'s time without the rendering: encoder + generator over the
+  audio, window by window, the frames streamed to disk and the npz written, in steady state;
+  its peak RSS is the process's peak when the rendering starts;
+* video part: rendering and encoding the mp4 at `--size` from the streamed frames (audio up to
+  `--video-up-to` seconds long; longer ones skip it), timed inside the same `animate` call.
+
+Real-time factor = seconds of audio per second of work (10x: 10 s of speech in 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def build_model(vertices: int, workdir: str):
+    """A TrainedModel at BIWI size with random parameters (G's zero-initialised heads moved, so
+    the face and head move)."""
+    import jax
+
+    from sdetalk_jax.checkpoint import Assets
+    from sdetalk_jax.config_files import repository_config
+    from sdetalk_jax.data import face_model
+    from sdetalk_jax.inference import TrainedModel
+    from sdetalk_jax.models.networks import Networks
+    from sdetalk_jax.models.sdetalk import SDETalkConfig
+    from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
+
+    config = repository_config("biwi")
+    config.model.wav2vec2_checkpoint = ""
+    config.model.wav2vec2_random = {"seed": 0}  # wav2vec2-base's architecture
+    config.data.feature_cache = os.path.join(workdir, "cache")
+    topology = face_model.build_topology(vertices)
+    subjects = ("F2", "F3", "F4", "M3", "M4", "M5")
+    rng = np.random.default_rng(0)
+    assets = Assets(
+        subjects=subjects,
+        templates={name: face_model.template_shape(topology, rng) for name in subjects},
+        faces=topology.faces,
+        lip_vertices=topology.lip_vertices,
+        upper_face_vertices=topology.upper_face_vertices,
+        fps=25.0,
+        emotion_categories=tuple(f"emotion{k}" for k in range(12)),
+    )
+    encoder = ContextEncoder.from_config(config)
+    model_config = SDETalkConfig.for_run(
+        config, context_dim=encoder.hidden_size, **assets.dimensions
+    )
+    networks = Networks.build(model_config)
+    params = networks.init_params(jax.random.key(0))["generator"]
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
+    params = jax.tree.map(lambda x: x + 1e-3 * jax.random.normal(next(keys), x.shape), params)
+    return TrainedModel(config, networks, params, assets, encoder, step=0, workdir=workdir)
+
+
+def speech_like(seconds: float) -> np.ndarray:
+    """Noise shaped into syllables (the model's cost does not depend on what is said)."""
+    rng = np.random.default_rng(0)
+    samples = int(seconds * 16_000)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * np.arange(samples) / 16_000)
+    return (0.1 * envelope * rng.standard_normal(samples)).astype(np.float32)
+
+
+def measure(seconds: float, args) -> dict:
+    """One length of audio, in this process: the timings and this process's peak RSS."""
+    import soundfile
+
+    from sdetalk_jax import animate, render
+
+    workdir = tempfile.mkdtemp(prefix="animate-speed-")
+    start = time.perf_counter()
+    model = build_model(args.vertices, workdir)
+    loading = time.perf_counter() - start
+    waveform = speech_like(seconds)
+    audio_path = os.path.join(workdir, "speech.wav")
+    soundfile.write(audio_path, waveform, 16_000, subtype="FLOAT")
+    # Compilation: the same audio's windows, once; only the first window of each shape compiles,
+    # so a warm-up over at most two windows' worth of audio covers every shape.
+    start = time.perf_counter()
+    warm = waveform[: int(min(seconds, 40.0) * 16_000)]
+    for _ in model.animation_chunks(warm, subject="F2", key=_key(0)):
+        pass
+    compilation = time.perf_counter() - start
+    out = os.path.join(workdir, "out")
+    video = seconds <= args.video_up_to
+    timed = {}
+    render_animation = render.render_animation
+
+    def timed_render(*positional, **options):  # the video part, timed inside animate
+        timed["rss_before_video_gib"] = _peak_rss_gib()
+        start = time.perf_counter()
+        render_animation(*positional, **options)
+        timed["video_s"] = time.perf_counter() - start
+
+    render.render_animation = timed_render
+    start = time.perf_counter()
+    animate.animate(
+        workdir, audio_path, subject="F2", out_dir=out, video=video, size=args.size, model=model,
+        progress=False,
+    )  # fmt: skip
+    total = time.perf_counter() - start
+    npz_bytes = os.path.getsize(os.path.join(out, "speech_s0.npz"))
+    shutil.rmtree(workdir)  # 10 minutes at BIWI size are 12.6 GB of npz
+    return {
+        "seconds": seconds,
+        "loading_s": loading,
+        "compilation_s": compilation,
+        "model_s": total - timed.get("video_s", 0.0),
+        "video_s": timed.get("video_s"),
+        "npz_bytes": npz_bytes,
+        "model_peak_rss_gib": timed.get("rss_before_video_gib", _peak_rss_gib()),
+        "peak_rss_gib": _peak_rss_gib(),
+    }
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _key(seed: int):
+    import jax
+
+    return jax.random.key(seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0, 600.0])
+    parser.add_argument("--video-up-to", type=float, default=60.0, help="longest audio rendered")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--vertices", type=int, default=23370)
+    parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child process's length
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(measure(args.one, args)))
+        return
+    rows = []
+    for seconds in args.seconds:
+        command = [sys.executable, __file__, "--one", str(seconds), "--size", str(args.size),
+                   "--vertices", str(args.vertices), "--video-up-to", str(args.video_up_to)]  # fmt: skip
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+    import jax
+
+    print(f"device: {jax.devices()[0].platform}, jax {jax.__version__}, {args.vertices} vertices")
+    print()
+    print(
+        "| audio | loading (s) | compilation (s) | model part (s) | model real-time factor "
+        "| npz (MB) | peak RSS, model part (GiB) | video part (s) | video real-time factor "
+        "| peak RSS (GiB) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        video = row.get("video_s")
+        video_factor = "" if video is None else f"{row['seconds'] / video:.1f}x"
+        print(
+            f"| {row['seconds']:g} s | {row['loading_s']:.1f} | {row['compilation_s']:.1f} "
+            f"| {row['model_s']:.1f} | {row['seconds'] / row['model_s']:.1f}x "
+            f"| {row['npz_bytes'] / 1e6:.0f} | {row['model_peak_rss_gib']:.2f} "
+            f"| {'skipped' if video is None else f'{video:.1f}'} "
+            f"| {video_factor} "
+            f"| {row['peak_rss_gib']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
