@@ -202,6 +202,7 @@ def animate(
                 head_scale=head_scale, emotion=request, progress=progress,
             ):  # fmt: skip
                 frame_files.append(chunk)
+                del chunk  # not held while the next window is computed
             result = frame_files.arrays()
             written += write_sample(
                 result, model, k, paths=sample_paths(out_dir, stem, k), audio_path=audio_path,

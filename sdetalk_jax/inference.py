@@ -344,6 +344,7 @@ class TrainedModel:
             del outputs
             weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)
             crossfade.add(start, pieces, weights)
+            del pieces  # not held while the next window is computed
             finished = starts[index + 1] if index + 1 < len(starts) else num_frames
             yield finished_frames(crossfade.take(finished), head_scale)
 
