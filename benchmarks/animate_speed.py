@@ -8,7 +8,8 @@ random weights, SDETalk at 23370 vertices (configs/biwi.py), a SynthBIWI face me
 Each length of audio runs in its own process, so that its peak RSS is its own:
 
 * loading: the encoder's and the networks' parameters built (a real run reads them from disk);
-* compilation: the first pass over the same audio (every window shape compiled);
+* first window: compiling the encoder and the generator for the window's shape, and running one
+  window (animate's later windows, and later samples, reuse the compilation);
 * model part: `animate.animate`'s time without the rendering: encoder + generator over the
   audio, window by window, the frames streamed to disk and the npz written, in steady state;
   its peak RSS is the process's peak when the rendering starts;
@@ -94,10 +95,10 @@ def measure(seconds: float, args) -> dict:
     waveform = speech_like(seconds)
     audio_path = os.path.join(workdir, "speech.wav")
     soundfile.write(audio_path, waveform, 16_000, subtype="FLOAT")
-    # Compilation: the same audio's windows, once; only the first window of each shape compiles,
-    # so a warm-up over at most two windows' worth of audio covers every shape.
+    # Compilation: every window of the audio has one shape (window_s = 20 s, or the whole clip if
+    # shorter), so one window's worth of audio compiles all that `animate` runs below.
     start = time.perf_counter()
-    warm = waveform[: int(min(seconds, 40.0) * 16_000)]
+    warm = waveform[: int(min(seconds, 20.0) * 16_000)]
     for _ in model.animation_chunks(warm, subject="F2", key=_key(0)):
         pass
     compilation = time.perf_counter() - start
@@ -165,7 +166,8 @@ def main() -> None:
     print(f"device: {jax.devices()[0].platform}, jax {jax.__version__}, {args.vertices} vertices")
     print()
     print(
-        "| audio | loading (s) | compilation (s) | model part (s) | model real-time factor "
+        "| audio | loading (s) | first window, incl. compilation (s) | model part (s) "
+        "| model real-time factor "
         "| npz (MB) | peak RSS, model part (GiB) | video part (s) | video real-time factor "
         "| peak RSS (GiB) |"
     )

@@ -160,40 +160,9 @@ def profile_top_ops(compiled, state, batch, count: int):
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vertices", type=int, default=23370)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--clips", type=int, default=384, help="clips in the epoch")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per bucket")
-    parser.add_argument("--context-dim", type=int, default=768)
-    parser.add_argument(
-        "--deterministic-gpu", action="store_true", help="XLA's deterministic GPU ops (its cost)"
-    )
-    parser.add_argument(
-        "--profile", type=int, default=0, help="also list the N slowest XLA ops of one step"
-    )
-    args = parser.parse_args()
-    if args.deterministic_gpu:
-        request_deterministic_gpu_ops()
-
-    config = repository_config("biwi")  # the paper's loss weights, learning rate and buckets
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(62, 150, size=args.clips).tolist()  # 2.5-6 s at 25 fps
-    buckets = batching.bucket_lengths(
-        max(lengths), min_length=config.data.bucket_min, growth=config.data.bucket_growth
-    )
-    plans = batching.epoch_plan(lengths, global_batch=args.batch, buckets=buckets, seed=0, epoch=0)
-    model_config = sdetalk.SDETalkConfig(
-        num_vertices=args.vertices, context_dim=args.context_dim, num_subjects=6, num_emotions=12
-    )
-    networks = Networks.build(model_config)
-    placement = Placement(data_mesh())
-    state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
-    step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
-    top_ops: list = []
-    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops)
-
+def summary_rows(args, plans, lengths, per_bucket) -> list[tuple[str, str]]:
+    """The table's rows: the epoch's time from each bucket's step, FLOPs, the same-run matmul
+    reference, padding and memory."""
     epoch_seconds = sum(per_bucket[plan.length][1] for plan in plans)
     epoch_flops = sum(per_bucket[plan.length][2] for plan in plans)
     real_frames = sum(lengths)
@@ -238,6 +207,44 @@ def main() -> None:
         ("peak host memory (RSS)", f"{peak_rss_gb:.2f} GiB"),
         ("peak device memory", device_peak),
     ]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vertices", type=int, default=23370)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--clips", type=int, default=384, help="clips in the epoch")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per bucket")
+    parser.add_argument("--context-dim", type=int, default=768)
+    parser.add_argument(
+        "--deterministic-gpu", action="store_true", help="XLA's deterministic GPU ops (its cost)"
+    )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="also list the N slowest XLA ops of one step"
+    )
+    args = parser.parse_args()
+    if args.deterministic_gpu:
+        request_deterministic_gpu_ops()
+
+    config = repository_config("biwi")  # the paper's loss weights, learning rate and buckets
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(62, 150, size=args.clips).tolist()  # 2.5-6 s at 25 fps
+    buckets = batching.bucket_lengths(
+        max(lengths), min_length=config.data.bucket_min, growth=config.data.bucket_growth
+    )
+    plans = batching.epoch_plan(lengths, global_batch=args.batch, buckets=buckets, seed=0, epoch=0)
+    model_config = sdetalk.SDETalkConfig(
+        num_vertices=args.vertices, context_dim=args.context_dim, num_subjects=6, num_emotions=12
+    )
+    networks = Networks.build(model_config)
+    placement = Placement(data_mesh())
+    state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
+    step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
+    top_ops: list = []
+    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops)
+
+    rows = summary_rows(args, plans, lengths, per_bucket)
     print("| measure | value |")
     print("|---|---|")
     for name, value in rows:

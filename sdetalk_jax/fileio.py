@@ -107,12 +107,16 @@ class StoredFrames:
         self.path = path
         with open(path, "rb") as handle:
             version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{path}: .npy format {version} is not read here")
             read_header = (
                 np.lib.format.read_array_header_1_0
                 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0
             )
-            self.shape, _, self.dtype = read_header(handle)
+            self.shape, fortran_order, self.dtype = read_header(handle)
+            if fortran_order:
+                raise ValueError(f"{path}: Fortran-ordered arrays are not read by frames")
             self.offset = handle.tell()
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
@@ -120,6 +124,8 @@ class StoredFrames:
         return self.shape[0]
 
     def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError("StoredFrames reads slices of frames (frames[a:b]), not single items")
         start, stop, step = rows.indices(len(self))
         if step != 1:
             raise IndexError("StoredFrames reads contiguous slices of frames")
@@ -149,6 +155,8 @@ class FrameFiles:
         self.folder = ""
         self.handles: dict[str, object] = {}
         self.written: dict[str, int] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self.row_shapes: dict[str, tuple] = {}
 
     def __enter__(self) -> FrameFiles:
         os.makedirs(self.directory, exist_ok=True)
@@ -172,6 +180,12 @@ class FrameFiles:
                 }
                 np.lib.format.write_array_header_1_0(handle, header)
                 self.handles[name], self.written[name] = handle, 0
+                self.dtypes[name], self.row_shapes[name] = value.dtype, value.shape[1:]
+            if value.dtype != self.dtypes[name] or value.shape[1:] != self.row_shapes[name]:
+                raise ValueError(
+                    f"{name}: a chunk of {value.dtype} {value.shape[1:]} after chunks of "
+                    f"{self.dtypes[name]} {self.row_shapes[name]}"
+                )
             if self.written[name] + len(value) > self.num_frames:
                 raise ValueError(f"{name}: more than the {self.num_frames} frames announced")
             value.tofile(self.handles[name])

@@ -4,10 +4,11 @@
 generator's parameters from the best checkpoint (or the latest one) and reads the run's assets
 (subject templates, mesh, regions), saved by training in `WORKDIR/assets.npz` (`checkpoint`).
 
-`TrainedModel.animate_waveform` turns audio of any length into frames with a fixed memory footprint:
-the audio is cut into windows of `window_s` seconds that overlap by `overlap_s`, each window goes
-through the context encoder and the generator on its own (one compiled shape for every window), and
-neighbouring windows are crossfaded linearly across their overlap.
+`TrainedModel.animation_chunks` turns audio of any length into frames with a fixed memory
+footprint: the audio is cut into windows of `window_s` seconds that overlap by `overlap_s`, each
+window goes through the context encoder and the generator on its own (one compiled shape for every
+window), neighbouring windows are crossfaded linearly across their overlap, and frames are handed
+on as soon as they are final. `TrainedModel.animate_waveform` gathers them into whole arrays.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def rescaled_head(result: dict, scale: float) -> dict:
 
 
 def fresh_unit_rows(weights: np.ndarray, first_fresh: int) -> tuple[int, int]:
-    """The longest run [low, high) of rows from `first_fresh` on whose weight is exactly one
-    (the middle of a crossfade window); (0, 0) if there is none."""
+    """The rows [low, high) from `first_fresh` on whose weight is exactly one (the middle of a
+    crossfade window), if they are contiguous; otherwise, or if there are none, (0, 0)."""
     ones = np.flatnonzero(weights[first_fresh:] == 1.0) + first_fresh
     if len(ones) == 0 or not np.all(weights[ones[0] : ones[-1] + 1] == 1.0):
         return 0, 0
@@ -148,8 +149,9 @@ class Crossfade:
         count = until - self.start
         weight = self.weight[:count, None].astype(np.float32)
         taken = {name: total[:count] / weight for name, total in self.sums.items()}
-        self.sums = {name: total[count:] for name, total in self.sums.items()}
-        self.weight = self.weight[count:]
+        # copies, not views: a view would keep the whole window's buffer alive
+        self.sums = {name: total[count:].copy() for name, total in self.sums.items()}
+        self.weight = self.weight[count:].copy()
         self.start = until
         return taken
 
@@ -188,6 +190,7 @@ class TrainedModel:
     step: int
     workdir: str = ""
     _prototypes: EmotionPrototypes | None = dataclasses.field(default=None, repr=False)
+    _generate: object = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def load(cls, workdir: str, *, checkpoint: str = "best") -> TrainedModel:
@@ -277,11 +280,14 @@ class TrainedModel:
         return model_batch(features, subjects, len(self.assets.subjects), targets=False)
 
     def generate_fn(self):
-        """Jitted generator: (batch, noise) -> outputs."""
-        generator = self.networks.generator
-        return jax.jit(
-            lambda params, batch, noise: generator.apply({"params": params}, batch, noise)
-        )
+        """Jitted generator: (params, batch, noise) -> outputs; one per model, so that its
+        compilations are kept from one call (or sample) to the next."""
+        if self._generate is None:
+            generator = self.networks.generator
+            self._generate = jax.jit(
+                lambda params, batch, noise: generator.apply({"params": params}, batch, noise)
+            )
+        return self._generate
 
     def frame_count(self, waveform: np.ndarray) -> int:
         """How many face frames `waveform` (16 kHz) animates to; refuses audio too short."""

@@ -5,7 +5,13 @@ import pytest
 
 from sdetalk_jax import metrics
 from sdetalk_jax.data import face_model
-from sdetalk_jax.inference import Crossfade, crossfade_weights, nearest_rotation, window_starts
+from sdetalk_jax.inference import (
+    Crossfade,
+    crossfade_weights,
+    finished_frames,
+    nearest_rotation,
+    window_starts,
+)
 
 
 def _faces(frames=4, vertices=5):
@@ -156,6 +162,35 @@ def test_the_streaming_crossfade_gives_bitwise_the_whole_clip_crossfade(num_fram
     np.testing.assert_array_equal(np.concatenate(handed_back), whole)
     with pytest.raises(ValueError, match="already handed back"):
         crossfade.add(0, {"x": outputs[0]}, np.ones(window))
+
+
+@pytest.mark.parametrize("head_scale", [1.0, 0.5])
+def test_finishing_frames_chunk_by_chunk_is_finishing_the_whole_clip(head_scale):
+    """What `finished_frames` does to crossfaded frames (rotations back onto SO(3), the head
+    scaled, the face posed again) is frame by frame: chunks give bitwise the whole clip's."""
+    rng = np.random.default_rng(1)
+    frames, vertices = 40, 6
+    angles = np.radians(rng.normal(scale=10.0, size=(frames, 3)))
+    rotation = face_model.rotation_matrices(*angles.T).astype(np.float32)
+    rotation += rng.normal(scale=1e-3, size=rotation.shape).astype(np.float32)  # an average's
+    raw = {
+        "vertices": rng.normal(size=(frames, vertices * 3)).astype(np.float32),
+        "expression": rng.normal(size=(frames, vertices * 3)).astype(np.float32),
+        "neutral": rng.normal(size=(frames, vertices * 3)).astype(np.float32),
+        "rotation": rotation.reshape(frames, 9),
+        "translation": rng.normal(scale=0.01, size=(frames, 3)).astype(np.float32),
+        "emotion": rng.random((frames, 4)).astype(np.float32),
+    }
+    whole = finished_frames({k: v.copy() for k, v in raw.items()}, head_scale)
+    pieces = [
+        finished_frames({k: v[a:b].copy() for k, v in raw.items()}, head_scale)
+        for a, b in ((0, 7), (7, 31), (31, 40))
+    ]
+    for name, value in whole.items():
+        np.testing.assert_array_equal(np.concatenate([p[name] for p in pieces]), value, name)
+    np.testing.assert_allclose(np.linalg.det(whole["rotation"]), 1.0, atol=1e-5)
+    if head_scale != 1.0:  # the face was posed again with the scaled head
+        assert not np.allclose(whole["vertices"].reshape(frames, -1), raw["vertices"])
 
 
 def test_nearest_rotation_returns_a_rotation_close_to_the_average():

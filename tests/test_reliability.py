@@ -162,4 +162,10 @@ def test_frames_written_in_chunks_read_back_and_go_into_an_npz_unchanged(tmp_pat
         frames.append({"vertices": vertices[:20]})
         with pytest.raises(ValueError, match="frames missing"):
             frames.arrays()
+        with pytest.raises(ValueError, match="a chunk of float64"):
+            frames.append({"vertices": vertices[20:30].astype(np.float64)})
+    with pytest.raises(RuntimeError, match="rendering failed"):  # a failure inside the block
+        with fileio.FrameFiles(out, 50) as frames:
+            frames.append({"vertices": vertices[:20]})
+            raise RuntimeError("rendering failed")
     assert os.listdir(out) == ["a.npz"]
