@@ -33,16 +33,17 @@ from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 FORMATS = ("npz", "mp4", "glb")
 
 
+def sample_paths(out_dir: str, stem: str, k: int) -> dict[str, str]:
+    """Sample k's files by suffix: npz, mp4, glb and the glb's audio (wav)."""
+    return {suffix: os.path.join(out_dir, f"{stem}_s{k}.{suffix}") for suffix in FORMATS + ("wav",)}
+
+
 def output_paths(
     out_dir: str, stem: str, samples: int, video: bool, glb: bool = False
 ) -> list[str]:
     """Every file the command writes: per sample the npz, the mp4, the glb and its audio."""
     suffixes = ["npz"] + (["mp4"] if video else []) + (["glb", "wav"] if glb else [])
-    return [
-        os.path.join(out_dir, f"{stem}_s{k}.{suffix}")
-        for k in range(samples)
-        for suffix in suffixes
-    ]
+    return [sample_paths(out_dir, stem, k)[suffix] for k in range(samples) for suffix in suffixes]
 
 
 def parse_formats(text: str) -> tuple[bool, bool]:
@@ -113,10 +114,6 @@ def export_glb(path: str, result: dict, model: TrainedModel, subject: str, wavef
     return {"morph_targets": basis.count, "max_error_mm": basis.max_error_mm}
 
 
-def sample_paths(out_dir: str, stem: str, k: int) -> dict[str, str]:
-    return {suffix: os.path.join(out_dir, f"{stem}_s{k}.{suffix}") for suffix in FORMATS}
-
-
 def write_sample(result, model, k, *, paths, audio_path, waveform, request, colors, progress,
                  settings) -> list[str]:  # fmt: skip
     """One sample's npz, and its glb and mp4 if asked; returns the paths written. `result`'s
@@ -135,7 +132,7 @@ def write_sample(result, model, k, *, paths, audio_path, waveform, request, colo
             extras={"subject": subject, "seed": settings["seed"], "sample": k,
                     "emotion": request.describe()},
         )  # fmt: skip
-        written += [paths["glb"], os.path.splitext(paths["glb"])[0] + ".wav"]
+        written += [paths["glb"], paths["wav"]]
     if settings["video"]:
         if assets.faces.size == 0:
             raise RunError(f"{model.workdir}: the run's assets have no mesh faces; use --no-video")

@@ -367,12 +367,11 @@ class TrainedModel:
 
         The whole animation is held in memory; `animation_chunks` hands it on a piece at a time
         (what `animate` does, for audio of any length)."""
-        result, filled = {}, 0
+        result, filled, num_frames = {}, 0, self.frame_count(waveform)
         for chunk in self.animation_chunks(waveform, **options):
             for name, value in chunk.items():
                 if name not in result:
-                    shape = (self.frame_count(waveform),) + value.shape[1:]
-                    result[name] = np.empty(shape, np.float32)
+                    result[name] = np.empty((num_frames,) + value.shape[1:], np.float32)
                 result[name][filled : filled + len(value)] = value
             filled += len(next(iter(chunk.values())))
         return result
