@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--emotion-intensity", type=float, default=1.0,
-        help=f"expression away from the neutral face: 0 none, 1 as generated (up to {MAX_INTENSITY:g})",
+        help=f"expression away from the neutral face: 0 none, 1 the emotion's own size (up to {MAX_INTENSITY:g})",
     )  # fmt: skip
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     parser.add_argument("--force", action="store_true", help="replace existing outputs")

@@ -7,18 +7,21 @@ Prototypes. Every training clip's emotional embedding e (Fig. 3), averaged over 
 embedding of a take spoken purely with emotion c, which no single clip need be, since labels are
 mixtures (the paper's Fig. 1). The neutral takes' mean is P_neutral. That start lands near the
 average emotional face, so `refine_prototypes` then moves each P_c until G, reading it over the
-training takes' speech, draws the face the takes attribute to c (`category_offsets`: their true
-expression offsets regressed on their mixtures the same way). Training fits them for its best
-checkpoint when it ends and saves them in `WORKDIR/emotion_prototypes/STEP.npz`; for another
-checkpoint or an older run `inference.TrainedModel` fits them from the run's corpus the first time
-they are asked for.
+training takes' speech with an animation's noise, draws the face the takes attribute to c in
+shape and tells it from the other categories' (`category_offsets`: their true expression offsets
+regressed on their mixtures the same way; `prototype_fit_loss`), and fits each category's gain,
+the factor on G's offset that gives that face its size (`prototype_gains`). Training fits them
+for its best checkpoint when it ends and saves them in `WORKDIR/emotion_prototypes/STEP.npz`; for
+another checkpoint or an older run `inference.TrainedModel` fits them from the run's corpus the
+first time they are asked for.
 
 A request w (weights over categories, normalised, optionally with `inferred`: the clip's own
-emotion) becomes target = sum_c w_c P_c, and G reads e'(t) = e(t) - (1 - w_inferred) ē + target
-(`models.sdetalk.steer_embedding`): the speech's own frame-to-frame variation with the clip-level
-emotion replaced. The classifier reads e' too, so the animation's `emotion` is the run's own
-reading of the request. The intensity multiplies G's expression offset, f^e = f^n + a (f^e - f^n);
-`none` is intensity 0 with the neutral prototype: the neutral generator's face, with head motion.
+emotion) becomes target = sum_c w_c P_c with gain g = sum_c w_c g_c (1 for `inferred`), and G
+reads e'(t) = e(t) - (1 - w_inferred) ē + target (`models.sdetalk.steer_embedding`): the speech's
+own frame-to-frame variation with the clip-level emotion replaced. The classifier reads e' too, so
+the animation's `emotion` is the run's own reading of the request. The intensity a and the gain
+multiply G's expression offset, f^e = f^n + a g (f^e - f^n); `none` is intensity 0 with the
+neutral prototype: the neutral generator's face, with head motion.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ MAX_INTENSITY = 3.0
 # A category needs this much label weight among the training takes for a prototype of its own.
 MIN_CATEGORY_WEIGHT = 0.5
 # Refinement steps for a run whose config does not say (`train.emotion_prototype_steps`).
-DEFAULT_REFINE_STEPS = 300
+DEFAULT_REFINE_STEPS = 600
+# How sharply the prototypes' fit tells each category's face from the others' (`category_match_loss`).
+MATCH_TEMPERATURE = 0.05
+# The most a prototype's gain may enlarge (or shrink) G's expression offset (`prototype_gains`).
+MAX_GAIN = 20.0
 
 
 class EmotionRequestError(ValueError):
@@ -55,6 +62,9 @@ class EmotionPrototypes:
     neutral: np.ndarray  # [hidden]; NaN when the corpus has no neutral take
     weights: np.ndarray  # [C], the label weight behind each prototype
     step: int  # the checkpoint step whose emotion network they come from
+    # [C], the factor on G's expression offset that gives each category's face its size
+    # (`prototype_gains`); None (prototypes saved before gains existed) is 1 for every category.
+    gains: np.ndarray | None = None
 
     @staticmethod
     def path(workdir: str, step: int) -> str:
@@ -70,6 +80,7 @@ class EmotionPrototypes:
             neutral=self.neutral,
             weights=self.weights,
             step=np.int64(self.step),
+            gains=self.category_gains(),
         )
         return path
 
@@ -82,7 +93,13 @@ class EmotionPrototypes:
                 archive["neutral"],
                 archive["weights"],
                 int(archive["step"]),
+                archive["gains"] if "gains" in archive.files else None,
             )
+
+    def category_gains(self) -> np.ndarray:
+        if self.gains is None:
+            return np.ones(len(self.categories), np.float32)
+        return np.asarray(self.gains, np.float32)
 
     def available(self) -> tuple[str, ...]:
         usable = np.all(np.isfinite(self.prototypes), axis=1)
@@ -201,9 +218,10 @@ def category_offsets(offsets: np.ndarray, labels: np.ndarray, ridge: float = 1e-
     return np.linalg.solve(gram + strength * np.eye(len(gram)), y.T @ offsets)
 
 
-def mean_offset(generator, params, batch, prototype) -> jax.Array:
+def mean_offset(generator, params, batch, prototype, noise=None) -> jax.Array:
     """G's expression offset f^e - f^n averaged over each row's frames [B, V*3] when it reads the
-    clip-level embedding `prototype` [hidden] instead of the speech's own."""
+    clip-level embedding `prototype` [hidden] instead of the speech's own, with `noise` z
+    [B, N, hidden] (None: z = 0, the centre of the diversity mapping)."""
     rows = batch["mel"].shape[0]
     steered = {
         **batch,
@@ -211,7 +229,8 @@ def mean_offset(generator, params, batch, prototype) -> jax.Array:
         "emotion_inferred_weight": jnp.zeros((rows,)),
         "expression_scale": jnp.ones((rows,)),
     }
-    noise = jnp.zeros(batch["mel"].shape[:2] + (generator.config.hidden,))
+    if noise is None:
+        noise = jnp.zeros(batch["mel"].shape[:2] + (generator.config.hidden,))
     outputs = generator.apply({"params": params}, steered, noise)
     return masked_mean(outputs["expression"] - outputs["neutral"], batch["frame_mask"])
 
@@ -225,58 +244,125 @@ def true_mean_offsets(generator, params, batch) -> jax.Array:
     return masked_mean(batch["vertices"] - neutral, batch["frame_mask"])
 
 
-def prototype_fit_loss(generator, params, prototypes, batch, targets) -> jax.Array:
-    """Mean squared distance (mm^2 per vertex) between G's mean offset under each category's
-    prototype and that category's offset `targets` [C, V*3], over the takes of `batch` (their own
-    speech, the emotion replaced) and every category."""
-    produced = jax.vmap(lambda p: mean_offset(generator, params, batch, p))(prototypes)
-    error = jnp.sum(jnp.square(1000.0 * (produced - targets[:, None])), -1)
-    rows = batch["frame_mask"].any(-1)[None].astype(error.dtype)
-    per_vertex = error / generator.config.num_vertices
-    return jnp.sum(per_vertex * rows) / jnp.maximum(jnp.sum(rows) * len(prototypes), 1.0)
+def offset_correlation(produced: jax.Array, targets: jax.Array) -> jax.Array:
+    """Pearson r between each row of `produced` [C, D] and the same row of `targets` [C, D], over
+    coordinates: how alike two offsets are in shape, whatever their size."""
+    produced = produced - produced.mean(-1, keepdims=True)
+    targets = targets - targets.mean(-1, keepdims=True)
+    norms = jnp.linalg.norm(produced, axis=-1) * jnp.linalg.norm(targets, axis=-1)
+    return jnp.sum(produced * targets, -1) / jnp.maximum(norms, 1e-20)
 
 
-def refine_prototypes(
-    generator, params, dataset, prototypes: np.ndarray, *, steps: int, learning_rate: float = 0.05,
-    batch_size: int = 4, crop: int = 64, progress: bool = False,
-) -> np.ndarray:  # fmt: skip
-    """Prototypes [C, H] moved by Adam until G, reading prototype c over the training takes'
-    speech, draws the face the training takes attribute to c (`category_offsets` of their true
-    faces): the embedding of emotion c is then whatever makes G draw emotion c, not only where
-    takes labelled with it happen to lie. Takes are cut to their first `crop` frames (one
-    compiled shape). `steps` = 0 returns them as they are."""
-    import optax
-    from tqdm import tqdm
+def mean_offsets_under(generator, params, prototypes, batch, noise=None) -> jax.Array:
+    """G's offset under each prototype [C, V*3], averaged over the frames and takes of `batch`,
+    every prototype with the same `noise` (`mean_offset`)."""
+    produced = jax.vmap(lambda p: mean_offset(generator, params, batch, p, noise))(prototypes)
+    rows = batch["frame_mask"].any(-1).astype(produced.dtype)
+    return jnp.einsum("cbd,b->cd", produced, rows) / jnp.maximum(rows.sum(), 1.0)
 
-    usable = np.all(np.isfinite(prototypes), axis=1)
+
+def category_match_loss(produced: jax.Array, targets: jax.Array, temperature: float) -> jax.Array:
+    """Cross-entropy of telling each category's face apart: G's offset under prototype c,
+    `produced` [C, D], correlated with every category's offset `targets` [C, D], should match
+    c's best (a softmax over the correlations at `temperature`)."""
+    produced = produced - produced.mean(-1, keepdims=True)
+    targets = targets - targets.mean(-1, keepdims=True)
+    produced = produced / jnp.maximum(jnp.linalg.norm(produced, axis=-1, keepdims=True), 1e-20)
+    targets = targets / jnp.maximum(jnp.linalg.norm(targets, axis=-1, keepdims=True), 1e-20)
+    logits = (produced @ targets.T) / temperature
+    return jnp.mean(-jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)))
+
+
+def prototype_fit_loss(generator, params, prototypes, batch, targets, noise=None) -> jax.Array:
+    """1 - r between G's offset under each category's prototype (over the takes of `batch`: their
+    own speech, the emotion replaced, with `noise`) and that category's offset `targets` [C, V*3],
+    averaged over the categories. Only the shape counts: the categories' faces are much alike
+    (SynthBIWI's correlate at up to 0.95), and a G trained on mixtures draws a pure one at a
+    fraction of its size; asked for the size as well (squared error), it drew broad shared
+    patterns instead (docs/animate.md). `prototype_gains` restores the size. With the noise of an
+    animation, what the noise adds to the face counts against the shape, so the fit makes the
+    emotion's own part stand out from it."""
+    produced = mean_offsets_under(generator, params, prototypes, batch, noise)
+    shape = jnp.mean(1.0 - offset_correlation(produced, targets))
+    return shape + category_match_loss(produced, targets, MATCH_TEMPERATURE)
+
+
+def prototype_gains(produced: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The factor [C] on G's expression offset that brings its offset under each prototype,
+    `produced` [C, D], to the size of the category's own, `targets` [C, D] (least squares),
+    within [1 / MAX_GAIN, MAX_GAIN]."""
+    produced = np.asarray(produced, np.float64)
+    fit = np.sum(produced * targets, -1) / np.maximum(np.sum(produced * produced, -1), 1e-30)
+    return np.clip(fit, 1.0 / MAX_GAIN, MAX_GAIN)
+
+
+def fit_batches(generator, params, dataset, batch_size: int, crop: int):
+    """The labelled emotional training takes, cut to their first `crop` frames, as G's input
+    batches, and every category's offset [C, V*3] from their true faces (`category_offsets`)."""
     takes = labelled_takes(dataset)
-    if steps <= 0 or not usable.any() or not takes:
-        return prototypes
     num_subjects = generator.config.num_subjects
     chunks = [takes[i : i + batch_size] for i in range(0, len(takes), batch_size)]
     batches = [cropped_batch(dataset, chunk, crop, num_subjects) for chunk in chunks]
     offsets_of = jax.jit(lambda batch: true_mean_offsets(generator, params, batch))
     offsets = np.concatenate([np.asarray(offsets_of(batch)) for batch in batches])
     labels = np.concatenate([batch["emotion"] for batch in batches])
-    targets = jnp.asarray(category_offsets(offsets, labels)[usable], jnp.float32)
     inputs = [
         {k: v for k, v in b.items() if k not in ("vertices", "neutral_vertices")} for b in batches
     ]
-    optimiser = optax.adam(learning_rate)
+    return inputs, category_offsets(offsets, labels)
+
+
+def refine_prototypes(
+    generator, params, dataset, prototypes: np.ndarray, *, steps: int, learning_rate: float = 0.1,
+    batch_size: int = 4, crop: int = 64, seed: int = 0, progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(prototypes [C, H], gains [C]): the prototypes moved by Adam until G, reading prototype c
+    over the training takes' speech, draws the face the training takes attribute to c in shape
+    (`prototype_fit_loss`): the embedding of emotion c is then whatever makes G draw emotion c,
+    not only where takes labelled with it happen to lie; and the factor on G's offset that gives
+    that face its size (`prototype_gains`). Takes are cut to their first `crop` frames (one
+    compiled shape); the noise is drawn from `seed`. `steps` = 0 returns the prototypes as they
+    are, with gains of 1."""
+    import optax
+    from tqdm import tqdm
+
+    usable = np.all(np.isfinite(prototypes), axis=1)
+    gains = np.ones(len(prototypes), np.float32)
+    if steps <= 0 or not usable.any() or not labelled_takes(dataset):
+        return prototypes, gains
+    inputs, targets = fit_batches(generator, params, dataset, batch_size, crop)
+    targets = jnp.asarray(targets[usable], jnp.float32)
+    hidden = generator.config.hidden
+    key = jax.random.key(seed)
+
+    def noise_for(batch, index):  # an animation's noise, drawn afresh for every step
+        return jax.random.normal(jax.random.fold_in(key, index), batch["mel"].shape[:2] + (hidden,))
+
+    optimiser = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
     loss_and_grad = jax.jit(
         jax.value_and_grad(
-            lambda p, batch: prototype_fit_loss(generator, params, p, batch, targets)
+            lambda p, batch, index: prototype_fit_loss(
+                generator, params, p, batch, targets, noise_for(batch, index)
+            )
         )
     )
     current = jnp.asarray(prototypes[usable], jnp.float32)
     state = optimiser.init(current)
     for step in tqdm(range(steps), desc="emotion prototypes", disable=not progress):
-        _, grads = loss_and_grad(current, inputs[step % len(inputs)])
+        _, grads = loss_and_grad(current, inputs[step % len(inputs)], step)
         updates, state = optimiser.update(grads, state, current)
         current = optax.apply_updates(current, updates)
+    offsets_under = jax.jit(
+        lambda batch, index: mean_offsets_under(
+            generator, params, current, batch, noise_for(batch, index)
+        )
+    )
+    produced = [np.asarray(offsets_under(b, steps + i)) for i, b in enumerate(inputs)]
+    produced = np.mean(produced, axis=0)
+    gains[usable] = prototype_gains(produced, np.asarray(targets))
     refined = np.array(prototypes, np.float32)
     refined[usable] = np.asarray(current)
-    return refined
+    return refined, gains
 
 
 def gather_prototypes(
@@ -292,10 +378,10 @@ def gather_prototypes(
     emotional = np.array([clip.emotional for clip in dataset.clips], bool)
     means = clip_embeddings(generator, params, dataset)
     fitted = fit_prototypes(means, labels, emotional, categories, step)
-    refined = refine_prototypes(
+    refined, gains = refine_prototypes(
         generator, params, dataset, fitted.prototypes, steps=refine_steps, progress=progress
     )
-    return dataclasses.replace(fitted, prototypes=refined)
+    return dataclasses.replace(fitted, prototypes=refined, gains=gains)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,18 +456,21 @@ def request_inputs(
             target = prototypes.neutral.astype(np.float64)
         else:
             inferred = 1.0
+    gain = inferred  # the speech's own emotion keeps G's own size
     for name, weight in request.weights.items():
         if name == INFERRED:
             continue
-        row = prototypes.prototypes[prototypes.categories.index(name)]
+        index = prototypes.categories.index(name)
+        row = prototypes.prototypes[index]
         if not np.all(np.isfinite(row)):
             raise EmotionRequestError(
                 f"emotion '{name}' has no prototype: too few training takes carry it "
                 f"(usable: {', '.join(prototypes.available())})"
             )
         target += weight * row
+        gain += weight * float(prototypes.category_gains()[index])
     return {
         "emotion_target": target.astype(np.float32),
         "emotion_inferred_weight": np.float32(inferred),
-        "expression_scale": np.float32(request.intensity),
+        "expression_scale": np.float32(request.intensity * (gain if request.weights else 1.0)),
     }

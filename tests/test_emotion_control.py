@@ -124,6 +124,51 @@ def test_a_request_is_the_weighted_sum_of_prototypes():
     assert none["emotion_inferred_weight"] == 0.0 and none["expression_scale"] == 0.0
 
 
+def test_each_category_s_gain_sizes_the_expression_it_asks_for(tmp_path):
+    gains = np.array([2.0, 4.0, 8.0, 1.0, 1.0], np.float32)
+    prototypes = EmotionPrototypes(
+        CATEGORIES, np.eye(5, 3, dtype=np.float32), np.zeros(3, np.float32), np.ones(5), 0, gains
+    )
+    scale = request_inputs(parse_emotion("anger=1,sadness=3", CATEGORIES, 2.0), 3, prototypes)
+    assert scale["expression_scale"] == pytest.approx(2.0 * (0.25 * 2.0 + 0.75 * 4.0))
+    blend = request_inputs(parse_emotion("inferred=1,fear=1", CATEGORIES), 3, prototypes)
+    assert blend["expression_scale"] == pytest.approx(0.5 * 1.0 + 0.5 * 8.0)  # the speech's own: 1
+    none = request_inputs(parse_emotion("none", CATEGORIES), 3, prototypes)
+    assert none["expression_scale"] == 0.0
+    loaded = EmotionPrototypes.load(prototypes.save(str(tmp_path)))
+    np.testing.assert_array_equal(loaded.category_gains(), gains)
+    # prototypes saved before gains existed read as gains of 1
+    path = EmotionPrototypes.path(str(tmp_path), 0)
+    with np.load(path) as archive:
+        older = {key: archive[key] for key in archive.files if key != "gains"}
+    np.savez(path, **older)
+    np.testing.assert_array_equal(EmotionPrototypes.load(path).category_gains(), np.ones(5))
+
+
+def test_the_match_loss_asks_each_face_to_be_its_own_category_s_rather_than_a_close_one_s():
+    rng = np.random.default_rng(5)
+    shared = rng.normal(size=300)
+    targets = shared + 0.3 * rng.normal(size=(3, 300))  # faces that correlate at about 0.9
+    match = emotion_control.category_match_loss
+    own = float(match(jnp.asarray(targets * 0.1), jnp.asarray(targets), 0.05))  # size: no matter
+    swapped = float(match(jnp.asarray(targets[[1, 0, 2]]), jnp.asarray(targets), 0.05))
+    broad = float(match(jnp.asarray(np.tile(shared, (3, 1))), jnp.asarray(targets), 0.05))
+    assert own < 0.5 < 0.9 < broad < swapped  # broad: about log 3, a coin with three sides
+    # the shape term alone hardly tells the broad shared face from the own one; this one does
+    shape = emotion_control.offset_correlation(jnp.asarray(np.tile(shared, (3, 1))), targets)
+    assert float(jnp.min(shape)) > 0.9
+
+
+def test_a_gain_is_the_least_squares_size_of_the_category_s_face_within_bounds():
+    rng = np.random.default_rng(4)
+    targets = rng.normal(size=(3, 200))
+    produced = targets / np.array([[4.0], [1e3], [-1.0]])
+    gains = emotion_control.prototype_gains(produced, targets)
+    assert gains[0] == pytest.approx(4.0, rel=1e-6)
+    # a face far too faint to be enlarged that much, or the wrong way round: the bounds
+    assert gains[1] == emotion_control.MAX_GAIN and gains[2] == 1.0 / emotion_control.MAX_GAIN
+
+
 @pytest.fixture(scope="module")
 def generator():
     networks = Networks.build(CONFIG)
@@ -236,19 +281,37 @@ def test_refinement_brings_g_s_face_under_each_prototype_closer_to_the_category_
     loss = jax.jit(
         lambda p: emotion_control.prototype_fit_loss(module, params, p, cropped, targets)
     )
-    refined = emotion_control.refine_prototypes(
+    refined, gains = emotion_control.refine_prototypes(
         module, params, takes, start, steps=30, batch_size=2, crop=crop
     )
     assert float(loss(refined)) < 0.8 * float(loss(start))
-    np.testing.assert_array_equal(
-        emotion_control.refine_prototypes(module, params, takes, start, steps=0), start
-    )
+    # every category gets its gain (`prototype_gains`, tested above), within the bounds
+    bound = emotion_control.MAX_GAIN
+    assert np.all((gains >= 1.0 / bound) & (gains <= bound)) and np.abs(gains - 1.0).max() > 0.1
+    same, same_gains = emotion_control.refine_prototypes(module, params, takes, start, steps=0)
+    np.testing.assert_array_equal(same, start)
+    np.testing.assert_array_equal(same_gains, 1.0)
+
+
+def test_refinement_draws_an_animation_s_noise_from_its_seed(generator):
+    module, params, batch, run = generator
+    start = np.random.default_rng(1).normal(size=(CONFIG.num_emotions, CONFIG.hidden))
+    start = start.astype(np.float32)
+
+    def refine(seed):
+        return emotion_control.refine_prototypes(
+            module, params, Takes(batch), start, steps=3, batch_size=2, seed=seed
+        )[0]
+
+    np.testing.assert_array_equal(refine(0), refine(0))
+    assert np.abs(refine(0) - refine(1)).max() > 1e-6  # the noise is in the fit
 
 
 def test_refinement_keeps_a_category_without_prototype_empty(generator):
     module, params, batch, run = generator
     start = np.ones((CONFIG.num_emotions, CONFIG.hidden), np.float32)
     start[1] = np.nan
-    refined = emotion_control.refine_prototypes(module, params, Takes(batch), start, steps=2)
+    refined, gains = emotion_control.refine_prototypes(module, params, Takes(batch), start, steps=2)
     assert np.isnan(refined[1]).all() and np.isfinite(np.delete(refined, 1, 0)).all()
     assert np.abs(np.delete(refined, 1, 0) - 1.0).max() > 0  # the others did move
+    assert gains[1] == 1.0 and np.all(np.isfinite(gains))

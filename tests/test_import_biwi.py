@@ -304,6 +304,7 @@ def test_the_main_job_trains_on_the_imported_corpus(imported, tmp_path):
             f"--config.model.wav2vec2_checkpoint={encoder}",
             f"--config.data.feature_cache={tmp_path / 'cache'}", "--config.train.epochs=1",
             "--config.train.max_steps=3", "--config.train.progress=False",
+            "--config.train.emotion_prototype_steps=20",  # the fit runs; its length is not tested
         ],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         capture_output=True, text=True, timeout=600, check=False,
@@ -311,6 +312,10 @@ def test_the_main_job_trains_on_the_imported_corpus(imported, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     with open(workdir / "metrics.jsonl") as handle:
         assert sum('"train/total"' in line for line in handle) == 3
+    (saved,) = os.listdir(workdir / "emotion_prototypes")  # emotion control's, for the checkpoint
+    with np.load(workdir / "emotion_prototypes" / saved) as prototypes:
+        assert prototypes["gains"].shape == prototypes["categories"].shape
+        assert np.all(np.isfinite(prototypes["gains"]))
 
 
 def test_alignment_follows_a_neutral_take_that_starts_late(tmp_path):
