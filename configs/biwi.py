@@ -56,6 +56,9 @@ def get_config():
     # Our addition (docs/paper-notes.md): a learned per-speaker log-mel baseline subtracted from
     # the emotion network's input. Off: the paper's emotion network reads the mel alone.
     config.model.speaker_baseline = False
+    # Ours (docs/paper-notes.md): "utterance" centres the emotion network's log-mel on the clip's
+    # own mean, so that emotion is heard the same way in any voice; "none", the paper's.
+    config.model.mel_centring = "none"
     # Our addition (docs/paper-notes.md): z smoothed over time by a Gaussian of this many frames
     # before the diversity mapping. 0: the paper's independent noise per frame.
     config.model.noise_smoothing_frames = 0.0
@@ -130,8 +133,8 @@ def get_config():
     config.train.progress = True
     # Emotion control (emotion_control.py, docs/animate.md): at the end of training, the
     # per-category prototypes of the emotional embedding are fitted to the training takes with
-    # this many Adam steps (0: least squares only; -1: not when training ends, but the first time
-    # animate asks, from the corpus, with 300 steps).
+    # this many Adam steps (0: least squares only, every gain 1; -1: not when training ends, but
+    # the first time animate asks, from the corpus, with emotion_control.DEFAULT_REFINE_STEPS).
     config.train.emotion_prototype_steps = 600
     # On GPUs, XLA's deterministic ops make runs bitwise repeatable at some speed cost
     # (docs/scaling.md); CPU runs are deterministic anyway.

@@ -276,7 +276,8 @@ def category_match_loss(produced: jax.Array, targets: jax.Array, temperature: fl
 def prototype_fit_loss(generator, params, prototypes, batch, targets, noise=None) -> jax.Array:
     """1 - r between G's offset under each category's prototype (over the takes of `batch`: their
     own speech, the emotion replaced, with `noise`) and that category's offset `targets` [C, V*3],
-    averaged over the categories. Only the shape counts: the categories' faces are much alike
+    averaged over the categories, plus `category_match_loss` (each offset must correlate best with
+    its own category's, at MATCH_TEMPERATURE). Only the shape counts: the categories' faces are much alike
     (SynthBIWI's correlate at up to 0.95), and a G trained on mixtures draws a pure one at a
     fraction of its size; asked for the size as well (squared error), it drew broad shared
     patterns instead (docs/animate.md). `prototype_gains` restores the size. With the noise of an
@@ -320,8 +321,9 @@ def refine_prototypes(
     over the training takes' speech, draws the face the training takes attribute to c in shape
     (`prototype_fit_loss`): the embedding of emotion c is then whatever makes G draw emotion c,
     not only where takes labelled with it happen to lie; and the factor on G's offset that gives
-    that face its size (`prototype_gains`). Takes are cut to their first `crop` frames (one
-    compiled shape); the noise is drawn from `seed`. `steps` = 0 returns the prototypes as they
+    that face its size (`prototype_gains`, over all takes). Adam's rate decays from
+    `learning_rate` to 0 on a cosine. Takes are cut to their first `crop` frames (two compiled
+    shapes at most: full batches and the last); the noise is drawn from `seed`. `steps` = 0 returns the prototypes as they
     are, with gains of 1."""
     import optax
     from tqdm import tqdm
@@ -357,8 +359,9 @@ def refine_prototypes(
             generator, params, current, batch, noise_for(batch, index)
         )
     )
+    takes = np.array([b["frame_mask"].any(-1).sum() for b in inputs], np.float64)
     produced = [np.asarray(offsets_under(b, steps + i)) for i, b in enumerate(inputs)]
-    produced = np.mean(produced, axis=0)
+    produced = np.einsum("bcd,b->cd", np.array(produced, np.float64), takes / takes.sum())
     gains[usable] = prototype_gains(produced, np.asarray(targets))
     refined = np.array(prototypes, np.float32)
     refined[usable] = np.asarray(current)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import jax
 import numpy as np
@@ -241,6 +242,12 @@ class TrainedModel:
         path = EmotionPrototypes.path(self.workdir, self.step)
         if os.path.exists(path):
             self._prototypes = EmotionPrototypes.load(path)
+            if self._prototypes.gains is None:
+                print(
+                    f"warning: {path} was fitted by an earlier version (no gains: a requested "
+                    "emotion is drawn fainter and less distinctly); move it away to fit it again",
+                    file=sys.stderr,
+                )
             return self._prototypes
         root = self.config.data.root
         if not os.path.isdir(root):

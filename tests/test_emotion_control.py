@@ -157,6 +157,13 @@ def test_the_match_loss_asks_each_face_to_be_its_own_category_s_rather_than_a_cl
     # the shape term alone hardly tells the broad shared face from the own one; this one does
     shape = emotion_control.offset_correlation(jnp.asarray(np.tile(shared, (3, 1))), targets)
     assert float(jnp.min(shape)) > 0.9
+    # the shape term is Pearson's r, blind to size and to a shift of every coordinate
+    moved = 3.0 * targets[[2, 0, 1]] + 0.7
+    expected = [np.corrcoef(m, t)[0, 1] for m, t in zip(moved, targets, strict=True)]
+    np.testing.assert_allclose(
+        emotion_control.offset_correlation(jnp.asarray(moved), jnp.asarray(targets)), expected,
+        rtol=1e-5,
+    )  # fmt: skip
 
 
 def test_a_gain_is_the_least_squares_size_of_the_category_s_face_within_bounds():
@@ -268,21 +275,35 @@ def test_category_offsets_are_the_pure_faces_behind_mixed_takes():
     )  # labels are normalised first
 
 
+def takes_with_category_faces(rows: int = 8, seed: int = 0):
+    """Takes whose faces are their label mixtures of a random face per category over the
+    neutral track (as SynthBIWI's), and those faces [C, V*3]."""
+    rng = np.random.default_rng(seed)
+    batch = {
+        k: np.array(v) for k, v in make_batch([24, 20, 18, 24, 16, 22, 24, 19][:rows], 24).items()
+    }
+    faces = 0.002 * rng.normal(size=(CONFIG.num_emotions, CONFIG.num_vertices * 3))
+    offsets = batch["emotion"] @ faces
+    batch["neutral_vertices"] = (batch["vertices"] - offsets[:, None]).astype(np.float32)
+    return Takes(batch), faces
+
+
 def test_refinement_brings_g_s_face_under_each_prototype_closer_to_the_category_s(generator):
-    module, params, batch, run = generator
-    takes = Takes(batch)
+    module, params, _, run = generator
+    takes, faces = takes_with_category_faces()
     rng = np.random.default_rng(0)
     start = rng.normal(size=(CONFIG.num_emotions, CONFIG.hidden)).astype(np.float32)
-    crop = int(batch["frame_mask"].shape[1])
-    cropped = emotion_control.cropped_batch(takes, [0, 1], crop, CONFIG.num_subjects)
+    crop = 24
+    cropped = emotion_control.cropped_batch(takes, list(range(8)), crop, CONFIG.num_subjects)
     offsets = np.asarray(emotion_control.true_mean_offsets(module, params, cropped))
-    np.testing.assert_allclose(offsets, 0.001, rtol=1e-3)  # the face minus its neutral track
     targets = emotion_control.category_offsets(offsets, cropped["emotion"])
+    # the takes' faces minus their neutral tracks give back each category's face
+    assert np.min(np.asarray(emotion_control.offset_correlation(targets, faces))) > 0.9
     loss = jax.jit(
         lambda p: emotion_control.prototype_fit_loss(module, params, p, cropped, targets)
     )
     refined, gains = emotion_control.refine_prototypes(
-        module, params, takes, start, steps=30, batch_size=2, crop=crop
+        module, params, takes, start, steps=30, batch_size=8, crop=crop
     )
     assert float(loss(refined)) < 0.8 * float(loss(start))
     # every category gets its gain (`prototype_gains`, tested above), within the bounds

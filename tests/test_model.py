@@ -585,6 +585,36 @@ def test_the_emotion_networks_frequency_block_reads_what_the_order_says(order):
         assert query.shape == (config.frequency_dim, 2, config.frequency_dim // 2)
 
 
+@pytest.mark.parametrize("centring", ["utterance", "none"])
+def test_utterance_centring_hears_no_voice_level_and_ignores_padding(centring):
+    """`mel_centring = "utterance"`: a voice louder or brighter in every frame (a per-bin offset
+    over the whole clip) gives the same emotional embedding; without it, another one. Padding
+    changes neither."""
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, mel_centring=centring)
+    network = sdetalk.EmotionEmbeddingNetwork(config)
+    mel = 3.0 * jax.random.normal(jax.random.key(0), (2, 12, config.mel_bins))
+    mask = jnp.arange(12)[None] < jnp.array([[12], [9]])
+    params = _perturbed({"emotion": network.init(jax.random.key(1), mel, mask)["params"]})
+    embed = jax.jit(lambda m, k: network.apply({"params": params["emotion"]}, m, k))
+    level = jax.random.normal(jax.random.key(2), (2, 1, config.mel_bins)) * mask[..., None]
+    moved = np.abs(embed(mel + level, mask) - embed(mel, mask)).max()  # real frames only
+    if centring == "utterance":
+        assert moved < 1e-4
+    else:
+        assert moved > 1e-2
+    padded = jnp.concatenate([mel, 5.0 * jnp.ones((2, 4, config.mel_bins))], axis=1)
+    padded_mask = jnp.concatenate([mask, jnp.zeros((2, 4), bool)], axis=1)
+    np.testing.assert_allclose(
+        embed(padded, padded_mask)[:, :12] * mask[..., None], embed(mel, mask), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="speaker_baseline does nothing"):
+        dataclasses.replace(config, mel_centring="utterance", speaker_baseline=True)
+    with pytest.raises(ValueError, match="'none' \\(the paper\\) or 'utterance'"):
+        dataclasses.replace(config, mel_centring="speaker")
+
+
 @pytest.mark.parametrize(
     "options",
     [{}, {"head_noise_path": True, "head_mean_pose": "rest", "dropout": 0.2}],

@@ -51,6 +51,11 @@ class SDETalkConfig:
     # A learned log-mel baseline per training speaker, subtracted from the emotion network's input
     # (our addition, docs/paper-notes.md): emotion is heard as a deviation from a speaker's own voice.
     speaker_baseline: bool = False
+    # "utterance", ours (docs/paper-notes.md): the emotion network's input minus its own mean over
+    # the clip's frames, per mel bin, so that it hears how the voice moves within the utterance and
+    # no speaker's level (for any voice, no lookup by speaker); it makes `speaker_baseline`, a
+    # constant over the clip, a no-op. "none": the mel as it is (the paper).
+    mel_centring: str = "none"
     # Standard deviation, in frames, of a Gaussian that smooths the noise z over time before the
     # diversity mapping (0: the paper's independent noise per frame). Our addition
     # (docs/paper-notes.md): smooth noise gives each sample head motion with a direction of its
@@ -111,6 +116,17 @@ class SDETalkConfig:
     # Metres per network output unit for vertex and translation outputs: the heads predict
     # millimetres, so an optimiser step of lr moves a vertex by about lr mm, not lr metres.
     motion_unit: float = 1e-3
+
+    def __post_init__(self):
+        if self.mel_centring not in ("none", "utterance"):
+            raise ValueError(
+                f"model.mel_centring is {self.mel_centring!r}: 'none' (the paper) or 'utterance'"
+            )
+        if self.mel_centring == "utterance" and self.speaker_baseline:
+            raise ValueError(
+                "model.speaker_baseline does nothing under model.mel_centring = 'utterance' (a "
+                "level constant over the clip is centred away): set speaker_baseline to False"
+            )
 
     @classmethod
     def from_config(cls, config, **derived) -> SDETalkConfig:
@@ -463,6 +479,8 @@ class EmotionEmbeddingNetwork(nn.Module):
                 name="speaker_baseline",
             )(subject_onehot)  # fmt: skip
             normalised = normalised - baseline[:, None]
+        if config.mel_centring == "utterance":
+            normalised = normalised - masked_mean(normalised, mask)[:, None]
         # Padded frames become exact zeros, as beyond the ends of an unpadded clip: the frequency
         # block's time windows then read the same values either way.
         normalised = normalised * mask[..., None]

@@ -1,0 +1,182 @@
+"""How well can emotion be told from one clip of a voice never heard? A ceiling for test-b.
+
+    python benchmarks/unseen_emotion_ceiling.py [--config configs/synthetic.py] [--prosody]
+
+Probes, not SDETalk: a ridge regression from one clip's audio summary to its emotion mixture,
+fitted on the training split's clips (the six training speakers) and scored on test-a (those
+speakers, other sentences) and test-b (speakers never heard) by the emotion error of
+`sdetalk_jax.evaluate` (squared L2 to the label, the prediction projected onto the simplex), beside
+the training mean mixture, the baseline every emotion error in docs/training.md is judged against.
+The ridge strength is chosen by leave-one-speaker-out cross-validation on the training split, so
+the choice itself is made for voices the fit has not heard.
+
+The audio summary is the model's own input, the 128-bin log-mel spectrogram: per bin, the clip's
+mean over frames, its standard deviation and the mean absolute frame-to-frame change (and, with
+`--prosody`, benchmarks/synthetic_relations.py's duration, log-f0 median and spread, loudness).
+Each row normalises it another way:
+
+* `raw`: as it is; a speaker's own level (pitch, loudness, timbre) is mixed into every feature;
+* `per utterance`: each clip's own mean removed (the per-bin means and the log-f0 median and
+  loudness dropped): only how the voice moves within the clip is left, which needs nothing but the
+  clip itself and so holds for any voice;
+* `per speaker (oracle)`: each speaker's mean over all of its clips in its split removed, test-b's
+  speakers' included: what a perfect speaker baseline would give. An unseen speaker's mean is not
+  known from one clip; this row bounds what a lookup by speaker (today's `model.speaker_baseline`)
+  could do if the speaker were known.
+
+It prints one table: emotion error per split and normalisation, and the relative margin over the
+mean mixture (positive: better than always answering the training mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sdetalk_jax import audio  # noqa: E402
+from sdetalk_jax.config_files import load_module  # noqa: E402
+from sdetalk_jax.data.corpus import open_corpus  # noqa: E402
+from sdetalk_jax.data.pipeline import mean_emotion_mixture  # noqa: E402
+
+SPLITS = ("train", "test-a", "test-b")
+RIDGE_GRID = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+
+
+def mel_summary(waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(level [128], movement [256]): per mel bin, the clip's mean log-mel, and its standard
+    deviation over frames with the mean absolute change from frame to frame."""
+    mel = audio.log_mel_spectrogram(waveform).astype(np.float64)
+    movement = np.concatenate([mel.std(0), np.abs(np.diff(mel, axis=0)).mean(0)])
+    return mel.mean(0), movement
+
+
+def clip_features(clips, prosody: bool, progress: bool = True):
+    """(level [n, L], movement [n, M]) of every clip: the features that depend on the voice's
+    level, and those that describe only how it moves within the clip."""
+    from tqdm import tqdm
+
+    levels, movements = [], []
+    for clip in tqdm(clips, desc="audio features", disable=not progress):
+        waveform = audio.load_audio(clip.audio_path)
+        level, movement = mel_summary(waveform)
+        if prosody:
+            from sdetalk_jax.data.synthetic import analysis
+
+            duration, median, spread, loudness = analysis.prosody_features(
+                waveform, audio.SAMPLE_RATE
+            )
+            level = np.r_[level, median, loudness]
+            movement = np.r_[movement, np.log(duration), spread]
+        levels.append(level)
+        movements.append(movement)
+    return np.array(levels), np.array(movements)
+
+
+def project_to_simplex(values: np.ndarray) -> np.ndarray:
+    """Each row onto the probability simplex (Euclidean projection), as a mixture must lie."""
+    ordered = -np.sort(-values, axis=1)
+    cumulative = np.cumsum(ordered, axis=1) - 1.0
+    index = np.arange(1, values.shape[1] + 1)
+    support = ordered - cumulative / index > 0
+    count = support.sum(axis=1, keepdims=True)
+    threshold = np.take_along_axis(cumulative, count - 1, axis=1) / count
+    return np.maximum(values - threshold, 0.0)
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, strength: float):
+    """(mean, scale, weights, intercept) of a ridge regression on standardised features."""
+    mean, scale = x.mean(0), x.std(0) + 1e-9
+    z = (x - mean) / scale
+    intercept = y.mean(0)
+    gram = z.T @ z + strength * np.eye(z.shape[1])
+    weights = np.linalg.solve(gram, z.T @ (y - intercept))
+    return mean, scale, weights, intercept
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    mean, scale, weights, intercept = model
+    return project_to_simplex((x - mean) / scale @ weights + intercept)
+
+
+def emotion_error(prediction: np.ndarray, labels: np.ndarray) -> float:
+    """`metrics.emotion_error` averaged over clips: squared L2 between mixtures."""
+    return float(np.mean(np.sum(np.square(prediction - labels), axis=1)))
+
+
+def choose_strength(x: np.ndarray, y: np.ndarray, speakers: np.ndarray) -> float:
+    """The ridge strength of RIDGE_GRID with the lowest leave-one-speaker-out error."""
+    errors = []
+    for strength in RIDGE_GRID:
+        held_out = []
+        for speaker in np.unique(speakers):
+            out = speakers == speaker
+            model = fit_ridge(x[~out], y[~out], strength)
+            held_out.append(emotion_error(predict(model, x[out]), y[out]) * out.sum())
+        errors.append(sum(held_out) / len(x))
+    return RIDGE_GRID[int(np.argmin(errors))]
+
+
+def normalised(level, movement, speakers, kind: str) -> np.ndarray:
+    if kind == "raw":
+        return np.c_[level, movement]
+    if kind == "per utterance":
+        return movement
+    if kind == "per speaker (oracle)":
+        features = np.c_[level, movement]
+        centred = features.copy()
+        for speaker in np.unique(speakers):
+            centred[speakers == speaker] -= features[speakers == speaker].mean(0)
+        return centred
+    raise ValueError(kind)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/synthetic.py")
+    parser.add_argument("--prosody", action="store_true", help="add pYIN prosody (slow)")
+    args = parser.parse_args(argv)
+    corpus = open_corpus(load_module(args.config).get_config())
+    data = {}
+    for split in SPLITS:
+        clips = [clip for clip in corpus.split(split) if clip.emotion is not None]
+        labels = np.array([clip.emotion / clip.emotion.sum() for clip in clips])
+        speakers = np.array([clip.subject for clip in clips])
+        data[split] = (*clip_features(clips, args.prosody), speakers, labels)
+    mean_mixture = mean_emotion_mixture(corpus.split("train"))
+    print(f"\ncorpus {corpus.root}: " + ", ".join(
+        f"{split} {len(data[split][3])} labelled clips of {len(np.unique(data[split][2]))} speakers"
+        for split in SPLITS
+    ))  # fmt: skip
+    print("\n| features | ridge | test-a error | margin | test-b error | margin |")
+    print("|---|---:|---:|---:|---:|---:|")
+    baseline = {
+        split: emotion_error(np.broadcast_to(mean_mixture, data[split][3].shape), data[split][3])
+        for split in SPLITS[1:]
+    }
+    print(
+        f"| training mean mixture | | {baseline['test-a']:.4f} | 0 % | "
+        f"{baseline['test-b']:.4f} | 0 % |"
+    )
+    for kind in ("raw", "per utterance", "per speaker (oracle)"):
+        level, movement, speakers, labels = data["train"]
+        x = normalised(level, movement, speakers, kind)
+        strength = choose_strength(x, labels, speakers)
+        model = fit_ridge(x, labels, strength)
+        cells = []
+        for split in SPLITS[1:]:
+            level, movement, speakers, labels = data[split]
+            error = emotion_error(
+                predict(model, normalised(level, movement, speakers, kind)), labels
+            )
+            cells.append(f"{error:.4f} | {1 - error / baseline[split]:+.0%}")
+        print(f"| {kind} | {strength:g} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
