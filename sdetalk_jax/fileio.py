@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import zipfile
@@ -145,10 +146,46 @@ class StoredFrames:
             shutil.copyfileobj(source, handle, piece_bytes)
 
 
+FRAMES_PREFIX = ".tmp-frames-"
+
+
+def frames_folder_prefix(pid: int | None = None) -> str:
+    """`.tmp-frames-HOST-PID-`: whose temporary frames a folder holds."""
+    return f"{FRAMES_PREFIX}{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
+
+
+def process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
+def remove_abandoned_frame_folders(directory: str) -> list[str]:
+    """Removes the temporary frame folders in `directory` that a process of this host left when
+    it was killed outright (SIGKILL, or SIGTERM, which skips Python's cleanup): those whose
+    process is gone. Another host's, and a living process's, are left alone. Returns the paths."""
+    host_prefix = f"{FRAMES_PREFIX}{socket.gethostname()}-"
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if not name.startswith(host_prefix):
+            continue
+        pid = name[len(host_prefix) :].split("-", 1)[0]
+        path = os.path.join(directory, name)
+        if pid.isdigit() and not process_is_alive(int(pid)) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class FrameFiles:
     """Arrays of a known number of frames, written a chunk of frames at a time (`append`) to .npy
     files in a temporary folder beside the outputs, and read back as `StoredFrames`: how `animate`
-    keeps memory flat for audio of any length. The folder is removed on leaving the block."""
+    keeps memory flat for audio of any length. The folder is removed on leaving the block, and the
+    folders that killed processes of this host left are removed on entering it."""
 
     def __init__(self, directory: str, num_frames: int):
         self.directory, self.num_frames = directory, num_frames
@@ -160,7 +197,8 @@ class FrameFiles:
 
     def __enter__(self) -> FrameFiles:
         os.makedirs(self.directory, exist_ok=True)
-        self.folder = tempfile.mkdtemp(dir=self.directory, prefix=".tmp-frames-")
+        remove_abandoned_frame_folders(self.directory)
+        self.folder = tempfile.mkdtemp(dir=self.directory, prefix=frames_folder_prefix())
         return self
 
     def __exit__(self, *exc) -> None:

@@ -132,6 +132,29 @@ def test_train_with_an_unreachable_hub_name_says_so_in_one_line(small_corpus, tm
     assert not workdir.exists()
 
 
+def test_frame_folders_a_killed_animate_left_are_removed_by_the_next_and_no_others(tmp_path):
+    """A process killed outright leaves its `.tmp-frames-HOST-PID-*` folder (as large as the npz);
+    the next `FrameFiles` in that folder removes it once that process is gone, and leaves a
+    living process's, another host's and anything else alone."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    abandoned = out / (fileio.frames_folder_prefix(gone.pid) + "x1")
+    living = out / (fileio.frames_folder_prefix(os.getpid()) + "x2")
+    elsewhere = out / f"{fileio.FRAMES_PREFIX}another-host-{gone.pid}-x3"
+    for folder in (abandoned, living, elsewhere):
+        folder.mkdir()
+        (folder / "vertices.npy").write_bytes(b"frames")
+    (out / "a.npz").write_bytes(b"a user's output")
+    with fileio.FrameFiles(os.fspath(out), 4) as frames:
+        assert os.path.basename(frames.folder).startswith(fileio.frames_folder_prefix())
+    assert sorted(os.listdir(out)) == sorted(["a.npz", living.name, elsewhere.name])
+
+
 def test_frames_written_in_chunks_read_back_and_go_into_an_npz_unchanged(tmp_path):
     """`FrameFiles` (animate's constant-memory path): chunks appended to .npy files, read back
     by slices, and copied into an npz that loads as the arrays themselves; too many or too few
