@@ -615,21 +615,25 @@ def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
         )
     )  # fmt: skip
     step = int(parallel.to_host(state["step"]))
+    step_fn = compiled_train_step(
+        run.networks,
+        config,
+        run.placement,
+        run.keys["noise"],
+        plans_per_epoch * config.train.epochs,
+    )
+    eval_fn = validation.compiled_evaluation(run.networks, config.loss, run.placement)
+    # Opened last, just before the block that closes it, so that no failure leaves it open.
     writer = MetricWriter(
         workdir, enabled=lead, resume_step=step, keep_validation_at_step=position["batch"] == 0
     )
-    trainer = Trainer(
-        config=config, workdir=workdir, run=run,
-        step_fn=compiled_train_step(
-            run.networks, config, run.placement, run.keys["noise"],
-            plans_per_epoch * config.train.epochs,
-        ),
-        eval_fn=validation.compiled_evaluation(run.networks, config.loss, run.placement),
-        writer=writer, checkpoints=checkpoints, plans_per_epoch=plans_per_epoch, state=state,
-        position=position, step=step,
-    )  # fmt: skip
     validation_metrics: dict = {}
     try:
+        trainer = Trainer(
+            config=config, workdir=workdir, run=run, step_fn=step_fn, eval_fn=eval_fn,
+            writer=writer, checkpoints=checkpoints, plans_per_epoch=plans_per_epoch, state=state,
+            position=position, step=step,
+        )  # fmt: skip
         for epoch in range(position["epoch"], config.train.epochs):
             epoch_start = time.perf_counter()
             if not trainer.run_epoch(epoch, stop):

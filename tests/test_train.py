@@ -159,6 +159,29 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(
     assert int(restored["state"]["step"]) == 2
 
 
+def test_a_step_that_fails_to_build_leaves_no_metrics_file_open(config, tmp_path, monkeypatch):
+    """The trainer's parts are built before metrics.jsonl and TensorBoard are opened, so a failure
+    there (an XLA error, a config the step cannot compile) leaves no open file behind in a
+    process that goes on (a notebook, a sweep)."""
+    import sdetalk_jax.train as train_module
+
+    opened = []
+
+    class RecordedWriter(train_module.MetricWriter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    def failing_compile(*args):
+        raise RuntimeError("XLA could not compile the step")
+
+    monkeypatch.setattr(train_module, "MetricWriter", RecordedWriter)
+    monkeypatch.setattr(train_module, "compiled_train_step", failing_compile)
+    with pytest.raises(RuntimeError, match="could not compile"):
+        train(config, os.fspath(tmp_path / "run"))
+    assert all(writer.handle is None or writer.handle.closed for writer in opened)
+
+
 def test_missing_corpus_points_at_the_docs(config, tmp_path):
     config.data.root = os.fspath(tmp_path / "no-such-corpus")
     with pytest.raises(DataError, match="docs/data.md"):
