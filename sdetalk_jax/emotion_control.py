@@ -244,13 +244,17 @@ def true_mean_offsets(generator, params, batch) -> jax.Array:
     return masked_mean(batch["vertices"] - neutral, batch["frame_mask"])
 
 
+def centred_unit_rows(offsets: jax.Array) -> jax.Array:
+    """Each row of `offsets` [C, D] minus its mean over coordinates, scaled to unit length: dot
+    products of such rows are Pearson correlations, how alike offsets are in shape."""
+    centred = offsets - offsets.mean(-1, keepdims=True)
+    return centred / jnp.maximum(jnp.linalg.norm(centred, axis=-1, keepdims=True), 1e-20)
+
+
 def offset_correlation(produced: jax.Array, targets: jax.Array) -> jax.Array:
     """Pearson r between each row of `produced` [C, D] and the same row of `targets` [C, D], over
     coordinates: how alike two offsets are in shape, whatever their size."""
-    produced = produced - produced.mean(-1, keepdims=True)
-    targets = targets - targets.mean(-1, keepdims=True)
-    norms = jnp.linalg.norm(produced, axis=-1) * jnp.linalg.norm(targets, axis=-1)
-    return jnp.sum(produced * targets, -1) / jnp.maximum(norms, 1e-20)
+    return jnp.sum(centred_unit_rows(produced) * centred_unit_rows(targets), -1)
 
 
 def mean_offsets_under(generator, params, prototypes, batch, noise=None) -> jax.Array:
@@ -265,21 +269,17 @@ def category_match_loss(produced: jax.Array, targets: jax.Array, temperature: fl
     """Cross-entropy of telling each category's face apart: G's offset under prototype c,
     `produced` [C, D], correlated with every category's offset `targets` [C, D], should match
     c's best (a softmax over the correlations at `temperature`)."""
-    produced = produced - produced.mean(-1, keepdims=True)
-    targets = targets - targets.mean(-1, keepdims=True)
-    produced = produced / jnp.maximum(jnp.linalg.norm(produced, axis=-1, keepdims=True), 1e-20)
-    targets = targets / jnp.maximum(jnp.linalg.norm(targets, axis=-1, keepdims=True), 1e-20)
-    logits = (produced @ targets.T) / temperature
+    logits = centred_unit_rows(produced) @ centred_unit_rows(targets).T / temperature
     return jnp.mean(-jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)))
 
 
 def prototype_fit_loss(generator, params, prototypes, batch, targets, noise=None) -> jax.Array:
     """1 - r between G's offset under each category's prototype (over the takes of `batch`: their
     own speech, the emotion replaced, with `noise`) and that category's offset `targets` [C, V*3],
-    averaged over the categories, plus `category_match_loss` (each offset must correlate best with
-    its own category's, at MATCH_TEMPERATURE). Only the shape counts: the categories' faces are much alike
-    (SynthBIWI's correlate at up to 0.95), and a G trained on mixtures draws a pure one at a
-    fraction of its size; asked for the size as well (squared error), it drew broad shared
+    averaged over the categories, plus `category_match_loss` (each offset must correlate best
+    with its own category's, at MATCH_TEMPERATURE). Only the shape counts: the categories' faces
+    are much alike (SynthBIWI's correlate at up to 0.95), and a G trained on mixtures draws a pure
+    one at a fraction of its size; asked for the size as well (squared error), it drew broad shared
     patterns instead (docs/animate.md). `prototype_gains` restores the size. With the noise of an
     animation, what the noise adds to the face counts against the shape, so the fit makes the
     emotion's own part stand out from it."""
@@ -323,8 +323,8 @@ def refine_prototypes(
     not only where takes labelled with it happen to lie; and the factor on G's offset that gives
     that face its size (`prototype_gains`, over all takes). Adam's rate decays from
     `learning_rate` to 0 on a cosine. Takes are cut to their first `crop` frames (two compiled
-    shapes at most: full batches and the last); the noise is drawn from `seed`. `steps` = 0 returns the prototypes as they
-    are, with gains of 1."""
+    shapes at most: full batches and the last); the noise is drawn from `seed`. `steps` = 0
+    returns the prototypes as they are, with gains of 1."""
     import optax
     from tqdm import tqdm
 
@@ -459,7 +459,8 @@ def request_inputs(
             target = prototypes.neutral.astype(np.float64)
         else:
             inferred = 1.0
-    gain = inferred  # the speech's own emotion keeps G's own size
+    gain = inferred  # the speech's own emotion keeps G's own size; `none` has intensity 0
+    gains = prototypes.category_gains() if prototypes is not None else None
     for name, weight in request.weights.items():
         if name == INFERRED:
             continue
@@ -471,9 +472,9 @@ def request_inputs(
                 f"(usable: {', '.join(prototypes.available())})"
             )
         target += weight * row
-        gain += weight * float(prototypes.category_gains()[index])
+        gain += weight * float(gains[index])
     return {
         "emotion_target": target.astype(np.float32),
         "emotion_inferred_weight": np.float32(inferred),
-        "expression_scale": np.float32(request.intensity * (gain if request.weights else 1.0)),
+        "expression_scale": np.float32(request.intensity * gain),
     }
