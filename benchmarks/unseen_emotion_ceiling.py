@@ -24,6 +24,13 @@ Each row normalises it another way:
   known from one clip; this row bounds what a lookup by speaker (today's `model.speaker_baseline`)
   could do if the speaker were known.
 
+A last row is the model's own readout (`model.emotion_statistics`, docs/training.md): the same
+summary computed as the model computes it (`models.sdetalk.clip_statistics` on the frame-aligned
+log-mel), standardised, a softmax of one linear layer trained as a run trains it (L_cls's squared
+error plus `loss.lambda_statistics` ||W||^2, Adam at the config's rate, schedule, batch and epochs),
+for each penalty weight of READOUT_GRID, with its leave-one-speaker-out error on the training
+split: the figures behind the weight in the configs.
+
 It prints one table: emotion error per split and normalisation, and the relative margin over the
 mean mixture (positive: better than always answering the training mean).
 """
@@ -45,6 +52,7 @@ from sdetalk_jax.data.pipeline import mean_emotion_mixture  # noqa: E402
 
 SPLITS = ("train", "test-a", "test-b")
 RIDGE_GRID = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+READOUT_GRID = (0.01, 0.03, 0.1, 0.3)
 
 
 def mel_summary(waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +129,80 @@ def choose_strength(x: np.ndarray, y: np.ndarray, speakers: np.ndarray) -> float
     return RIDGE_GRID[int(np.argmin(errors))]
 
 
+def model_statistics(corpus, split: str, progress: bool = True) -> np.ndarray:
+    """[n, 3 bins]: `clip_statistics` of the split's labelled clips, as the model reads them."""
+    from tqdm import tqdm
+
+    from sdetalk_jax.data.pipeline import ClipDataset
+    from sdetalk_jax.models import sdetalk
+
+    dataset = ClipDataset.from_corpus(corpus, split, ())
+    rows = []
+    for index in tqdm(range(len(dataset.clips)), desc="model statistics", disable=not progress):
+        if dataset.clips[index].emotion is None:
+            continue
+        mel = dataset.log_mel(index)[None]
+        rows.append(np.asarray(sdetalk.clip_statistics(mel, np.ones(mel.shape[:2], bool)))[0])
+    return np.array(rows)
+
+
+def fit_readout(x, y, strength: float, train_config, seed: int = 0):
+    """`model.emotion_statistics`' readout fitted alone, as a run fits it: (centre, scale, W, b)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from sdetalk_jax import optim
+
+    centre, scale = x.mean(0), x.std(0) + 1e-6
+    z = jnp.asarray((x - centre) / scale, jnp.float32)
+    batch = int(train_config.global_batch)
+    steps_per_epoch = len(x) // batch
+    total = steps_per_epoch * int(train_config.epochs)
+    tx = optax.adam(optim.learning_rate(train_config, total))
+    params = (jnp.zeros((x.shape[1], y.shape[1])), jnp.zeros(y.shape[1]))
+
+    def loss(params, z, y):
+        mixture = jax.nn.softmax(z @ params[0] + params[1])
+        return jnp.mean(jnp.sum(jnp.square(mixture - y), 1)) + strength * jnp.sum(
+            jnp.square(params[0])
+        )
+
+    @jax.jit
+    def epoch(carry, order):
+        def step(carry, rows):
+            params, state = carry
+            updates, state = tx.update(jax.grad(loss)(params, z[rows], y[rows]), state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        return jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch))[0]
+
+    y = jnp.asarray(y, jnp.float32)
+    carry = (params, tx.init(params))
+    rng = np.random.default_rng(seed)
+    for _ in range(int(train_config.epochs)):
+        carry = epoch(carry, jnp.asarray(rng.permutation(len(x))[: steps_per_epoch * batch]))
+    weights, bias = carry[0]
+    return centre, scale, np.asarray(weights), np.asarray(bias)
+
+
+def readout_predict(readout, x) -> np.ndarray:
+    centre, scale, weights, bias = readout
+    logits = (x - centre) / scale @ weights + bias
+    logits = logits - logits.max(1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
+def leave_one_speaker_out_error(x, y, speakers, strength: float, train_config) -> float:
+    """The readout's emotion error on each training speaker when fitted on the others."""
+    held_out = 0.0
+    for speaker in np.unique(speakers):
+        out = speakers == speaker
+        readout = fit_readout(x[~out], y[~out], strength, train_config)
+        held_out += emotion_error(readout_predict(readout, x[out]), y[out]) * out.sum()
+    return held_out / len(x)
+
+
 def normalised(level, movement, speakers, kind: str) -> np.ndarray:
     if kind == "raw":
         return np.c_[level, movement]
@@ -140,7 +222,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="configs/synthetic.py")
     parser.add_argument("--prosody", action="store_true", help="add pYIN prosody (slow)")
     args = parser.parse_args(argv)
-    corpus = open_corpus(load_module(args.config).get_config())
+    config = load_module(args.config).get_config()
+    corpus = open_corpus(config)
     data = {}
     for split in SPLITS:
         clips = [clip for clip in corpus.split(split) if clip.emotion is not None]
@@ -175,6 +258,25 @@ def main(argv=None) -> int:
             )
             cells.append(f"{error:.4f} | {1 - error / baseline[split]:+.0%}")
         print(f"| {kind} | {strength:g} | " + " | ".join(cells) + " |")
+    statistics = {split: model_statistics(corpus, split, progress=False) for split in SPLITS}
+    _, _, speakers, labels = data["train"]
+    print(
+        "\nmodel.emotion_statistics' readout alone, by loss.lambda_statistics "
+        f"(as {args.config} trains)\n"
+    )
+    print("| lambda_statistics | leave-one-speaker-out error | test-a error | margin "
+          "| test-b error | margin |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    for strength in READOUT_GRID:
+        held_out = leave_one_speaker_out_error(
+            statistics["train"], labels, speakers, strength, config.train
+        )
+        readout = fit_readout(statistics["train"], labels, strength, config.train)
+        cells = []
+        for split in SPLITS[1:]:
+            error = emotion_error(readout_predict(readout, statistics[split]), data[split][3])
+            cells.append(f"{error:.4f} | {1 - error / baseline[split]:+.1%}")
+        print(f"| {strength:g} | {held_out:.4f} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -59,6 +59,10 @@ def get_config():
     # Ours (docs/paper-notes.md): "utterance" centres the emotion network's log-mel on the clip's
     # own mean, so that emotion is heard the same way in any voice; "none", the paper's.
     config.model.mel_centring = "none"
+    # Ours (issue 15, docs/paper-notes.md): the classifier also reads the clip's log-mel summary
+    # (per bin: mean, spread, frame-to-frame change) through one linear layer, a ridge of weight
+    # loss.lambda_statistics: emotion for voices never heard. Off: y_e from e alone (the paper).
+    config.model.emotion_statistics = False
     # Our addition (docs/paper-notes.md): z smoothed over time by a Gaussian of this many frames
     # before the diversity mapping. 0: the paper's independent noise per frame.
     config.model.noise_smoothing_frames = 0.0
@@ -100,6 +104,9 @@ def get_config():
     config.loss.classify_neutral_clips = True
     # Weight, inside L_e, of our "spoken with emotion" classification (not in the paper: 0).
     config.loss.lambda_emotional = 0.0
+    # The ridge penalty on model.emotion_statistics' readout: lambda ||W||^2 in the generator's
+    # objective (L_cls is a squared error of about 0.1 per clip, so 0.1 is strong).
+    config.loss.lambda_statistics = 0.0
     # Our head-motion style term (not in the paper: 0, docs/paper-notes.md): the sample's head
     # moves as fast and as far as the speaker's, per axis, at each moment: speed over a few
     # frames, size (RMS angle) over more than half a nod.

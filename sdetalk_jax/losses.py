@@ -241,6 +241,17 @@ def emotion_classification_loss(mixture, batch, neutral_clips: bool = True):
     return jnp.sum(per_clip * weights) / jnp.maximum(weights.sum(), 1.0)
 
 
+def classification_terms(outputs, batch, neutral_clips: bool = True):
+    """L_cls of y_e (`outputs["mixture"]`) and, with `model.emotion_statistics` (y_e read from
+    the voice statistics), also of e's own classifier (`embedding_mixture`): the term by which
+    L_cls trains e in the paper, kept so that e stays emotional for G."""
+    return sum(
+        emotion_classification_loss(outputs[name], batch, neutral_clips)
+        for name in ("mixture", "embedding_mixture")
+        if name in outputs
+    )
+
+
 def emotional_speech_loss(emotional_logit, batch):
     """Binary cross-entropy of "spoken with emotion" (the emotional take, not the neutral one)
     per clip: our addition to L_e, docs/paper-notes.md. A mixture label cannot say "no emotion",
@@ -313,10 +324,12 @@ def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
         total = L_rec (Eq. 5) + lambda_e L_e - lambda_d L_d (Eq. 7)
                 + lambda_g (L_adv + D's identity and emotion terms on the generated faces)
                 + lambda_head_style L_head_style + lambda_head_gain L_head_gain
+                + lambda_statistics ||W_s||^2
 
-    L_emotional ("spoken with emotion"), L_head_style and L_head_gain are our additions, 0 in the
-    paper (docs/paper-notes.md). `terms` holds reconstruction, mi, classification,
-    emotional_speech, diversity, adversarial, head_style, head_gain."""
+    L_emotional ("spoken with emotion"), L_head_style, L_head_gain and the ridge penalty on the
+    voice statistics' readout W_s (`model.emotion_statistics`) are our additions, 0 in the paper
+    (docs/paper-notes.md). `terms` holds reconstruction, mi, classification, emotional_speech,
+    diversity, adversarial, head_style, head_gain, statistics_penalty."""
     guidance = (
         config.mi_weight * terms["mi"]
         + terms["classification"]
@@ -329,5 +342,7 @@ def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
         + config.lambda_g * (terms["adversarial"] + auxiliary_identity + auxiliary_emotion)
         + config.lambda_head_style * terms["head_style"]
         + config.lambda_head_gain * terms["head_gain"]
+        # .get: runs saved before the option existed have no such field.
+        + config.get("lambda_statistics", 0.0) * terms["statistics_penalty"]
     )
     return guidance, total

@@ -29,7 +29,7 @@ from sdetalk_jax.data import batching, biwi
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
 from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
-from sdetalk_jax.models.networks import Networks, speaker_mel_baseline
+from sdetalk_jax.models.networks import Networks, speaker_mel_baseline, statistics_standardisation
 from sdetalk_jax.models.sdetalk import (
     SDETalkConfig,
     head_noise_mean_abs,
@@ -162,8 +162,8 @@ def generator_terms(networks, first, second, noises, batch, others, loss_config)
     terms.update(
         losses.vclub_upper_bound(estimates, first_factors, frame_weights, speaker_estimates)
     )
-    terms["classification"] = losses.emotion_classification_loss(
-        first["mixture"], batch, loss_config.classify_neutral_clips
+    terms["classification"] = losses.classification_terms(
+        first, batch, loss_config.classify_neutral_clips
     )
     terms["diversity"] = losses.diversity_loss(first, second, *noises, batch, loss_config)
     fake_logits, identity_logits, mixture = networks.discriminator.apply(
@@ -181,6 +181,7 @@ def generator_terms(networks, first, second, noises, batch, others, loss_config)
         identity_logits, mixture, batch, loss_config.classify_neutral_clips
     )
     terms["emotional_speech"] = losses.emotional_speech_loss(first["emotional_logit"], batch)
+    terms["statistics_penalty"] = first.get("statistics_penalty", jnp.zeros(()))
     terms["guidance"], total = losses.generator_objective(
         terms, aux_identity, aux_emotion, loss_config
     )
@@ -384,6 +385,12 @@ def restore_or_init(run: Setup, config, checkpoints: Checkpoints, stop) -> tuple
             run.train_set, run.networks.config,
             between_clips=stop_before_training(stop, "the pass over the training audio"),
         )  # fmt: skip
+    if run.networks.config.emotion_statistics and not resuming:
+        readout = initial["params"]["generator"]["statistics"]
+        readout["centre"], readout["scale"] = statistics_standardisation(
+            run.train_set,
+            between_clips=stop_before_training(stop, "the pass over the training audio"),
+        )
     state = placement.replicate(initial)
     if not resuming:
         return state, {"epoch": 0, "batch": 0}

@@ -191,6 +191,22 @@ def test_speaker_mel_baseline_is_each_training_speakers_mean_scaled_mel(small_co
     np.testing.assert_array_equal(baseline[1], 0.0)
 
 
+def test_statistics_standardisation_is_the_training_clips_mean_and_spread(small_corpus):
+    from sdetalk_jax.models import sdetalk
+    from sdetalk_jax.models.networks import statistics_standardisation
+
+    dataset = ClipDataset.from_corpus(biwi.scan_corpus(small_corpus), "train", ("F2", "F5"))
+    assert len({c.num_frames for c in dataset.clips}) > 1  # padded to the longest
+    centre, scale = statistics_standardisation(dataset)
+    rows = []
+    for index in range(len(dataset.clips)):
+        mel = dataset.log_mel(index)
+        rows.append(np.asarray(sdetalk.clip_statistics(mel[None], np.ones((1, len(mel)), bool)))[0])
+    np.testing.assert_allclose(centre, np.mean(rows, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scale, np.std(rows, 0), rtol=1e-4, atol=1e-5)
+    assert centre.shape == scale.shape == (3 * 128,)
+
+
 # Issue 17, item 9: corpus-level inputs that used to be dropped with a warning or a traceback.
 
 

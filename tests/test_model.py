@@ -340,6 +340,7 @@ def test_the_generator_maximises_diversity_and_sees_the_updated_discriminator(
     terms = {
         "reconstruction": 1.0, "mi": 0.5, "classification": 0.2, "emotional_speech": 0.3,
         "diversity": 0.4, "adversarial": 0.7, "head_style": 0.6, "head_gain": 0.9,
+        "statistics_penalty": 1.1,
     }  # fmt: skip
     _, total = losses.generator_objective(terms, 0.1, 0.2, LossConfig)
     _, more_diverse = losses.generator_objective({**terms, "diversity": 1.4}, 0.1, 0.2, LossConfig)
@@ -348,8 +349,9 @@ def test_the_generator_maximises_diversity_and_sees_the_updated_discriminator(
     # Our head terms enter with their weights (0 in the paper's config).
     weighted = LossConfig.copy_and_resolve_references()
     weighted.lambda_head_gain, weighted.lambda_head_style = 2.0, 3.0
-    _, with_head = losses.generator_objective(terms, 0.1, 0.2, weighted)
-    assert with_head - total == pytest.approx(2.0 * 0.9 + 3.0 * 0.6)
+    weighted.lambda_statistics = 4.0
+    _, with_ours = losses.generator_objective(terms, 0.1, 0.2, weighted)
+    assert with_ours - total == pytest.approx(2.0 * 0.9 + 3.0 * 0.6 + 4.0 * 1.1)
 
     step, tx = training_step
     state = fresh_state(params, tx)
@@ -420,6 +422,11 @@ def test_classification_loss_can_leave_out_neutral_recordings():
     }
     assert float(losses.emotion_classification_loss(mixture, batch)) == pytest.approx(1.0)
     assert float(losses.emotion_classification_loss(mixture, batch, neutral_clips=False)) == 0.0
+    # With model.emotion_statistics e's own classifier is trained beside y_e.
+    outputs = {"mixture": mixture}
+    assert float(losses.classification_terms(outputs, batch)) == pytest.approx(1.0)
+    outputs["embedding_mixture"] = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # wrong by 0.5, row 0
+    assert float(losses.classification_terms(outputs, batch)) == pytest.approx(1.25)
 
 
 def test_warmup_cosine_schedule_rises_then_decays_to_zero():
@@ -700,3 +707,59 @@ def test_the_neutral_layer_is_a_dense_on_context_and_identity_per_frame():
     np.testing.assert_allclose(
         layer.apply(params, frames, identity), expected, rtol=1e-5, atol=1e-5
     )
+
+
+def test_clip_statistics_are_the_mel_summary_and_ignore_padding():
+    mel = 3.0 * jax.random.normal(jax.random.key(0), (2, 12, CONFIG.mel_bins))
+    mask = jnp.arange(12)[None] < jnp.array([[12], [9]])
+    statistics = np.asarray(sdetalk.clip_statistics(mel, mask))
+    for row, frames in enumerate((12, 9)):
+        scaled = (np.asarray(mel[row, :frames], np.float64) + 4.0) / 5.0
+        expected = np.r_[scaled.mean(0), scaled.std(0), np.abs(np.diff(scaled, axis=0)).mean(0)]
+        np.testing.assert_allclose(statistics[row], expected, rtol=1e-4, atol=1e-5)
+    padded = jnp.concatenate([mel, 5.0 * jnp.ones((2, 4, CONFIG.mel_bins))], axis=1)
+    padded_mask = jnp.concatenate([mask, jnp.zeros((2, 4), bool)], axis=1)
+    np.testing.assert_allclose(sdetalk.clip_statistics(padded, padded_mask), statistics, atol=1e-6)
+
+
+def test_with_voice_statistics_y_e_is_their_readout_and_e_keeps_its_classifier():
+    """`model.emotion_statistics`: y_e = softmax(((s - centre) / scale) W + b), with s the clip
+    statistics; e's classifier's own mixture is kept beside it (L_cls trains e by it); the face
+    is the paper's; the penalty is ||W||^2; a requested emotion is read from e, as without the
+    option."""
+    import dataclasses
+
+    networks = Networks.build(dataclasses.replace(CONFIG, emotion_statistics=True))
+    params = _perturbed(networks.init_params(jax.random.key(0)))["generator"]
+    readout = params["statistics"]
+    readout["scale"] = 1.0 + jnp.abs(readout["scale"])
+    paper = Networks.build(CONFIG)
+    paper_params = {k: v for k, v in params.items() if k != "statistics"}
+    batch = make_batch([12, 8], 12)
+    noise = clip_noise(batch, 1)
+
+    def generate(params, batch=batch):
+        return networks.generator.apply({"params": params}, batch, noise)
+
+    outputs = generate(params)
+    without = paper.generator.apply({"params": paper_params}, batch, noise)
+    standardised = (
+        sdetalk.clip_statistics(batch["mel"], batch["frame_mask"]) - readout["centre"]
+    ) / readout["scale"]
+    expected = jax.nn.softmax(standardised @ readout["kernel"] + readout["bias"])
+    np.testing.assert_allclose(outputs["mixture"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(outputs["embedding_mixture"], without["mixture"], rtol=1e-6)
+    assert np.abs(outputs["mixture"] - without["mixture"]).max() > 1e-2
+    np.testing.assert_allclose(outputs["posed"], without["posed"], rtol=1e-6)
+    assert float(outputs["statistics_penalty"]) == pytest.approx(
+        float(jnp.sum(jnp.square(readout["kernel"]))), rel=1e-5
+    )
+    requested = {
+        **batch,
+        "emotion_target": jnp.ones((2, CONFIG.hidden)),
+        "emotion_inferred_weight": jnp.zeros((2,)),
+    }
+    steered = generate(params, requested)
+    paper_steered = paper.generator.apply({"params": paper_params}, requested, noise)
+    np.testing.assert_array_equal(steered["mixture"], paper_steered["mixture"])
+    assert "statistics_penalty" not in steered

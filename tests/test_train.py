@@ -71,6 +71,29 @@ def test_train_writes_metrics_config_and_checkpoints(config, tmp_path):
     assert not os.path.exists(os.path.join(workdir, "emotion_prototypes"))
 
 
+def test_the_voice_statistics_are_standardised_by_the_training_clips_and_only_w_learns(
+    config, tmp_path
+):
+    """`model.emotion_statistics`: a new run starts the readout's centre and scale at the
+    training clips' statistics, which training leaves as they are; its kernel learns."""
+    from sdetalk_jax.data.corpus import open_corpus
+    from sdetalk_jax.data.pipeline import ClipDataset
+    from sdetalk_jax.models.networks import statistics_standardisation
+
+    config.model.emotion_statistics = True
+    config.loss.lambda_statistics = 0.1
+    # The warm-up's first rate is 0: W moves at step 2, so a trained centre would at step 3.
+    config.train.max_steps = 3
+    workdir = os.fspath(tmp_path / "run")
+    train(config, workdir)
+    _, params = final_params(workdir)
+    train_set = ClipDataset.from_corpus(open_corpus(config), "train", ())
+    centre, scale = statistics_standardisation(train_set)
+    np.testing.assert_array_equal(params[("generator", "statistics", "centre")], centre)
+    np.testing.assert_array_equal(params[("generator", "statistics", "scale")], scale)
+    assert np.abs(params[("generator", "statistics", "kernel")]).max() > 0
+
+
 def test_resume_gives_bitwise_the_same_parameters(config, straight_run, tmp_path):
     interrupted = os.fspath(tmp_path / "interrupted")
     config.train.max_steps = 3  # stops after step 3, before the end of the run

@@ -79,3 +79,23 @@ def speaker_mel_baseline(
         sums[subject] += mel.sum(0)
         counts[subject] += len(mel)
     return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+
+def statistics_standardisation(dataset, between_clips=None) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, scale) [3 bins]: the mean and standard deviation over the clips of `dataset` of
+    each of `sdetalk.clip_statistics`, what `model.emotion_statistics` standardises by (so that
+    its ridge penalty weighs every statistic alike, as a ridge on standardised features does).
+    `between_clips` as in `speaker_mel_baseline`."""
+    # Every clip padded to the longest: one compilation, and padding changes nothing.
+    frames = max(dataset.lengths)
+    statistics = jax.jit(sdetalk.clip_statistics)
+    rows = []
+    for index in range(len(dataset.clips)):
+        if between_clips is not None:
+            between_clips()
+        mel = dataset.log_mel(index)
+        padded = np.zeros((1, frames, mel.shape[-1]), np.float32)
+        padded[0, : len(mel)] = mel
+        rows.append(np.asarray(statistics(padded, np.arange(frames)[None] < len(mel)))[0])
+    rows = np.asarray(rows, np.float64)
+    return rows.mean(0).astype(np.float32), (rows.std(0) + 1e-6).astype(np.float32)

@@ -56,6 +56,12 @@ class SDETalkConfig:
     # no speaker's level (for any voice, no lookup by speaker); it makes `speaker_baseline`, a
     # constant over the clip, a no-op. "none": the mel as it is (the paper).
     mel_centring: str = "none"
+    # Our addition (issue 15, docs/paper-notes.md): y_e is read from the clip's log-mel summary
+    # (`clip_statistics`, standardised by the training clips' spread) by one linear layer kept
+    # small by `loss.lambda_statistics` (a ridge), which holds for voices never heard where a
+    # classifier on e learns the training voices. e's classifier is still trained by L_cls, so e
+    # stays emotional for G. False: y_e is the classifier on e (the paper).
+    emotion_statistics: bool = False
     # Standard deviation, in frames, of a Gaussian that smooths the noise z over time before the
     # diversity mapping (0: the paper's independent noise per frame). Our addition
     # (docs/paper-notes.md): smooth noise gives each sample head motion with a direction of its
@@ -265,6 +271,19 @@ def head_noise_mean_abs(kind: str) -> float:
 def scaled_mel(mel):
     """The emotion network's input scale: log-mel values lie in about [-14, 6]."""
     return (mel + 4.0) / 5.0
+
+
+def clip_statistics(mel, mask) -> jax.Array:
+    """[B, 3 bins]: per bin of the scaled log-mel [B, N, bins], the clip's mean over its real
+    frames (mask [B, N]), its standard deviation and its mean absolute change from one real frame
+    to the next: the summary from which benchmarks/unseen_emotion_ceiling.py's probes tell emotion
+    for voices never heard. Padding changes nothing."""
+    values = scaled_mel(mel)
+    mean = masked_mean(values, mask)
+    spread = jnp.sqrt(masked_mean(jnp.square(values - mean[:, None]), mask) + 1e-6)
+    step_mask = mask[:, 1:] & mask[:, :-1]
+    change = masked_mean(jnp.abs(jnp.diff(values, axis=1)), step_mask)
+    return jnp.concatenate([mean, spread, change], -1)
 
 
 def loudness_window(mel, mask, frames: int) -> jax.Array:
@@ -531,6 +550,29 @@ class EmotionClassifier(nn.Module):
         return mixture, nn.Dense(1, name="emotional")(hidden)[:, 0]
 
 
+class StatisticsReadout(nn.Module):
+    """`model.emotion_statistics`: the emotion mixture as softmax of a linear function of
+    `clip_statistics`, standardised. `centre` and `scale` are the training clips' mean and
+    standard deviation of each statistic (set before training:
+    `networks.statistics_standardisation`) and are not trained; the kernel and bias start at
+    zero (a uniform mixture). Returns (mixture [B, E], the kernel's squared norm: the ridge
+    penalty `loss.lambda_statistics` weighs)."""
+
+    config: SDETalkConfig
+
+    @nn.compact
+    def __call__(self, mel, mask):
+        width = 3 * self.config.mel_bins
+        centre = self.param("centre", nn.initializers.zeros, (width,))
+        scale = self.param("scale", nn.initializers.ones, (width,))
+        kernel = self.param("kernel", nn.initializers.zeros, (width, self.config.num_emotions))
+        bias = self.param("bias", nn.initializers.zeros, (self.config.num_emotions,))
+        standardised = (clip_statistics(mel, mask) - jax.lax.stop_gradient(centre)) / (
+            jax.lax.stop_gradient(scale)
+        )
+        return jax.nn.softmax(standardised @ kernel + bias, -1), jnp.sum(jnp.square(kernel))
+
+
 class EmotionalFaceGenerator(nn.Module):
     """G (Eq. 3): transformer decoder, query f^n (+) e, key/value e~ -> f^e, R, T."""
 
@@ -626,6 +668,8 @@ class Generator(nn.Module):
         )
         self.emotion_network = EmotionEmbeddingNetwork(config, name="emotion")
         self.classifier = EmotionClassifier(config, name="classifier")
+        if config.emotion_statistics:
+            self.statistics = StatisticsReadout(config, name="statistics")
         self.diversity = nn.Dense(2 * config.hidden, name="diversity")
         self.face_generator = EmotionalFaceGenerator(config, name="face")
 
@@ -642,6 +686,27 @@ class Generator(nn.Module):
         classifier pools, and what emotion prototypes are fitted to."""
         return masked_mean(self.emotion_network(mel, mask, subject_onehot), mask)
 
+    def read_emotion(self, batch, deterministic: bool = True):
+        """(e, y_e, the "spoken with emotion" logit, extra outputs). e is steered to a requested
+        emotion if the batch asks for one (emotion_control.py). With `model.emotion_statistics`
+        y_e is the voice statistics' readout, and `extra` holds e's classifier's own mixture
+        (`embedding_mixture`) and the readout's penalty."""
+        mask = batch["frame_mask"]
+        embedding = self.emotion_network(
+            batch["mel"], mask, batch["subject_onehot"], deterministic
+        )  # e
+        requested = "emotion_target" in batch
+        if requested:
+            embedding = steer_embedding(embedding, mask, batch)
+        mixture, emotional_logit = self.classifier(embedding, mask)  # y_e
+        extra = {}
+        if self.config.emotion_statistics and not requested:
+            # e's own reading is kept for L_cls, which trains e. A request replaces what the
+            # voice says, so y_e is then read from e, as in the paper.
+            extra["embedding_mixture"] = mixture
+            mixture, extra["statistics_penalty"] = self.statistics(batch["mel"], mask)
+        return embedding, mixture, emotional_logit, extra
+
     def __call__(
         self, batch, noise, deterministic: bool = True, mean_head: bool = False, neutral_parts=None
     ):
@@ -656,12 +721,7 @@ class Generator(nn.Module):
         mask = batch["frame_mask"]
         context = batch["context"]  # c, Eq. 1 (aligned outside)
         identity, neutral_motion, neutral = neutral_parts or self.neutral_face(batch)  # p, Eq. 2
-        embedding = self.emotion_network(
-            batch["mel"], mask, batch["subject_onehot"], deterministic
-        )  # e
-        if "emotion_target" in batch:  # a requested emotion (emotion_control.py)
-            embedding = steer_embedding(embedding, mask, batch)
-        mixture, emotional_logit = self.classifier(embedding, mask)  # y_e
+        embedding, mixture, emotional_logit, extra = self.read_emotion(batch, deterministic)
         mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
         log_variance = jnp.clip(log_variance, -8.0, 4.0)
         noise = smooth_noise(noise, mask, self.config.noise_smoothing_frames)
@@ -679,7 +739,6 @@ class Generator(nn.Module):
         if "expression_scale" in batch:  # the requested intensity: 0 is f^n
             offset = batch["expression_scale"][:, None, None] * offset
         expression = neutral_fixed + offset  # f^e
-        extra = {}
         if mean_head or self.config.head_noise_path:
             # G again at the centre of the noise (e~ = mu); only its head is used, so XLA drops
             # the expression layer of this pass.
@@ -694,7 +753,7 @@ class Generator(nn.Module):
                 mean_rotation, mean_translation = smooth_head_pose(
                     mean_rotation, mean_translation, mask, self.config.head_mean_smoothing_frames
                 )
-            extra = {"mean_rotation": mean_rotation, "mean_translation": mean_translation}
+            extra.update(mean_rotation=mean_rotation, mean_translation=mean_translation)
             if gain is not None:
                 # A sample's head is the mean head turned by the noise path: angular velocity
                 # gain * n per axis, integrated. The mean head carries no noise, so nothing but
