@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--vertices 23370] [--batch 4] [--clips 384] [--steps 2]
                                     [--context-dim 768] [--deterministic-gpu]
+                                    [--matmul-precision default|float32|tensorfloat32|bfloat16]
 
 BIWI-shaped: 23370 vertices, context features of wav2vec2-base width (768) as the feature cache
 would supply them, and an epoch of `--clips` clips (384: BIWI's training set, 6 subjects x 32
@@ -180,6 +181,7 @@ def summary_rows(args, plans, lengths, per_bucket) -> list[tuple[str, str]]:
     rows = [
         ("device", f"{device.platform} ({device.device_kind}), jax {jax.__version__}"),
         ("XLA deterministic GPU ops", "on" if args.deterministic_gpu else "off"),
+        ("matmul precision (train.matmul_precision)", args.matmul_precision),
         (
             "vertices / context dim / global batch",
             f"{args.vertices} / {args.context_dim} / {args.batch}",
@@ -223,11 +225,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="also list the N slowest XLA ops of one step"
     )
+    parser.add_argument(
+        "--matmul-precision", default="default", help="train.matmul_precision (configs/biwi.py)"
+    )
     args = parser.parse_args()
     if args.deterministic_gpu:
         request_deterministic_gpu_ops()
 
     config = repository_config("biwi")  # the paper's loss weights, learning rate and buckets
+    config.train.matmul_precision = args.matmul_precision
     rng = np.random.default_rng(0)
     lengths = rng.integers(62, 150, size=args.clips).tolist()  # 2.5-6 s at 25 fps
     buckets = batching.bucket_lengths(

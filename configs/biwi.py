@@ -138,6 +138,12 @@ def get_config():
     config.train.keep_checkpoints = 3
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only
     config.train.progress = True
+    # Matmul and convolution precision of float32 inputs in the step and validation (mixed
+    # precision; parameters, optimiser state and losses stay float32): "default", the backend's
+    # own (TF32 on NVIDIA Ampere and later, float32 on CPU); "float32", full precision everywhere
+    # (runs comparable across GPU generations); "tensorfloat32"; "bfloat16", one bfloat16 pass
+    # with float32 accumulation. XLA's CPU backend computes float32 whatever is asked.
+    config.train.matmul_precision = "default"
     # Emotion control (emotion_control.py, docs/animate.md): at the end of training, the
     # per-category prototypes of the emotional embedding are fitted to the training takes with
     # this many Adam steps (0: least squares only, every gain 1; -1: not when training ends, but

@@ -1,7 +1,9 @@
-"""Optimisation: the learning rate, one Adam per network, the initial training state, and the one
-helper that applies an update."""
+"""Optimisation: the learning rate, one Adam per network, the initial training state, the one
+helper that applies an update, and the matmul precision the step is computed at."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,36 @@ def learning_rate(train_config, total_steps: int):
             0.0, train_config.learning_rate, warmup, max(total_steps, warmup + 1)
         )
     raise ValueError(f"unknown train.lr_schedule '{kind}' (constant, warmup_cosine)")
+
+
+# `train.matmul_precision` -> what jax.default_matmul_precision is given. "bfloat16" is the dot
+# algorithm preset (bfloat16 inputs, float32 accumulation), not the coarse level of that name,
+# which GPUs read as their default (TF32).
+MATMUL_PRECISIONS = {
+    "default": None,
+    "float32": "float32",
+    "tensorfloat32": "tensorfloat32",
+    "bfloat16": "BF16_BF16_F32",
+}
+
+
+def with_matmul_precision(function, precision: str):
+    """`function` traced with every float32 dot and convolution at `precision`
+    (`train.matmul_precision`, `MATMUL_PRECISIONS`); "default" leaves the backend's choice.
+    Wrap before jitting: the precision is fixed when the function is traced."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"train.matmul_precision is {precision!r}: one of {', '.join(MATMUL_PRECISIONS)}"
+        )
+    if MATMUL_PRECISIONS[precision] is None:
+        return function
+
+    @functools.wraps(function)
+    def at_precision(*args, **kwargs):
+        with jax.default_matmul_precision(MATMUL_PRECISIONS[precision]):
+            return function(*args, **kwargs)
+
+    return at_precision
 
 
 def optimizer(config, total_steps: int = 1) -> optax.GradientTransformation:

@@ -276,6 +276,8 @@ def compiled_train_step(
     length of the learning-rate schedule, if it decays."""
     tx = optim.optimizer(config, total_steps)
     step_fn = functools.partial(make_train_step(networks, config.loss), noise_key=noise_key, tx=tx)
+    # .get: runs saved before the option existed computed at the backend's default.
+    step_fn = optim.with_matmul_precision(step_fn, config.train.get("matmul_precision", "default"))
     return jax.jit(
         step_fn,
         in_shardings=(placement.replicated, placement.batch),
@@ -629,7 +631,9 @@ def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
         run.keys["noise"],
         plans_per_epoch * config.train.epochs,
     )
-    eval_fn = validation.compiled_evaluation(run.networks, config.loss, run.placement)
+    eval_fn = validation.compiled_evaluation(
+        run.networks, config.loss, run.placement, config.train.get("matmul_precision", "default")
+    )
     # Opened last, just before the block that closes it, so that no failure leaves it open.
     writer = MetricWriter(
         workdir, enabled=lead, resume_step=step, keep_validation_at_step=position["batch"] == 0

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax import losses, metrics, parallel
+from sdetalk_jax import losses, metrics, optim, parallel
 from sdetalk_jax.data.pipeline import model_batch
 
 
@@ -75,10 +75,13 @@ def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixt
     }
 
 
-def compiled_evaluation(networks, loss_config, placement: parallel.Placement):
+def compiled_evaluation(
+    networks, loss_config, placement: parallel.Placement, matmul_precision: str = "default"
+):
     r = placement.replicated
+    sums = functools.partial(evaluation_sums, networks, loss_config)
     return jax.jit(
-        functools.partial(evaluation_sums, networks, loss_config),
+        optim.with_matmul_precision(sums, matmul_precision),
         in_shardings=(r, placement.batch, r, r),
         out_shardings=r,
     )

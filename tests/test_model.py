@@ -763,3 +763,40 @@ def test_with_voice_statistics_y_e_is_their_readout_and_e_keeps_its_classifier()
     paper_steered = paper.generator.apply({"params": paper_params}, requested, noise)
     np.testing.assert_array_equal(steered["mixture"], paper_steered["mixture"])
     assert "statistics_penalty" not in steered
+
+
+@pytest.mark.parametrize(
+    "precision, marker",
+    [("default", None), ("float32", "HIGHEST"), ("bfloat16", "lhs_precision_type = bf16")],
+)
+def test_the_step_and_validation_compute_their_matmuls_at_train_matmul_precision(
+    networks_and_params, precision, marker
+):
+    """`train.matmul_precision`: every dot of the compiled step and of validation carries it
+    (checked in the lowered program: XLA's CPU backend computes float32 whatever is asked)."""
+    from sdetalk_jax import validation
+    from sdetalk_jax.parallel import Placement, data_mesh
+    from sdetalk_jax.train import compiled_train_step
+
+    networks, params = networks_and_params
+    config = PAPER.copy_and_resolve_references()
+    config.train.matmul_precision = precision
+    placement = Placement(data_mesh())
+    batch = make_batch([12, 8], 12)
+    step = compiled_train_step(networks, config, placement, jax.random.key(1), 10)
+    evaluation = validation.compiled_evaluation(networks, config.loss, placement, precision)
+    programs = [
+        step.lower(fresh_state(params, optim.optimizer(config)), batch).as_text(),
+        evaluation.lower(
+            params["generator"], batch, np.int32(0), jnp.ones(CONFIG.num_emotions) / 5
+        ).as_text(),
+    ]
+    for program in programs:
+        dots = [line for line in program.splitlines() if "dot_general" in line]
+        assert len(dots) > 10
+        if marker is None:
+            assert not any("HIGHEST" in line or "bf16" in line for line in dots)
+        else:
+            assert all(marker in line for line in dots)
+    with pytest.raises(ValueError, match="train.matmul_precision is 'half'"):
+        optim.with_matmul_precision(lambda: None, "half")
