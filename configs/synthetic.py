@@ -52,10 +52,15 @@ def get_config():
     # Our "spoken with emotion" classification (docs/paper-notes.md): without it nothing but the
     # face tells e that a neutral recording is neutral, and G added the same expression to both.
     config.loss.lambda_emotional = 10.0
-    # Our per-speaker log-mel baseline (docs/paper-notes.md): emotion is heard against the
-    # speaker's own voice. Without it the emotion network told emotional from neutral takes of new
-    # sentences only about 2 times in 3, and the mixture hardly better than the mean.
-    config.model.speaker_baseline = True
+    # Emotion for any voice (issue 15, docs/training.md): the emotion network hears the log-mel
+    # centred on the clip's own mean, no speaker's level (a per-speaker baseline looked up by
+    # subject gave a voice never heard another speaker's level: on test-b the face was then
+    # hardly better than G_n and y_e worse than the mean mixture), and y_e is read from the
+    # clip's log-mel summary by a ridge-regularised linear layer, which holds for new voices.
+    config.model.speaker_baseline = False
+    config.model.mel_centring = "utterance"
+    config.model.emotion_statistics = True
+    config.loss.lambda_statistics = 0.1
     # Head motion (docs/paper-notes.md, docs/training.md): in SynthBIWI, as in life, the direction
     # of each head movement is not in the speech, so per-frame L2 is best served by a still head.
     # Smooth noise gives each sample a direction of its own at a head's pace, and the style term
