@@ -142,7 +142,8 @@ def get_config():
     # precision; parameters, optimiser state and losses stay float32): "default", the backend's
     # own (TF32 on NVIDIA Ampere and later, float32 on CPU); "float32", full precision everywhere
     # (runs comparable across GPU generations); "tensorfloat32"; "bfloat16", one bfloat16 pass
-    # with float32 accumulation. XLA's CPU backend computes float32 whatever is asked.
+    # with float32 accumulation. XLA's CPU backend computes float32 whatever is asked. Training and
+    # validation only: evaluate, animate and the emotion prototypes' fit use the backend's own.
     config.train.matmul_precision = "default"
     # Emotion control (emotion_control.py, docs/animate.md): at the end of training, the
     # per-category prototypes of the emotional embedding are fitted to the training takes with

@@ -232,6 +232,15 @@ MAY_CHANGE_ON_RESUME = (
 )
 
 
+# Fields added after runs were saved without them, each with the value that means what those runs
+# did: a saved config without the field resumes when the field has that value.
+ADDED_LATER = {
+    "model.emotion_statistics": False,
+    "loss.lambda_statistics": 0.0,
+    "train.matmul_precision": "default",
+}
+
+
 def _flatten(tree, prefix: str = "") -> dict:
     if isinstance(tree, dict):
         flat = {}
@@ -250,6 +259,7 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
     schedule = (old.get("train.lr_schedule", "constant"), new.get("train.lr_schedule", "constant"))
     if schedule == ("constant", "constant"):
         allowed.add("train.epochs")
+    old = {**{k: v for k, v in ADDED_LATER.items() if k not in old}, **old}
     differing = sorted(
         k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>")
     )

@@ -754,20 +754,28 @@ def test_with_voice_statistics_y_e_is_their_readout_and_e_keeps_its_classifier()
     assert float(outputs["statistics_penalty"]) == pytest.approx(
         float(jnp.sum(jnp.square(readout["kernel"]))), rel=1e-5
     )
+    # A request: row 0 names a category (y_e read from the steered e, as in the paper), row 1
+    # only the voice's own emotion (at another intensity: y_e still the voice statistics').
     requested = {
         **batch,
-        "emotion_target": jnp.ones((2, CONFIG.hidden)),
-        "emotion_inferred_weight": jnp.zeros((2,)),
+        "emotion_target": jnp.ones((2, CONFIG.hidden)) * jnp.array([[1.0], [0.0]]),
+        "emotion_inferred_weight": jnp.array([0.0, 1.0]),
     }
     steered = generate(params, requested)
     paper_steered = paper.generator.apply({"params": paper_params}, requested, noise)
-    np.testing.assert_array_equal(steered["mixture"], paper_steered["mixture"])
+    np.testing.assert_array_equal(steered["mixture"][0], paper_steered["mixture"][0])
+    np.testing.assert_allclose(steered["mixture"][1], expected[1], rtol=1e-4, atol=1e-6)
     assert "statistics_penalty" not in steered
 
 
 @pytest.mark.parametrize(
     "precision, marker",
-    [("default", None), ("float32", "HIGHEST"), ("bfloat16", "lhs_precision_type = bf16")],
+    [
+        ("default", None),
+        ("float32", "[HIGHEST, HIGHEST]"),
+        ("tensorfloat32", "[HIGH, HIGH]"),
+        ("bfloat16", "lhs_precision_type = bf16"),
+    ],
 )
 def test_the_step_and_validation_compute_their_matmuls_at_train_matmul_precision(
     networks_and_params, precision, marker
@@ -795,7 +803,7 @@ def test_the_step_and_validation_compute_their_matmuls_at_train_matmul_precision
         dots = [line for line in program.splitlines() if "dot_general" in line]
         assert len(dots) > 10
         if marker is None:
-            assert not any("HIGHEST" in line or "bf16" in line for line in dots)
+            assert not any("HIGH" in line or "bf16" in line for line in dots)
         else:
             assert all(marker in line for line in dots)
     with pytest.raises(ValueError, match="train.matmul_precision is 'half'"):

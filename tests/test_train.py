@@ -71,7 +71,7 @@ def test_train_writes_metrics_config_and_checkpoints(config, tmp_path):
     assert not os.path.exists(os.path.join(workdir, "emotion_prototypes"))
 
 
-def test_the_voice_statistics_are_standardised_by_the_training_clips_and_only_w_learns(
+def test_the_voice_statistics_are_standardised_by_the_training_clips_and_the_readout_learns(
     config, tmp_path
 ):
     """`model.emotion_statistics`: a new run starts the readout's centre and scale at the
@@ -239,6 +239,27 @@ def _snapshot(workdir):
         name: os.path.getmtime(os.path.join(workdir, name))
         for name in ("config.json", "environment.json", "assets.npz", "metrics.jsonl")
     }
+
+
+def test_a_run_saved_before_a_field_existed_resumes_when_it_has_the_old_meaning(config):
+    """checkpoint.ADDED_LATER: a saved config without a field added since compares equal to one
+    with the field at the value that means what the run did, and only to that."""
+    from sdetalk_jax.checkpoint import ADDED_LATER, config_differences
+
+    wanted = json.loads(config.to_json_best_effort())
+    wanted["model"]["emotion_statistics"] = False
+    saved = json.loads(json.dumps(wanted))
+    for dotted in ADDED_LATER:
+        section, name = dotted.split(".")
+        wanted[section][name] = ADDED_LATER[dotted]
+        saved[section].pop(name, None)
+    assert config_differences(saved, wanted) == []
+    wanted["model"]["emotion_statistics"] = True
+    wanted["train"]["matmul_precision"] = "float32"
+    assert config_differences(saved, wanted) == [
+        "model.emotion_statistics",
+        "train.matmul_precision",
+    ]
 
 
 def test_resuming_with_another_config_is_refused_before_anything_is_written(config, tmp_path):

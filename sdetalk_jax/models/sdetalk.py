@@ -689,8 +689,9 @@ class Generator(nn.Module):
     def read_emotion(self, batch, deterministic: bool = True):
         """(e, y_e, the "spoken with emotion" logit, extra outputs). e is steered to a requested
         emotion if the batch asks for one (emotion_control.py). With `model.emotion_statistics`
-        y_e is the voice statistics' readout, and `extra` holds e's classifier's own mixture
-        (`embedding_mixture`) and the readout's penalty."""
+        y_e is the voice statistics' readout (for a request, only where it names no category:
+        the voice's own emotion at another intensity), and in training `extra` holds e's
+        classifier's own mixture (`embedding_mixture`) and the readout's penalty."""
         mask = batch["frame_mask"]
         embedding = self.emotion_network(
             batch["mel"], mask, batch["subject_onehot"], deterministic
@@ -700,11 +701,16 @@ class Generator(nn.Module):
             embedding = steer_embedding(embedding, mask, batch)
         mixture, emotional_logit = self.classifier(embedding, mask)  # y_e
         extra = {}
-        if self.config.emotion_statistics and not requested:
-            # e's own reading is kept for L_cls, which trains e. A request replaces what the
-            # voice says, so y_e is then read from e, as in the paper.
-            extra["embedding_mixture"] = mixture
-            mixture, extra["statistics_penalty"] = self.statistics(batch["mel"], mask)
+        if self.config.emotion_statistics:
+            readout, penalty = self.statistics(batch["mel"], mask)
+            if requested:
+                # A request that names a category replaces what the voice says: y_e is then
+                # read from the steered e, as in the paper.
+                voice_only = batch["emotion_inferred_weight"][:, None] >= 1.0
+                mixture = jnp.where(voice_only, readout, mixture)
+            else:  # e's own reading is kept for L_cls, which trains e
+                extra.update(embedding_mixture=mixture, statistics_penalty=penalty)
+                mixture = readout
         return embedding, mixture, emotional_logit, extra
 
     def __call__(
