@@ -59,9 +59,10 @@ def get_config():
     # Ours (docs/paper-notes.md): "utterance" centres the emotion network's log-mel on the clip's
     # own mean, so that emotion is heard the same way in any voice; "none", the paper's.
     config.model.mel_centring = "none"
-    # Ours (issue 15, docs/paper-notes.md): the classifier also reads the clip's log-mel summary
-    # (per bin: mean, spread, frame-to-frame change) through one linear layer, a ridge of weight
-    # loss.lambda_statistics: emotion for voices never heard. Off: y_e from e alone (the paper).
+    # Ours (issue 15, docs/paper-notes.md): y_e is read from the clip's log-mel summary (per bin:
+    # mean, spread, frame-to-frame change) by one linear layer, a ridge of weight
+    # loss.lambda_statistics, while e's own classifier is still trained by L_cls: emotion for
+    # voices never heard. Off: y_e is the classifier on e (the paper).
     config.model.emotion_statistics = False
     # Our addition (docs/paper-notes.md): z smoothed over time by a Gaussian of this many frames
     # before the diversity mapping. 0: the paper's independent noise per frame.

@@ -342,7 +342,6 @@ def generator_objective(terms, auxiliary_identity, auxiliary_emotion, config):
         + config.lambda_g * (terms["adversarial"] + auxiliary_identity + auxiliary_emotion)
         + config.lambda_head_style * terms["head_style"]
         + config.lambda_head_gain * terms["head_gain"]
-        # .get: runs saved before the option existed have no such field.
-        + config.get("lambda_statistics", 0.0) * terms["statistics_penalty"]
+        + config.lambda_statistics * terms["statistics_penalty"]
     )
     return guidance, total

@@ -276,8 +276,7 @@ def compiled_train_step(
     length of the learning-rate schedule, if it decays."""
     tx = optim.optimizer(config, total_steps)
     step_fn = functools.partial(make_train_step(networks, config.loss), noise_key=noise_key, tx=tx)
-    # .get: runs saved before the option existed computed at the backend's default.
-    step_fn = optim.with_matmul_precision(step_fn, config.train.get("matmul_precision", "default"))
+    step_fn = optim.with_matmul_precision(step_fn, config.train.matmul_precision)
     return jax.jit(
         step_fn,
         in_shardings=(placement.replicated, placement.batch),
@@ -632,7 +631,7 @@ def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
         plans_per_epoch * config.train.epochs,
     )
     eval_fn = validation.compiled_evaluation(
-        run.networks, config.loss, run.placement, config.train.get("matmul_precision", "default")
+        run.networks, config.loss, run.placement, config.train.matmul_precision
     )
     # Opened last, just before the block that closes it, so that no failure leaves it open.
     writer = MetricWriter(
