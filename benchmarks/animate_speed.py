@@ -34,27 +34,31 @@ import time
 import numpy as np
 
 
-def build_model(vertices: int, workdir: str):
-    """A TrainedModel at BIWI size with random parameters (G's zero-initialised heads moved, so
-    the face and head move)."""
+def save_random_run(vertices: int, workdir: str) -> None:
+    """A run folder as training leaves it, at BIWI size, with random parameters: config.json
+    (configs/biwi.py, its encoder a random wav2vec2-base saved as a local Hugging Face folder),
+    assets.npz and a checkpoint of the whole training state (G's zero-initialised heads moved, so
+    that the face and head move)."""
     import jax
+    from biwi_rehearsal import save_random_encoder
 
-    from sdetalk_jax.checkpoint import Assets
+    from sdetalk_jax import checkpoint, optim
     from sdetalk_jax.config_files import repository_config
     from sdetalk_jax.data import face_model
-    from sdetalk_jax.inference import TrainedModel
     from sdetalk_jax.models.networks import Networks
     from sdetalk_jax.models.sdetalk import SDETalkConfig
     from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
+    from sdetalk_jax.train import write_run_metadata
 
     config = repository_config("biwi")
-    config.model.wav2vec2_checkpoint = ""
-    config.model.wav2vec2_random = {"seed": 0}  # wav2vec2-base's architecture
+    config.model.wav2vec2_checkpoint = os.path.join(workdir, "wav2vec2-base-random")
+    save_random_encoder(config.model.wav2vec2_checkpoint)
     config.data.feature_cache = os.path.join(workdir, "cache")
+    encoder = ContextEncoder.from_config(config, allow_download=False)
     topology = face_model.build_topology(vertices)
     subjects = ("F2", "F3", "F4", "M3", "M4", "M5")
     rng = np.random.default_rng(0)
-    assets = Assets(
+    assets = checkpoint.Assets(
         subjects=subjects,
         templates={name: face_model.template_shape(topology, rng) for name in subjects},
         faces=topology.faces,
@@ -62,16 +66,23 @@ def build_model(vertices: int, workdir: str):
         upper_face_vertices=topology.upper_face_vertices,
         fps=25.0,
         emotion_categories=tuple(f"emotion{k}" for k in range(12)),
+        encoder_fingerprint=encoder.fingerprint,
     )
-    encoder = ContextEncoder.from_config(config)
     model_config = SDETalkConfig.for_run(
         config, context_dim=encoder.hidden_size, **assets.dimensions
     )
-    networks = Networks.build(model_config)
-    params = networks.init_params(jax.random.key(0))["generator"]
-    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
-    params = jax.tree.map(lambda x: x + 1e-3 * jax.random.normal(next(keys), x.shape), params)
-    return TrainedModel(config, networks, params, assets, encoder, step=0, workdir=workdir)
+    state = jax.device_get(
+        optim.initial_state(Networks.build(model_config), config, jax.random.key(0))
+    )
+    generator = state["params"]["generator"]
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(generator))))
+    state["params"]["generator"] = jax.tree.map(
+        lambda x: x + 1e-3 * np.asarray(jax.random.normal(next(keys), x.shape)), generator
+    )
+    write_run_metadata(config, workdir, assets)
+    manager = checkpoint.checkpoint_manager(workdir)
+    checkpoint.save_checkpoint(manager, state, {"epoch": 0, "batch": 0})
+    manager.wait_until_finished()
 
 
 def speech_like(seconds: float) -> np.ndarray:
@@ -87,13 +98,16 @@ def measure(seconds: float, args) -> dict:
     import soundfile
 
     from sdetalk_jax import animate, render
+    from sdetalk_jax.inference import TrainedModel
 
-    workdir = tempfile.mkdtemp(prefix="animate-speed-")
+    workdir = args.run
     start = time.perf_counter()
-    model = build_model(args.vertices, workdir)
+    model = TrainedModel.load(workdir)  # as `animate` loads a run
     loading = time.perf_counter() - start
+    loading_rss = _peak_rss_gib()
     waveform = speech_like(seconds)
-    audio_path = os.path.join(workdir, "speech.wav")
+    scratch = tempfile.mkdtemp(prefix="animate-speed-", dir=workdir)
+    audio_path = os.path.join(scratch, "speech.wav")
     soundfile.write(audio_path, waveform, 16_000, subtype="FLOAT")
     # Compilation: every window of the audio has one shape (window_s = 20 s, or the whole clip if
     # shorter), so one window's worth of audio compiles all that `animate` runs below.
@@ -102,7 +116,7 @@ def measure(seconds: float, args) -> dict:
     for _ in model.animation_chunks(warm, subject="F2", key=_key(0)):
         pass
     compilation = time.perf_counter() - start
-    out = os.path.join(workdir, "out")
+    out = os.path.join(scratch, "out")
     video = seconds <= args.video_up_to
     timed = {}
     render_animation = render.render_animation
@@ -121,10 +135,11 @@ def measure(seconds: float, args) -> dict:
     )  # fmt: skip
     total = time.perf_counter() - start
     npz_bytes = os.path.getsize(os.path.join(out, "speech_s0.npz"))
-    shutil.rmtree(workdir)  # 10 minutes at BIWI size are 12.6 GB of npz
+    shutil.rmtree(scratch)  # 10 minutes at BIWI size are 12.6 GB of npz
     return {
         "seconds": seconds,
         "loading_s": loading,
+        "loading_rss_gib": loading_rss,
         "compilation_s": compilation,
         "model_s": total - timed.get("video_s", 0.0),
         "video_s": timed.get("video_s"),
@@ -135,6 +150,15 @@ def measure(seconds: float, args) -> dict:
 
 
 def _peak_rss_gib() -> float:
+    """This process's peak RSS since it started. Not getrusage's ru_maxrss, which on Linux keeps
+    the parent's peak when the child is spawned: VmHWM of /proc/self/status, where there is one."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -151,32 +175,55 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--vertices", type=int, default=23370)
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child process's length
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # the run folder a child loads
+    parser.add_argument("--save-run", help=argparse.SUPPRESS)  # where a child saves it
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(measure(args.one, args)))
         return
-    rows = []
-    for seconds in args.seconds:
-        command = [sys.executable, __file__, "--one", str(seconds), "--size", str(args.size),
-                   "--vertices", str(args.vertices), "--video-up-to", str(args.video_up_to)]  # fmt: skip
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+    if args.save_run:
+        save_random_run(args.vertices, args.save_run)
+        return
+    run = tempfile.mkdtemp(prefix="animate-speed-run-")
+    try:
+        # in a process of its own, as each measurement, so that this one stays small
+        save = [sys.executable, __file__, "--save-run", run, "--vertices", str(args.vertices)]
+        subprocess.run(save, check=True, capture_output=True)
+        checkpoint_mb = (
+            sum(
+                os.path.getsize(os.path.join(parent, name))
+                for parent, _, names in os.walk(os.path.join(run, "checkpoints"))
+                for name in names
+            )
+            / 1e6
+        )
+        rows = []
+        for seconds in args.seconds:
+            command = [sys.executable, __file__, "--one", str(seconds), "--size", str(args.size),
+                       "--vertices", str(args.vertices), "--video-up-to", str(args.video_up_to),
+                       "--run", run]  # fmt: skip
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(output.strip().splitlines()[-1]))
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
     import jax
 
     print(f"device: {jax.devices()[0].platform}, jax {jax.__version__}, {args.vertices} vertices")
+    print(f"run folder loaded: checkpoint of the whole training state, {checkpoint_mb:.0f} MB")
     print()
     print(
-        "| audio | loading (s) | first window, incl. compilation (s) | model part (s) "
+        "| audio | loading (s) | peak RSS after loading (GiB) | first window, incl. compilation (s) | model part (s) "
         "| model real-time factor "
         "| npz (MB) | peak RSS, model part (GiB) | video part (s) | video real-time factor "
         "| peak RSS (GiB) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         video = row.get("video_s")
         video_factor = "" if video is None else f"{row['seconds'] / video:.1f}x"
         print(
-            f"| {row['seconds']:g} s | {row['loading_s']:.1f} | {row['compilation_s']:.1f} "
+            f"| {row['seconds']:g} s | {row['loading_s']:.1f} | {row['loading_rss_gib']:.2f} "
+            f"| {row['compilation_s']:.1f} "
             f"| {row['model_s']:.1f} | {row['seconds'] / row['model_s']:.1f}x "
             f"| {row['npz_bytes'] / 1e6:.0f} | {row['model_peak_rss_gib']:.2f} "
             f"| {'skipped' if video is None else f'{video:.1f}'} "

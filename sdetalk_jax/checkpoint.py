@@ -303,8 +303,10 @@ def check_same_data(workdir: str, assets: Assets) -> None:
 
 
 def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "best") -> dict:
-    """The training state of a finished or running run, restored into `abstract_state`.
-    checkpoint: 'best' (lowest validation error; the latest if there is no best) or 'latest'."""
+    """Parts of the training state of a finished or running run: those in `abstract_state`, a
+    subtree of the state (inference asks for the step and the generator's parameters), the only
+    ones read from disk. checkpoint: 'best' (lowest validation error; the latest if there is no
+    best) or 'latest'."""
     names = [BEST, CHECKPOINTS] if checkpoint == "best" else [CHECKPOINTS]
     for name in names:
         if not os.path.isdir(os.path.join(workdir, name)):
@@ -313,7 +315,12 @@ def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "bes
         step = manager.latest_step()
         if step is not None:
             try:
-                state, _ = restore_checkpoint(manager, abstract_state)
+                state = manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.PyTreeRestore(abstract_state, partial_restore=True)
+                    ),
+                )["state"]
             except Exception as error:  # orbax raises many kinds on damaged or foreign files
                 first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
                 raise RunError(

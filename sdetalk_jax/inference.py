@@ -20,7 +20,7 @@ import sys
 import jax
 import numpy as np
 
-from sdetalk_jax import audio, optim
+from sdetalk_jax import audio
 from sdetalk_jax.checkpoint import ASSETS, Assets, RunError, load_run_config, restore_run_state
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, model_batch
@@ -51,12 +51,13 @@ def crossfade_weights(length: int, overlap: int, first: bool, last: bool) -> np.
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
-    """Start frames of windows of `window` frames overlapping by `overlap` that cover num_frames."""
-    if num_frames <= window:
-        return [0]
+    """Start frames of windows of `window` frames, `window - overlap` apart, until one reaches the
+    end of the clip. The last one may hold fewer real frames than `window` (it is padded and
+    masked), but always more than `overlap`: each frame is covered once, or twice in an overlap."""
     hop = window - overlap
-    starts = list(range(0, num_frames - window, hop))
-    starts.append(num_frames - window)  # the last window ends with the clip
+    starts = [0]
+    while starts[-1] + window < num_frames:
+        starts.append(starts[-1] + hop)
     return starts
 
 
@@ -102,59 +103,91 @@ def rescaled_head(result: dict, scale: float) -> dict:
     return {"rotation": rotation, "translation": translation, "vertices": vertices}
 
 
-def fresh_unit_rows(weights: np.ndarray, first_fresh: int) -> tuple[int, int]:
-    """The rows [low, high) from `first_fresh` on whose weight is exactly one (the middle of a
-    crossfade window), if they are contiguous; otherwise, or if there are none, (0, 0)."""
-    ones = np.flatnonzero(weights[first_fresh:] == 1.0) + first_fresh
-    if len(ones) == 0 or not np.all(weights[ones[0] : ones[-1] + 1] == 1.0):
-        return 0, 0
-    return int(ones[0]), int(ones[-1]) + 1
-
-
 class Crossfade:
     """Sums overlapping windows' outputs with their crossfade weights and hands frames back,
-    normalised, once no later window reaches them: it holds only the frames still open."""
+    normalised, once no later window reaches them. It holds the latest window's outputs until
+    they are handed back, and of earlier windows only the rows a later window blends with.
+
+    Each frame is, bitwise, what summing every window into whole-clip float32 arrays and dividing
+    by the summed weight gives. Rows that one window alone covers at weight one are that window's
+    own numbers (0 + 1.0 * value, divided by 1), handed back as views of its output: no copy, and
+    no fresh memory to fault in, for most of the frames. The others are summed in window order."""
 
     def __init__(self):
         self.start = 0  # the first frame not yet handed back
-        self.sums: dict[str, np.ndarray] = {}
-        self.weight = np.zeros(0)
+        self.windows: list[tuple[int, dict[str, np.ndarray], np.ndarray]] = []
 
     def add(self, start: int, values: dict[str, np.ndarray], weights: np.ndarray) -> None:
         if start < self.start:
             raise ValueError(f"a window at frame {start} reaches frames already handed back")
-        held = len(self.weight)  # frames [self.start, self.start + held) have sums already
-        grow = start + len(weights) - self.start - held
-        if grow > 0:
-            self.weight = np.concatenate([self.weight, np.zeros(grow)])
-            for name, total in self.sums.items():
-                grown = np.zeros((held + grow,) + total.shape[1:], np.float32)
-                grown[:held] = total
-                self.sums[name] = grown
-        offset = start - self.start
-        low, high = fresh_unit_rows(weights, max(held - offset, 0))
-        for name, value in values.items():
-            if name not in self.sums:
-                # float32: for long clips these arrays are the memory
-                self.sums[name] = np.zeros((len(self.weight),) + value.shape[1:], np.float32)
-            target = self.sums[name][offset : offset + len(weights)]
-            # Rows no window has reached, at weight one, are copied: the same float32 numbers as
-            # adding 1.0 * value to zero, without a float64 product the size of the window.
-            target[low:high] = value[low:high]
-            for rows in (slice(0, low), slice(high, None)):
-                target[rows] += weights[rows, None] * value[rows]
-        self.weight[offset : offset + len(weights)] += weights
+        self.windows.append((start, values, np.asarray(weights, np.float64)))
 
-    def take(self, until: int) -> dict[str, np.ndarray]:
-        """Frames [start, until) of every output, divided by their summed weight."""
+    @property
+    def held_frames(self) -> int:
+        """How many frames of window outputs are held."""
+        return sum(len(weights) for _, _, weights in self.windows)
+
+    def take(self, until: int) -> list[dict[str, np.ndarray]]:
+        """Frames [start, until) of every output, divided by their summed weight, as consecutive
+        pieces: the rows one window gives alone, and the blended rows between them."""
         count = until - self.start
-        weight = self.weight[:count, None].astype(np.float32)
-        taken = {name: total[:count] / weight for name, total in self.sums.items()}
-        # copies, not views: a view would keep the whole window's buffer alive
-        self.sums = {name: total[count:].copy() for name, total in self.sums.items()}
-        self.weight = self.weight[count:].copy()
+        total, cover = np.zeros(count), np.zeros(count, np.int64)
+        alone_in = np.full(count, -1)  # the window giving a row alone at weight one, if any
+        for index, (start, _, weights) in enumerate(self.windows):
+            low, high = (
+                max(start, self.start) - self.start,
+                min(start + len(weights), until) - self.start,
+            )
+            if low < high:
+                rows = weights[low + self.start - start : high + self.start - start]
+                total[low:high] += rows
+                cover[low:high] += 1
+                alone_in[low:high] = np.where(rows == 1.0, index, -1)
+        if not np.all(total > 0):
+            raise ValueError(f"frames in [{self.start}, {until}) that no window reached")
+        alone_in[cover > 1] = -1
+        pieces = []
+        for low, high in true_runs(alone_in >= 0) + true_runs(alone_in < 0):
+            pieces.append((low, self._piece(low, high, total, alone_in)))
         self.start = until
-        return taken
+        self.windows = [self._rest(*w) for w in self.windows if w[0] + len(w[2]) > until]
+        return [piece for _, piece in sorted(pieces, key=lambda item: item[0])]
+
+    def _piece(self, low: int, high: int, total: np.ndarray, alone_in: np.ndarray) -> dict:
+        """Output rows [low, high) (relative to `start`): a view of the window that gives them
+        alone, or the weighted sum of the windows that reach them."""
+        if alone_in[low] >= 0:
+            start, values, _ = self.windows[alone_in[low]]
+            offset = self.start + low - start
+            return {name: value[offset : offset + high - low] for name, value in values.items()}
+        first, last = self.start + low, self.start + high
+        piece = {}
+        for start, values, weights in self.windows:
+            a, b = max(start, first), min(start + len(weights), last)
+            if a >= b:
+                continue
+            for name, value in values.items():
+                if name not in piece:
+                    piece[name] = np.zeros((high - low,) + value.shape[1:], np.float32)
+                piece[name][a - first : b - first] += (
+                    weights[a - start : b - start, None] * value[a - start : b - start]
+                )
+        weight = total[low:high, None].astype(np.float32)
+        return {name: summed / weight for name, summed in piece.items()}
+
+    def _rest(self, start: int, values: dict, weights: np.ndarray):
+        """A window's rows from `self.start` on; copied, so that the whole output is not kept."""
+        skip = max(self.start - start, 0)
+        if skip == 0:
+            return start, values, weights
+        rest = {name: value[skip:].copy() for name, value in values.items()}
+        return start + skip, rest, weights[skip:]
+
+
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[low, high) of each run of True in a 1-d boolean mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def finished_frames(frames: dict[str, np.ndarray], head_scale: float) -> dict[str, np.ndarray]:
@@ -209,11 +242,14 @@ class TrainedModel:
             config, context_dim=encoder.hidden_size, **assets.dimensions
         )
         networks = Networks.build(model_config)
-        # Only the shapes are needed to restore into: no parameters are computed.
-        abstract = jax.eval_shape(
-            lambda key: optim.initial_state(networks, config, key), jax.random.key(0)
-        )
-        state = restore_run_state(workdir, abstract, checkpoint)
+        # Only the shapes are needed to restore into: no parameters are computed. Only the
+        # generator's parameters are read: not D's, the estimators' or the optimiser's moments.
+        abstract = jax.eval_shape(networks.init_params, jax.random.key(0))
+        wanted = {
+            "step": jax.ShapeDtypeStruct((), np.int32),
+            "params": {"generator": abstract["generator"]},
+        }
+        state = restore_run_state(workdir, wanted, checkpoint)
         return cls(
             config, networks, state["params"]["generator"], assets, encoder, int(state["step"]),
             workdir,
@@ -276,13 +312,19 @@ class TrainedModel:
         return {name: np.asarray(value)[None] for name, value in inputs.items()}
 
     def window_batch(self, piece, window: int, subjects, template_flat) -> dict:
-        """The model batch of one window of audio (one row)."""
-        context = audio.interpolate_frames(self.encoder.encode(piece), window)
+        """The model batch of one window of audio (one row of `window` frames): the frames that
+        `piece` covers, then padding, masked (the generator's outputs on real frames do not
+        depend on it), so that every window has one compiled shape."""
+        real = len(piece) // audio.samples_per_frame(self.assets.fps)
+        encoded = self.encoder.encode(
+            piece, pad_to=window * audio.samples_per_frame(self.assets.fps)
+        )
+        padding = ((0, window - real), (0, 0))
         features = {
-            "context": context[None],
-            "mel": audio.frame_aligned_log_mel(piece, window)[None],
+            "context": np.pad(audio.interpolate_frames(encoded, real), padding)[None],
+            "mel": np.pad(audio.frame_aligned_log_mel(piece, real), padding)[None],
             "template": template_flat[None],
-            "frame_mask": np.ones((1, window), bool),
+            "frame_mask": (np.arange(window) < real)[None],
         }
         return model_batch(features, subjects, len(self.assets.subjects), targets=False)
 
@@ -341,25 +383,30 @@ class TrainedModel:
         for index, start in enumerate(
             tqdm(starts, desc="animate", unit="window", disable=not progress)
         ):
-            piece = waveform[start * samples_per_frame : (start + window) * samples_per_frame]
+            real = min(window, num_frames - start)  # the last window may end before its shape
+            piece = waveform[start * samples_per_frame : (start + real) * samples_per_frame]
             batch = {**self.window_batch(piece, window, subjects, template_flat), **steering}
             noise = jax.random.normal(jax.random.fold_in(key, index), (1, window, hidden))
             outputs = jax.device_get(generate(self.params, batch, noise))
-            mixture = np.broadcast_to(outputs["mixture"][0], (window, outputs["mixture"].shape[-1]))
+            mixture = np.broadcast_to(outputs["mixture"][0], (real, outputs["mixture"].shape[-1]))
             pieces = {
-                "vertices": outputs["posed"][0],
-                "expression": outputs["expression"][0],
-                "neutral": outputs["neutral"][0],
-                "rotation": outputs["rotation"][0].reshape(window, 9),
-                "translation": outputs["translation"][0],
+                "vertices": outputs["posed"][0, :real],
+                "expression": outputs["expression"][0, :real],
+                "neutral": outputs["neutral"][0, :real],
+                "rotation": outputs["rotation"][0, :real].reshape(real, 9),
+                "translation": outputs["translation"][0, :real],
                 "emotion": mixture,
             }
             del outputs
-            weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)
+            weights = crossfade_weights(real, overlap, index == 0, index == len(starts) - 1)
             crossfade.add(start, pieces, weights)
             del pieces  # not held while the next window is computed
             finished = starts[index + 1] if index + 1 < len(starts) else num_frames
-            yield finished_frames(crossfade.take(finished), head_scale)
+            # Most of a window is handed on as views of its outputs: none is kept here while
+            # the next window is computed.
+            taken = crossfade.take(finished)
+            while taken:
+                yield finished_frames(taken.pop(0), head_scale)
 
     def animate_waveform(self, waveform: np.ndarray, **options) -> dict[str, np.ndarray]:
         """16 kHz mono waveform -> {'vertices' [N, V, 3] posed, 'expression' [N, V, 3] unposed,

@@ -138,6 +138,41 @@ def test_long_audio_goes_through_overlapping_windows_without_seams(model, speech
     assert steps.max() < 5 * np.percentile(steps, 99) + 1e-9
 
 
+def test_the_last_window_is_padded_and_gives_what_its_own_audio_gives(model, speech):
+    """The last window starts a hop after its neighbour, however little audio is left, and is
+    padded to the window's shape (one compilation): its frames after the crossfade are what the
+    generator makes of that audio alone, unpadded (the encoder's and the generator's masks)."""
+    import sdetalk_jax.audio as audio_module
+    from sdetalk_jax.inference import window_starts
+
+    waveform = np.tile(audio_module.load_audio(speech[0]), 4)
+    frames, window, overlap, key = len(waveform) // 640, 75, 15, jax.random.key(5)
+    starts = window_starts(frames, window, overlap)
+    last, real = starts[-1], frames - starts[-1]
+    assert overlap < real < window - 10  # padded by a good part of the window
+    result = model.animate_waveform(
+        waveform, subject="F3", key=key, window_s=window / 25, overlap_s=overlap / 25
+    )
+    subjects, template = np.array([model.subject_index("F3")]), model.template_for("F3")
+    piece = waveform[last * 640 : frames * 640]
+    alone = model.window_batch(piece, real, subjects, template)  # no padding
+    hidden = model.networks.config.hidden
+    noise = jax.random.normal(jax.random.fold_in(key, len(starts) - 1), (1, window, hidden))
+    outputs = model.generate_fn()(model.params, alone, noise[:, :real])
+    for name, ours in (("vertices", "posed"), ("expression", "expression"), ("neutral", "neutral")):
+        np.testing.assert_allclose(
+            result[name][last + overlap :].reshape(real - overlap, -1),
+            np.asarray(outputs[ours][0, overlap:]),
+            atol=2e-5,
+            err_msg=name,
+        )
+    np.testing.assert_allclose(
+        result["rotation"][last + overlap :],
+        np.asarray(outputs["rotation"][0, overlap:]),
+        atol=1e-5,
+    )
+
+
 def test_animate_streams_long_audio_to_disk_as_the_in_memory_animation(
     workdir, model, speech, tmp_path
 ):
@@ -281,6 +316,26 @@ def test_a_damaged_checkpoint_is_named_in_one_line(workdir, tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith(f"error: {copy}/best/") and "cannot be restored" in error
     assert error.count("\n") == 1
+
+
+def test_inference_reads_only_the_generator_and_gets_the_checkpoint_bitwise(workdir, model):
+    """`TrainedModel.load` restores the step and G's parameters alone (not D's, the estimators'
+    or Adam's moments): the same numbers as the whole training state restored as training does."""
+    from sdetalk_jax import checkpoint, optim
+
+    abstract = jax.eval_shape(
+        lambda key: optim.initial_state(model.networks, model.config, key), jax.random.key(0)
+    )
+    manager = checkpoint.checkpoint_manager(workdir, checkpoint.BEST, read_only=True)
+    whole, _ = checkpoint.restore_checkpoint(manager, abstract)
+    assert model.step == int(whole["step"]) > 0
+    saved, loaded = jax.tree.leaves(whole["params"]["generator"]), jax.tree.leaves(model.params)
+    assert len(saved) == len(loaded)
+    for expected, value in zip(saved, loaded, strict=True):
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(expected))
+    wanted = {"step": abstract["step"], "params": {"generator": abstract["params"]["generator"]}}
+    part = checkpoint.restore_run_state(workdir, wanted)
+    assert set(part) == {"step", "params"} and set(part["params"]) == {"generator"}
 
 
 def test_head_scale_moves_the_head_that_far_from_rest():

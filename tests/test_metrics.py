@@ -115,53 +115,72 @@ def test_emotion_error_is_squared_l2():
     )
 
 
-def _total_weight(num_frames, window, overlap):
+def _window_lengths(num_frames, window, overlap):
+    """(start, real frames) of each window, as `animation_chunks` cuts a clip."""
     starts = window_starts(num_frames, window, overlap)
-    assert starts[0] == 0 and starts[-1] + window == num_frames
+    return [(start, min(window, num_frames - start)) for start in starts]
+
+
+def _total_weight(num_frames, window, overlap):
+    windows = _window_lengths(num_frames, window, overlap)
     total = np.zeros(num_frames)
-    for index, start in enumerate(starts):
-        total[start : start + window] += crossfade_weights(
-            window, overlap, index == 0, index == len(starts) - 1
+    for index, (start, real) in enumerate(windows):
+        total[start : start + real] += crossfade_weights(
+            real, overlap, index == 0, index == len(windows) - 1
         )
     return total
 
 
-def test_windows_cover_the_clip_and_crossfade_weights_sum_to_one():
-    # 900 frames = a window of 200 and four hops of 175: the windows tile the clip, neighbours'
-    # ramps meet exactly, and every frame's weights sum to one.
-    np.testing.assert_allclose(_total_weight(200 + 4 * 175, 200, 25), 1.0, rtol=0, atol=1e-12)
-    # Otherwise the last window overlaps its neighbour by more than `overlap`: its frames there
-    # weigh more than one, which animate_waveform divides out. Every frame is still covered.
-    total = _total_weight(1003, 200, 25)
-    assert np.all(total >= 1.0 - 1e-12)
-    assert window_starts(150, 200, 25) == [0]
+@pytest.mark.parametrize("num_frames", [200 + 4 * 175, 1003, 376, 201, 200, 150])
+def test_windows_cover_the_clip_once_and_crossfade_weights_sum_to_one(num_frames):
+    # Windows of 200 frames, 175 apart: each ramps up where its predecessor ramps down, and the
+    # last one, padded where the clip ends, holds more real frames than the overlap. Every frame's
+    # weights sum to one (no frame is computed by more than two windows).
+    window, overlap = 200, 25
+    windows = _window_lengths(num_frames, window, overlap)
+    assert windows[0][0] == 0 and windows[-1][0] + windows[-1][1] == num_frames
+    assert all(real > overlap for _, real in windows)
+    assert all(
+        b - a == window - overlap for (a, _), (b, _) in zip(windows, windows[1:], strict=False)
+    )
+    np.testing.assert_allclose(_total_weight(num_frames, window, overlap), 1.0, rtol=0, atol=1e-12)
+    assert window_starts(150, 200, 25) == [0] and window_starts(200, 200, 25) == [0]
 
 
-@pytest.mark.parametrize("num_frames", [900, 1003, 150])
-def test_the_streaming_crossfade_gives_bitwise_the_whole_clip_crossfade(num_frames):
+@pytest.mark.parametrize(
+    "windows",
+    [
+        _window_lengths(900, 200, 25),
+        _window_lengths(1003, 200, 25),  # the last window is padded: 128 real frames
+        _window_lengths(150, 200, 25),
+        # windows that overlap by more than their ramps: frames of weight one from two windows
+        [(0, 200), (175, 200), (300, 200)],
+    ],
+)
+def test_the_streaming_crossfade_gives_bitwise_the_whole_clip_crossfade(windows):
     """Windows summed into whole-clip arrays and divided at the end (how animation worked before
     it streamed) against `Crossfade`, which hands frames on as soon as no later window reaches
-    them: the same numbers to the bit, and never more than a window's frames held."""
-    window, overlap = 200, 25
-    starts = window_starts(num_frames, window, overlap)
-    window = min(window, num_frames)
+    them: the same numbers to the bit, and no more held than the frames not yet handed back."""
+    overlap = 25
+    num_frames = windows[-1][0] + windows[-1][1]
     rng = np.random.default_rng(num_frames)
-    outputs = [rng.normal(size=(window, 6)).astype(np.float32) for _ in starts]
     whole = np.zeros((num_frames, 6), np.float32)
     total = np.zeros(num_frames)
     crossfade, handed_back = Crossfade(), []
-    for index, (start, values) in enumerate(zip(starts, outputs, strict=True)):
-        weights = crossfade_weights(window, overlap, index == 0, index == len(starts) - 1)
-        whole[start : start + window] += weights[:, None] * values
-        total[start : start + window] += weights
+    for index, (start, real) in enumerate(windows):
+        values = rng.normal(size=(real, 6)).astype(np.float32)
+        weights = crossfade_weights(real, overlap, index == 0, index == len(windows) - 1)
+        whole[start : start + real] += weights[:, None] * values
+        total[start : start + real] += weights
         crossfade.add(start, {"x": values}, weights)
-        assert len(crossfade.weight) <= window
-        until = starts[index + 1] if index + 1 < len(starts) else num_frames
-        handed_back.append(crossfade.take(until)["x"])
+        until = windows[index + 1][0] if index + 1 < len(windows) else num_frames
+        handed_back += [piece["x"] for piece in crossfade.take(until)]
+        # only the rows a later window blends with are kept, not the window's whole output
+        assert crossfade.held_frames == start + real - until
     whole /= total[:, None].astype(np.float32)
     np.testing.assert_array_equal(np.concatenate(handed_back), whole)
     with pytest.raises(ValueError, match="already handed back"):
-        crossfade.add(0, {"x": outputs[0]}, np.ones(window))
+        crossfade.add(0, {"x": values}, np.ones(real))
 
 
 @pytest.mark.parametrize("head_scale", [1.0, 0.5])
