@@ -1,18 +1,23 @@
 """Animation speed and memory at BIWI size, as `animate` runs it, and prints a table.
 
-    python benchmarks/animate_speed.py [--seconds 10 60 600] [--video-up-to 60] [--size 512]
-                                       [--vertices 23370]
+    python benchmarks/animate_speed.py [--seconds 10 60 600 3600] [--video-up-to 60]
+                                       [--write-up-to 600] [--size 512] [--vertices 23370]
 
-The model is BIWI-sized and random: wav2vec2-base's architecture (768 wide, 12 layers) with
-random weights, SDETalk at 23370 vertices (configs/biwi.py), a SynthBIWI face mesh of that size.
-Each length of audio runs in its own process, so that its peak RSS is its own:
+The run is BIWI-sized and random, saved as training leaves a run folder: configs/biwi.py, its
+encoder a random wav2vec2-base saved as a local Hugging Face folder (wav2vec2-base's architecture:
+768 wide, 12 layers), SDETalk at 23370 vertices, a SynthBIWI face mesh of that size, a checkpoint
+of the whole training state. Each length of audio runs in its own process, so that its peak RSS is
+its own:
 
-* loading: the encoder's and the networks' parameters built (a real run reads them from disk);
+* loading: `TrainedModel.load` of the run folder, as `animate` loads it (config, assets, encoder
+  folder, G's parameters from the checkpoint), and the peak RSS after it;
 * first window: compiling the encoder and the generator for the window's shape, and running one
   window (animate's later windows, and later samples, reuse the compilation);
 * model part: `animate.animate`'s time without the rendering: encoder + generator over the
   audio, window by window, the frames streamed to disk and the npz written, in steady state;
-  its peak RSS is the process's peak when the rendering starts;
+  its peak RSS is the process's peak when the rendering starts. Audio longer than
+  `--write-up-to` runs encoder + generator window by window with no output (an hour's npz at BIWI
+  size is 76 GB);
 * video part: rendering and encoding the mp4 at `--size` from the streamed frames (audio up to
   `--video-up-to` seconds long; longer ones skip it), timed inside the same `animate` call.
 
@@ -98,7 +103,7 @@ def measure(seconds: float, args) -> dict:
     import soundfile
 
     from sdetalk_jax import animate, render
-    from sdetalk_jax.inference import TrainedModel
+    from sdetalk_jax.inference import DEFAULT_WINDOW_S, TrainedModel
 
     workdir = args.run
     start = time.perf_counter()
@@ -109,13 +114,16 @@ def measure(seconds: float, args) -> dict:
     scratch = tempfile.mkdtemp(prefix="animate-speed-", dir=workdir)
     audio_path = os.path.join(scratch, "speech.wav")
     soundfile.write(audio_path, waveform, 16_000, subtype="FLOAT")
-    # Compilation: every window of the audio has one shape (window_s = 20 s, or the whole clip if
+    # Compilation: every window of the audio has one shape (DEFAULT_WINDOW_S, or the whole clip if
     # shorter), so one window's worth of audio compiles all that `animate` runs below.
     start = time.perf_counter()
-    warm = waveform[: int(min(seconds, 20.0) * 16_000)]
+    warm = waveform[: int(min(seconds, DEFAULT_WINDOW_S) * 16_000)]
     for _ in model.animation_chunks(warm, subject="F2", key=_key(0)):
         pass
     compilation = time.perf_counter() - start
+    if seconds > args.write_up_to:
+        return {**streamed_only(model, waveform, seconds), "loading_s": loading,
+                "loading_rss_gib": loading_rss, "compilation_s": compilation}  # fmt: skip
     out = os.path.join(scratch, "out")
     video = seconds <= args.video_up_to
     timed = {}
@@ -149,6 +157,23 @@ def measure(seconds: float, args) -> dict:
     }
 
 
+def streamed_only(model, waveform: np.ndarray, seconds: float) -> dict:
+    """Encoder and generator over the whole audio, as `animate` runs them, each chunk of frames
+    dropped where `animate` writes it: for audio whose npz would not fit on the disk (an hour at
+    BIWI size is 76 GB)."""
+    start = time.perf_counter()
+    for chunk in model.animation_chunks(waveform, subject="F2", key=_key(0)):
+        del chunk
+    return {
+        "seconds": seconds,
+        "model_s": time.perf_counter() - start,
+        "video_s": None,
+        "npz_bytes": None,
+        "model_peak_rss_gib": _peak_rss_gib(),
+        "peak_rss_gib": _peak_rss_gib(),
+    }
+
+
 def _peak_rss_gib() -> float:
     """This process's peak RSS since it started. Not getrusage's ru_maxrss, which on Linux keeps
     the parent's peak when the child is spawned: VmHWM of /proc/self/status, where there is one."""
@@ -170,8 +195,12 @@ def _key(seed: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0, 600.0])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0, 600.0, 3600.0])
     parser.add_argument("--video-up-to", type=float, default=60.0, help="longest audio rendered")
+    parser.add_argument(
+        "--write-up-to", type=float, default=600.0,
+        help="longest audio whose npz is written; longer ones run the model with no output",
+    )  # fmt: skip
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--vertices", type=int, default=23370)
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child process's length
@@ -201,7 +230,7 @@ def main() -> None:
         for seconds in args.seconds:
             command = [sys.executable, __file__, "--one", str(seconds), "--size", str(args.size),
                        "--vertices", str(args.vertices), "--video-up-to", str(args.video_up_to),
-                       "--run", run]  # fmt: skip
+                       "--write-up-to", str(args.write_up_to), "--run", run]  # fmt: skip
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
     finally:
@@ -221,11 +250,13 @@ def main() -> None:
     for row in rows:
         video = row.get("video_s")
         video_factor = "" if video is None else f"{row['seconds'] / video:.1f}x"
+        npz = "not written" if row["npz_bytes"] is None else f"{row['npz_bytes'] / 1e6:.0f}"
         print(
             f"| {row['seconds']:g} s | {row['loading_s']:.1f} | {row['loading_rss_gib']:.2f} "
             f"| {row['compilation_s']:.1f} "
             f"| {row['model_s']:.1f} | {row['seconds'] / row['model_s']:.1f}x "
-            f"| {row['npz_bytes'] / 1e6:.0f} | {row['model_peak_rss_gib']:.2f} "
+            f"| {npz} "
+            f"| {row['model_peak_rss_gib']:.2f} "
             f"| {'skipped' if video is None else f'{video:.1f}'} "
             f"| {video_factor} "
             f"| {row['peak_rss_gib']:.2f} |"

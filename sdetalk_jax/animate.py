@@ -27,7 +27,13 @@ from sdetalk_jax.checkpoint import RunError
 from sdetalk_jax.emotion_control import INFERRED, MAX_INTENSITY, EmotionRequestError, parse_emotion
 from sdetalk_jax.export_gltf import DEFAULT_TOLERANCE_MM
 from sdetalk_jax.fileio import FrameFiles, write_npz
-from sdetalk_jax.inference import MAX_HEAD_SCALE, TrainedModel, check_head_scale
+from sdetalk_jax.inference import (
+    DEFAULT_OVERLAP_S,
+    DEFAULT_WINDOW_S,
+    MAX_HEAD_SCALE,
+    TrainedModel,
+    check_head_scale,
+)
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
 FORMATS = ("npz", "mp4", "glb")
@@ -156,8 +162,8 @@ def animate(
     glb: bool = False,
     morph_tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     size: int = 512,
-    window_s: float = 20.0,
-    overlap_s: float = 1.0,
+    window_s: float = DEFAULT_WINDOW_S,
+    overlap_s: float = DEFAULT_OVERLAP_S,
     head_scale: float = 1.0,
     emotion: str = INFERRED,
     emotion_intensity: float = 1.0,
@@ -234,9 +240,12 @@ def main(argv=None) -> int:
         help="glb: largest vertex error allowed to the morph-target basis",
     )  # fmt: skip
     parser.add_argument("--size", type=int, default=512, help="video width and height in pixels")
-    parser.add_argument("--window-s", type=float, default=20.0, help="window length for long audio")
     parser.add_argument(
-        "--overlap-s", type=float, default=1.0, help="crossfaded overlap of windows"
+        "--window-s", type=float, default=DEFAULT_WINDOW_S,
+        help="window length for long audio (seconds; memory grows with it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overlap-s", type=float, default=DEFAULT_OVERLAP_S, help="crossfaded overlap of windows"
     )
     parser.add_argument(
         "--head-scale", type=float, default=1.0,

@@ -35,6 +35,13 @@ from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.models.sdetalk import SDETalkConfig, pose_faces
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
+# Seconds of audio per window, and of overlap between neighbours. 10 s windows keep animation at
+# BIWI size under 3 GiB (a window's encoder and generator activations are the memory; 20 s
+# windows peak at 3.0 GiB) for about 5 % more time (benchmarks/animate_speed.py), and are nearer the
+# 2.5-6 s clips the emotion read from each window was trained on.
+DEFAULT_WINDOW_S = 10.0
+DEFAULT_OVERLAP_S = 1.0
+
 
 def crossfade_weights(length: int, overlap: int, first: bool, last: bool) -> np.ndarray:
     """Per-frame weights [length] of one window: ramps up over the leading overlap (unless it is the
@@ -354,8 +361,8 @@ class TrainedModel:
         subject: str,
         key: jax.Array,
         template: np.ndarray | None = None,
-        window_s: float = 20.0,
-        overlap_s: float = 1.0,
+        window_s: float = DEFAULT_WINDOW_S,
+        overlap_s: float = DEFAULT_OVERLAP_S,
         head_scale: float = 1.0,
         emotion: EmotionRequest | None = None,
         progress: bool = False,
