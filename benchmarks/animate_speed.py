@@ -117,12 +117,13 @@ def measure(seconds: float, args) -> dict:
     # Compilation: every window of the audio has one shape (DEFAULT_WINDOW_S, or the whole clip if
     # shorter), so one window's worth of audio compiles all that `animate` runs below.
     start = time.perf_counter()
-    warm = waveform[: int(min(seconds, DEFAULT_WINDOW_S) * 16_000)]
-    for _ in model.animation_chunks(warm, subject="F2", key=_key(0)):
+    window_s = args.window_s or DEFAULT_WINDOW_S
+    warm = waveform[: int(min(seconds, window_s) * 16_000)]
+    for _ in model.animation_chunks(warm, subject="F2", key=_key(0), window_s=window_s):
         pass
     compilation = time.perf_counter() - start
     if seconds > args.write_up_to:
-        return {**streamed_only(model, waveform, seconds), "loading_s": loading,
+        return {**streamed_only(model, waveform, seconds, window_s), "loading_s": loading,
                 "loading_rss_gib": loading_rss, "compilation_s": compilation}  # fmt: skip
     out = os.path.join(scratch, "out")
     video = seconds <= args.video_up_to
@@ -139,7 +140,7 @@ def measure(seconds: float, args) -> dict:
     start = time.perf_counter()
     animate.animate(
         workdir, audio_path, subject="F2", out_dir=out, video=video, size=args.size, model=model,
-        progress=False,
+        progress=False, window_s=window_s,
     )  # fmt: skip
     total = time.perf_counter() - start
     npz_bytes = os.path.getsize(os.path.join(out, "speech_s0.npz"))
@@ -157,12 +158,12 @@ def measure(seconds: float, args) -> dict:
     }
 
 
-def streamed_only(model, waveform: np.ndarray, seconds: float) -> dict:
+def streamed_only(model, waveform: np.ndarray, seconds: float, window_s: float) -> dict:
     """Encoder and generator over the whole audio, as `animate` runs them, each chunk of frames
     dropped where `animate` writes it: for audio whose npz would not fit on the disk (an hour at
     BIWI size is 76 GB)."""
     start = time.perf_counter()
-    for chunk in model.animation_chunks(waveform, subject="F2", key=_key(0)):
+    for chunk in model.animation_chunks(waveform, subject="F2", key=_key(0), window_s=window_s):
         del chunk
     return {
         "seconds": seconds,
@@ -202,6 +203,9 @@ def main() -> None:
         help="longest audio whose npz is written; longer ones run the model with no output",
     )  # fmt: skip
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--window-s", type=float, help="animate's --window-s (default: animate's own)"
+    )
     parser.add_argument("--vertices", type=int, default=23370)
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child process's length
     parser.add_argument("--run", help=argparse.SUPPRESS)  # the run folder a child loads
@@ -228,17 +232,34 @@ def main() -> None:
         )
         rows = []
         for seconds in args.seconds:
-            command = [sys.executable, __file__, "--one", str(seconds), "--size", str(args.size),
-                       "--vertices", str(args.vertices), "--video-up-to", str(args.video_up_to),
-                       "--write-up-to", str(args.write_up_to), "--run", run]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(seconds),
+                "--size",
+                str(args.size),
+                "--vertices",
+                str(args.vertices),
+                "--video-up-to",
+                str(args.video_up_to),
+                "--write-up-to",
+                str(args.write_up_to),
+                "--run",
+                run,
+            ]
+            command += ["--window-s", str(args.window_s)] if args.window_s else []
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
     finally:
         shutil.rmtree(run, ignore_errors=True)
     import jax
 
+    from sdetalk_jax.inference import DEFAULT_WINDOW_S
+
     print(f"device: {jax.devices()[0].platform}, jax {jax.__version__}, {args.vertices} vertices")
     print(f"run folder loaded: checkpoint of the whole training state, {checkpoint_mb:.0f} MB")
+    print(f"windows of {args.window_s or DEFAULT_WINDOW_S:g} s")
     print()
     print(
         "| audio | loading (s) | peak RSS after loading (GiB) | first window, incl. compilation (s) | model part (s) "

@@ -35,10 +35,10 @@ from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.models.sdetalk import SDETalkConfig, pose_faces
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 
-# Seconds of audio per window, and of overlap between neighbours. 10 s windows keep animation at
-# BIWI size under 3 GiB (a window's encoder and generator activations are the memory; 20 s
-# windows peak at 3.0 GiB) for about 5 % more time (benchmarks/animate_speed.py), and are nearer the
-# 2.5-6 s clips the emotion read from each window was trained on.
+# Seconds of audio per window, and of overlap between neighbours. A window's encoder and generator
+# activations are animation's memory: at BIWI size 10 s windows peak at 2.6 GiB, 20 s ones at
+# 3.0 GiB, in the same time (docs/animate.md). 10 s are also nearer the 2.5-6 s clips that the
+# emotion read from each window was trained on.
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_OVERLAP_S = 1.0
 
@@ -153,12 +153,10 @@ class Crossfade:
         if not np.all(total > 0):
             raise ValueError(f"frames in [{self.start}, {until}) that no window reached")
         alone_in[cover > 1] = -1
-        pieces = []
-        for low, high in true_runs(alone_in >= 0) + true_runs(alone_in < 0):
-            pieces.append((low, self._piece(low, high, total, alone_in)))
+        pieces = [self._piece(low, high, total, alone_in) for low, high in equal_runs(alone_in)]
         self.start = until
         self.windows = [self._rest(*w) for w in self.windows if w[0] + len(w[2]) > until]
-        return [piece for _, piece in sorted(pieces, key=lambda item: item[0])]
+        return pieces
 
     def _piece(self, low: int, high: int, total: np.ndarray, alone_in: np.ndarray) -> dict:
         """Output rows [low, high) (relative to `start`): a view of the window that gives them
@@ -191,10 +189,10 @@ class Crossfade:
         return start + skip, rest, weights[skip:]
 
 
-def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[low, high) of each run of True in a 1-d boolean mask."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+def equal_runs(values: np.ndarray) -> list[tuple[int, int]]:
+    """[low, high) of each maximal run of equal values in a 1-d array."""
+    bounds = [0, *(np.flatnonzero(np.diff(values)) + 1).tolist(), len(values)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def finished_frames(frames: dict[str, np.ndarray], head_scale: float) -> dict[str, np.ndarray]:
