@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -176,16 +175,9 @@ def streamed_only(model, waveform: np.ndarray, seconds: float, window_s: float) 
 
 
 def _peak_rss_gib() -> float:
-    """This process's peak RSS since it started. Not getrusage's ru_maxrss, which on Linux keeps
-    the parent's peak when the child is spawned: VmHWM of /proc/self/status, where there is one."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    from biwi_rehearsal import peak_rss_gib  # this process's own peak, not its parent's
+
+    return peak_rss_gib()
 
 
 def _key(seed: int):

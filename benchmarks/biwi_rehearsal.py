@@ -100,6 +100,15 @@ def folder_megabytes(folder: str) -> float:
 
 
 def peak_rss_gib() -> float:
+    """This process's peak RSS since it started. Not getrusage's ru_maxrss, which on Linux keeps
+    the parent's peak in a child it spawns: VmHWM of /proc/self/status, where there is one."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -224,6 +233,32 @@ def epoch_seconds(workdir: str) -> list[float]:
     return [r["time/epoch_seconds"] for r in records if "time/epoch_seconds" in r]
 
 
+def prototype_rows(prototypes: dict, clips: int) -> list[tuple[str, str]]:
+    steps = rehearsal_config({}).train.emotion_prototype_steps
+    return [
+        ("emotion prototypes at the end, first fit of 1 step (reads the clips, compiles) (s)",
+         f"{prototypes['first_s']:.1f}"),
+        (f"emotion prototypes: then fixed / per step / {steps} steps (s)",
+         f"{prototypes['fixed_s']:.1f} / {prototypes['per_step_s']:.2f} / "
+         f"{prototypes['fixed_s'] + steps * prototypes['per_step_s']:.0f} "
+         f"(on {clips} clips; peak RSS {prototypes['rss_gib']:.2f} GiB)"),
+    ]  # fmt: skip
+
+
+def time_prototypes_only(run: str, args) -> int:
+    if not os.path.exists(os.path.join(run, "config.json")):
+        raise SystemExit(f"{run}: no run here; run this benchmark with --keep first")
+    prototypes = in_own_process(fit_prototypes, run, args.prototype_steps)
+    with open(os.path.join(run, "config.json")) as handle:
+        first, last = json.load(handle)["data"]["splits"]["train_sentences"]
+    clips = 6 * (last - first + 1) * 2  # six speakers, emotional and neutral takes
+    print("| measure | value |")
+    print("|---|---|")
+    for name, value in prototype_rows(prototypes, clips):
+        print(f"| {name} | {value} |")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/biwi-rehearsal")
@@ -234,7 +269,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--vertices", type=int, default=BIWI_VERTICES, help="less: a smoke test")
     parser.add_argument("--keep", action="store_true", help="keep the corpus and run folders")
+    parser.add_argument(
+        "--prototypes-only", action="store_true",
+        help="time only the emotion prototypes' fit, on the run a --keep run left in --workdir",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.prototypes_only:
+        return time_prototypes_only(os.path.join(os.path.abspath(args.workdir), "run"), args)
     if args.sentences < 3:
         parser.error("--sentences must be at least 3 (training, validation, test)")
     from sdetalk_jax.data import synthetic
@@ -262,7 +303,6 @@ def main(argv=None) -> int:
     epochs = epoch_seconds(run)
     saved = in_own_process(resave_checkpoint, run)
     prototypes = in_own_process(fit_prototypes, run, args.prototype_steps)
-    prototype_steps = rehearsal_config({}).train.emotion_prototype_steps
 
     steady = sum(epochs[1:]) / max(len(epochs) - 1, 1)  # the first epoch compiles
     frames_per_s = train_frames / steady
@@ -289,12 +329,7 @@ def main(argv=None) -> int:
         ("peak RSS, training (GiB)", f"{train_rss:.2f}"),
         ("checkpoint size (MB) / save time alone (s)",
          f"{saved['checkpoint_mb']:.0f} / {saved['save_s']:.2f}"),
-        ("emotion prototypes at the end, first fit of 1 step (reads the clips, compiles) (s)",
-         f"{prototypes['first_s']:.1f}"),
-        (f"emotion prototypes: then fixed / per step / {prototype_steps} steps (s)",
-         f"{prototypes['fixed_s']:.1f} / {prototypes['per_step_s']:.2f} / "
-         f"{prototypes['fixed_s'] + prototype_steps * prototypes['per_step_s']:.0f} "
-         f"(on {len(train_clips)} clips; peak RSS {prototypes['rss_gib']:.2f} GiB)"),
+        *prototype_rows(prototypes, len(train_clips)),
         ("projected BIWI epoch (41k frames) (s)", f"{biwi_epoch_s:.0f}"),
         (f"projected {PAPER_EPOCHS} BIWI epochs (h)", f"{PAPER_EPOCHS * biwi_epoch_s / 3600:.1f}"),
         ("projected BIWI feature cache (27 min of training audio)",

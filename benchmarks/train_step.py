@@ -122,6 +122,7 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops):
             compile_seconds,
             float(np.median(timings)),
             compiled_flops(compiled),
+            compiled.memory_analysis(),
         )
     return per_bucket
 
@@ -208,8 +209,26 @@ def summary_rows(args, plans, lengths, per_bucket) -> list[tuple[str, str]]:
         ("projected 500 epochs", f"{500 * epoch_seconds / 3600:.1f} h"),
         ("peak host memory (RSS)", f"{peak_rss_gb:.2f} GiB"),
         ("peak device memory", device_peak),
+        *memory_rows(per_bucket),
     ]
     return rows
+
+
+def memory_rows(per_bucket) -> list[tuple[str, str]]:
+    """XLA's own account of the largest bucket's step: its inputs (parameters and optimiser
+    state, donated and updated in place, and the batch) and the temporaries it allocates."""
+    length = max(per_bucket)
+    analysis = per_bucket[length][3]
+    if analysis is None:
+        return []
+    state = analysis.alias_size_in_bytes  # the donated training state, written in place
+    return [
+        (
+            f"XLA memory analysis, bucket of {length} frames: training state / batch / temporaries",
+            f"{state / 2**30:.2f} / {(analysis.argument_size_in_bytes - state) / 2**30:.2f} / "
+            f"{analysis.temp_size_in_bytes / 2**30:.2f} GiB",
+        )
+    ]
 
 
 def main() -> None:

@@ -231,8 +231,9 @@ def mean_offset(generator, params, batch, prototype, noise=None) -> jax.Array:
     }
     if noise is None:
         noise = jnp.zeros(batch["mel"].shape[:2] + (generator.config.hidden,))
-    outputs = generator.apply({"params": params}, steered, noise)
-    return masked_mean(outputs["expression"] - outputs["neutral"], batch["frame_mask"])
+    return generator.apply(
+        {"params": params}, steered, noise, method=type(generator).mean_expression_offset
+    )
 
 
 def true_mean_offsets(generator, params, batch) -> jax.Array:

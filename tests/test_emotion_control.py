@@ -249,6 +249,28 @@ def test_intensity_scales_the_expression_offset_from_the_neutral_face(generator)
     np.testing.assert_allclose(double["expression"] - double["neutral"], 2 * offset, atol=2e-5)
 
 
+def test_the_mean_offset_is_the_frame_mean_of_what_g_draws(generator):
+    """`Generator.mean_expression_offset` (the offset layer applied to its input's frame mean,
+    what prototypes are fitted with) is the mean over each row's frames of f^e - f^n as G draws
+    it with the same noise: steered, at an intensity, with padding, and zero for an empty row."""
+    module, params, batch, run = generator
+    noise = jax.random.normal(jax.random.key(3), batch["mel"].shape[:2] + (CONFIG.hidden,))
+    target = np.linspace(-1.0, 1.0, CONFIG.hidden)
+    for steered in (batch, steering(batch, target, 0.3, scale=1.7)):
+        drawn = run(steered)
+        expected = masked_mean(drawn["expression"] - drawn["neutral"], batch["frame_mask"])
+        assert np.abs(expected).max() > 1e-3  # perturbed: G does move the face
+        mean = module.apply(
+            {"params": params}, steered, noise, method=type(module).mean_expression_offset
+        )
+        np.testing.assert_allclose(mean, expected, rtol=1e-4, atol=1e-6)
+    empty = {**batch, "frame_mask": np.zeros_like(batch["frame_mask"])}
+    mean = module.apply(
+        {"params": params}, empty, noise, method=type(module).mean_expression_offset
+    )
+    np.testing.assert_array_equal(mean, 0.0)
+
+
 class Takes:
     """The dataset interface `refine_prototypes` reads (clips, example), over make_batch's rows."""
 

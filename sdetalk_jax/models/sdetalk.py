@@ -587,9 +587,13 @@ class EmotionalFaceGenerator(nn.Module):
         mask,
         deterministic: bool = True,
         speech_cues=None,
+        pool_mask=None,
     ):
         """-> (f^e offset, R, T, the head gain [B, N, 3] of the head noise path or None).
-        speech_cues [B, N, K] or None: what the gain reads beside G's features (`head_gain_cues`)."""
+        speech_cues [B, N, K] or None: what the gain reads beside G's features (`head_gain_cues`).
+        pool_mask [B, N] or None: if given, only the offset's mean over the masked frames [B, V*3]
+        (zero for a row without frames), and None for the rest. The offset layer is affine, so
+        that is the layer applied once to the mean of its input, not to every frame."""
         config = self.config
         # f^n (+) e through one linear layer, written as the sum of its two blocks so that each
         # part is initialised for its own width: e (128 wide) is not drowned by f^n (V*3 wide).
@@ -607,9 +611,14 @@ class EmotionalFaceGenerator(nn.Module):
                 name=f"block_{index}",
             )(query, mask, diversified, mask, deterministic, config.cross_attention_window)
         # Zero-initialised heads: training starts from f^e = f^n, R = I, T = 0.
-        expression = config.motion_unit * nn.Dense(
+        expression_layer = nn.Dense(
             config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="expression"
-        )(query)
+        )
+        if pool_mask is not None:
+            rows_with_frames = jnp.any(pool_mask, axis=1, keepdims=True)
+            pooled = expression_layer(masked_mean(query, pool_mask))
+            return config.motion_unit * jnp.where(rows_with_frames, pooled, 0.0), None, None, None
+        expression = config.motion_unit * expression_layer(query)
         identity_6d = jnp.array([1.0, 0, 0, 0, 1.0, 0])
         rotation = rotation_from_6d(
             identity_6d + nn.Dense(6, kernel_init=nn.initializers.zeros, name="rotation")(query)
@@ -653,6 +662,14 @@ class FrameAndClipDense(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         per_clip = clip_inputs @ kernel[frame_dim:] + bias
         return frame_inputs @ kernel[:frame_dim] + per_clip[:, None]
+
+
+def scaled_offset(offset, batch):
+    """G's expression offset [B, N, V*3] times the requested intensity, `expression_scale` [B],
+    if the batch has one (0 is f^n)."""
+    if "expression_scale" in batch:
+        return batch["expression_scale"][:, None, None] * offset
+    return offset
 
 
 class Generator(nn.Module):
@@ -713,6 +730,29 @@ class Generator(nn.Module):
                 mixture = readout
         return embedding, mixture, emotional_logit, extra
 
+    def diversified(self, embedding, noise, mask):
+        """(mu, e~ = mu + sigma z with the noise smoothed over time, the head path's noise)."""
+        mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
+        log_variance = jnp.clip(log_variance, -8.0, 4.0)
+        noise = smooth_noise(noise, mask, self.config.noise_smoothing_frames)
+        diversified = mean + jnp.exp(0.5 * log_variance) * noise  # e~, reparameterised
+        return mean, diversified, head_noise(noise, mask, self.config.head_noise)
+
+    def mean_expression_offset(self, batch, noise):
+        """G's expression offset f^e - f^n averaged over each row's frames [B, V*3] (zero for a
+        row without frames), as `__call__` draws it with `noise`: what emotion prototypes are
+        fitted to (emotion_control.py). The offset layer runs once per row, on the mean of its
+        input, not on every frame: a clip's mean face for a fraction of its frames' memory."""
+        mask = batch["frame_mask"]
+        _, neutral_motion, _ = self.neutral_face(batch)
+        embedding, mixture, _, _ = self.read_emotion(batch)
+        _, diversified, _ = self.diversified(embedding, noise, mask)
+        cues = head_gain_cues(batch["mel"], mask, mixture, embedding, self.config)
+        offset, _, _, _ = self.face_generator(
+            neutral_motion, embedding, diversified, mask, True, cues, pool_mask=mask
+        )
+        return scaled_offset(offset[:, None], batch)[:, 0]
+
     def __call__(
         self, batch, noise, deterministic: bool = True, mean_head: bool = False, neutral_parts=None
     ):
@@ -728,11 +768,7 @@ class Generator(nn.Module):
         context = batch["context"]  # c, Eq. 1 (aligned outside)
         identity, neutral_motion, neutral = neutral_parts or self.neutral_face(batch)  # p, Eq. 2
         embedding, mixture, emotional_logit, extra = self.read_emotion(batch, deterministic)
-        mean, log_variance = jnp.split(self.diversity(embedding), 2, axis=-1)
-        log_variance = jnp.clip(log_variance, -8.0, 4.0)
-        noise = smooth_noise(noise, mask, self.config.noise_smoothing_frames)
-        diversified = mean + jnp.exp(0.5 * log_variance) * noise  # e~, reparameterised
-        turn_noise = head_noise(noise, mask, self.config.head_noise)
+        mean, diversified, turn_noise = self.diversified(embedding, noise, mask)
         # G_n is trained by L_n alone ("we separately estimate the neutral mouth shape and the
         # emotional expressions"): G reads f^n and adds the expression on top of it, but its losses
         # do not reach G_n, so f^n stays a neutral face and "G_n alone" is a real baseline.
@@ -742,8 +778,7 @@ class Generator(nn.Module):
             jax.lax.stop_gradient(neutral_motion), embedding, diversified, mask, deterministic,
             cues,
         )  # fmt: skip
-        if "expression_scale" in batch:  # the requested intensity: 0 is f^n
-            offset = batch["expression_scale"][:, None, None] * offset
+        offset = scaled_offset(offset, batch)
         expression = neutral_fixed + offset  # f^e
         if mean_head or self.config.head_noise_path:
             # G again at the centre of the noise (e~ = mu); only its head is used, so XLA drops
