@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -302,6 +303,24 @@ def check_same_data(workdir: str, assets: Assets) -> None:
             )
 
 
+def check_restored(restored, abstract_state) -> None:
+    """Raises if a restored leaf is missing or differs in shape or dtype from what was asked
+    for: a partial restore hands back the request itself for a missing leaf, and the saved shape
+    for another one, without a word."""
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
+    for path, wanted in leaves:
+        name = jax.tree_util.keystr(path)
+        value = got.get(path)
+        if value is None or isinstance(value, jax.ShapeDtypeStruct):
+            raise ValueError(f"{name} is not in the checkpoint")
+        if value.shape != wanted.shape or value.dtype != wanted.dtype:
+            raise ValueError(
+                f"{name} is {value.dtype}{list(value.shape)} in the checkpoint, this version "
+                f"builds {wanted.dtype}{list(wanted.shape)}"
+            )
+
+
 def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "best") -> dict:
     """Parts of the training state of a finished or running run: those in `abstract_state`, a
     subtree of the state (inference asks for the step and the generator's parameters), the only
@@ -321,6 +340,7 @@ def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "bes
                         state=ocp.args.PyTreeRestore(abstract_state, partial_restore=True)
                     ),
                 )["state"]
+                check_restored(state, abstract_state)
             except Exception as error:  # orbax raises many kinds on damaged or foreign files
                 first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
                 raise RunError(

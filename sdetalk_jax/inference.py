@@ -43,29 +43,44 @@ DEFAULT_WINDOW_S = 10.0
 DEFAULT_OVERLAP_S = 1.0
 
 
-def crossfade_weights(length: int, overlap: int, first: bool, last: bool) -> np.ndarray:
-    """Per-frame weights [length] of one window: ramps up over the leading overlap (unless it is the
-    first window) and down over the trailing one (unless it is the last). Neighbouring windows'
-    weights sum to one on their shared frames."""
+def crossfade_weights(
+    length: int, overlap: int, first: bool, last: bool, lead: int = 0
+) -> np.ndarray:
+    """Per-frame weights [length] of one window: zero over its first `lead` frames (audio it only
+    listens to), then a ramp up over `overlap` frames (unless it is the first window), and down
+    over the trailing `overlap` (unless it is the last). Neighbouring windows' weights sum to one
+    on their shared frames."""
     weights = np.ones(length, np.float64)
+    weights[:lead] = 0.0
     if overlap > 0:
         ramp = (np.arange(overlap) + 0.5) / overlap
         if not first:
-            weights[:overlap] = ramp
+            weights[lead : lead + overlap] = ramp
         if not last:
             weights[-overlap:] = ramp[::-1]
     return weights
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
-    """Start frames of windows of `window` frames, `window - overlap` apart, until one reaches the
-    end of the clip. The last one may hold fewer real frames than `window` (it is padded and
-    masked), but always more than `overlap`: each frame is covered once, or twice in an overlap."""
+    """Start frames of windows of `window` frames overlapping by `overlap` that cover num_frames:
+    `window - overlap` apart, and the last one ending with the clip (so that it hears a whole
+    window of audio, however little is left)."""
+    if num_frames <= window:
+        return [0]
     hop = window - overlap
-    starts = [0]
-    while starts[-1] + window < num_frames:
-        starts.append(starts[-1] + hop)
+    starts = list(range(0, num_frames - window, hop))
+    starts.append(num_frames - window)  # the last window ends with the clip
     return starts
+
+
+def window_leads(starts: list[int], window: int, overlap: int) -> list[int]:
+    """Leading frames of each window that its predecessor already gives at weight one: the last
+    window starts earlier than a hop after its predecessor, and is blended in only over the
+    predecessor's last `overlap` frames. Zero for every other window."""
+    return [0] + [
+        max(previous + window - overlap - start, 0)
+        for previous, start in zip(starts, starts[1:], strict=False)
+    ]
 
 
 def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
@@ -125,9 +140,15 @@ class Crossfade:
         self.windows: list[tuple[int, dict[str, np.ndarray], np.ndarray]] = []
 
     def add(self, start: int, values: dict[str, np.ndarray], weights: np.ndarray) -> None:
-        if start < self.start:
+        """A window's outputs from frame `start` on; its frames of weight zero before the first
+        frame not yet handed back (audio it only listens to) are dropped."""
+        weights = np.asarray(weights, np.float64)
+        weighted = np.flatnonzero(weights > 0)
+        if len(weighted) == 0 or start + weighted[0] < self.start:
             raise ValueError(f"a window at frame {start} reaches frames already handed back")
-        self.windows.append((start, values, np.asarray(weights, np.float64)))
+        skip = max(self.start - start, 0)  # all of weight zero
+        values = {name: value[skip:] for name, value in values.items()}
+        self.windows.append((start + skip, values, weights[skip:]))
 
     @property
     def held_frames(self) -> int:
@@ -148,8 +169,10 @@ class Crossfade:
             if low < high:
                 rows = weights[low + self.start - start : high + self.start - start]
                 total[low:high] += rows
-                cover[low:high] += 1
-                alone_in[low:high] = np.where(rows == 1.0, index, -1)
+                cover[low:high] += rows > 0  # a window only listening there does not count
+                alone_in[low:high] = np.where(
+                    rows == 1.0, index, np.where(rows > 0, -1, alone_in[low:high])
+                )
         if not np.all(total > 0):
             raise ValueError(f"frames in [{self.start}, {until}) that no window reached")
         alone_in[cover > 1] = -1
@@ -169,7 +192,7 @@ class Crossfade:
         piece = {}
         for start, values, weights in self.windows:
             a, b = max(start, first), min(start + len(weights), last)
-            if a >= b:
+            if a >= b or not np.any(weights[a - start : b - start] > 0):
                 continue
             for name, value in values.items():
                 if name not in piece:
@@ -317,19 +340,13 @@ class TrainedModel:
         return {name: np.asarray(value)[None] for name, value in inputs.items()}
 
     def window_batch(self, piece, window: int, subjects, template_flat) -> dict:
-        """The model batch of one window of audio (one row of `window` frames): the frames that
-        `piece` covers, then padding, masked (the generator's outputs on real frames do not
-        depend on it), so that every window has one compiled shape."""
-        real = len(piece) // audio.samples_per_frame(self.assets.fps)
-        encoded = self.encoder.encode(
-            piece, pad_to=window * audio.samples_per_frame(self.assets.fps)
-        )
-        padding = ((0, window - real), (0, 0))
+        """The model batch of one window of audio (one row)."""
+        context = audio.interpolate_frames(self.encoder.encode(piece), window)
         features = {
-            "context": np.pad(audio.interpolate_frames(encoded, real), padding)[None],
-            "mel": np.pad(audio.frame_aligned_log_mel(piece, real), padding)[None],
+            "context": context[None],
+            "mel": audio.frame_aligned_log_mel(piece, window)[None],
             "template": template_flat[None],
-            "frame_mask": (np.arange(window) < real)[None],
+            "frame_mask": np.ones((1, window), bool),
         }
         return model_batch(features, subjects, len(self.assets.subjects), targets=False)
 
@@ -380,6 +397,7 @@ class TrainedModel:
         overlap = min(int(round(overlap_s * fps)), window // 2)
         window = min(window, num_frames)
         starts = window_starts(num_frames, window, overlap)
+        leads = window_leads(starts, window, overlap)
         subjects = np.array([self.subject_index(subject)])
         template_flat = self.template_for(subject, template)
         generate = self.generate_fn()
@@ -388,25 +406,26 @@ class TrainedModel:
         for index, start in enumerate(
             tqdm(starts, desc="animate", unit="window", disable=not progress)
         ):
-            real = min(window, num_frames - start)  # the last window may end before its shape
-            piece = waveform[start * samples_per_frame : (start + real) * samples_per_frame]
+            piece = waveform[start * samples_per_frame : (start + window) * samples_per_frame]
             batch = {**self.window_batch(piece, window, subjects, template_flat), **steering}
             noise = jax.random.normal(jax.random.fold_in(key, index), (1, window, hidden))
             outputs = jax.device_get(generate(self.params, batch, noise))
-            mixture = np.broadcast_to(outputs["mixture"][0], (real, outputs["mixture"].shape[-1]))
+            mixture = np.broadcast_to(outputs["mixture"][0], (window, outputs["mixture"].shape[-1]))
             pieces = {
-                "vertices": outputs["posed"][0, :real],
-                "expression": outputs["expression"][0, :real],
-                "neutral": outputs["neutral"][0, :real],
-                "rotation": outputs["rotation"][0, :real].reshape(real, 9),
-                "translation": outputs["translation"][0, :real],
+                "vertices": outputs["posed"][0],
+                "expression": outputs["expression"][0],
+                "neutral": outputs["neutral"][0],
+                "rotation": outputs["rotation"][0].reshape(window, 9),
+                "translation": outputs["translation"][0],
                 "emotion": mixture,
             }
             del outputs
-            weights = crossfade_weights(real, overlap, index == 0, index == len(starts) - 1)
+            last = index == len(starts) - 1
+            weights = crossfade_weights(window, overlap, index == 0, last, leads[index])
             crossfade.add(start, pieces, weights)
             del pieces  # not held while the next window is computed
-            finished = starts[index + 1] if index + 1 < len(starts) else num_frames
+            # frames are final up to where the next window's weight starts
+            finished = num_frames if last else starts[index + 1] + leads[index + 1]
             # Most of a window is handed on as views of its outputs: none is kept here while
             # the next window is computed.
             taken = crossfade.take(finished)

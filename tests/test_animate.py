@@ -138,38 +138,49 @@ def test_long_audio_goes_through_overlapping_windows_without_seams(model, speech
     assert steps.max() < 5 * np.percentile(steps, 99) + 1e-9
 
 
-def test_the_last_window_is_padded_and_gives_what_its_own_audio_gives(model, speech):
-    """The last window starts a hop after its neighbour, however little audio is left, and is
-    padded to the window's shape (one compilation): its frames after the crossfade are what the
-    generator makes of that audio alone, unpadded (the encoder's and the generator's masks)."""
+def test_the_last_window_hears_a_whole_window_and_is_blended_in_over_the_overlap(model, speech):
+    """The last window ends with the clip, so it hears a whole window of audio, however little is
+    left; its first frames, which its predecessor gives, weigh nothing. The clip's last frames
+    are then exactly what the generator makes of that window, and every window but the first
+    starts to count only where its predecessor ramps down."""
     import sdetalk_jax.audio as audio_module
-    from sdetalk_jax.inference import window_starts
+    from sdetalk_jax.inference import window_leads, window_starts
 
     waveform = np.tile(audio_module.load_audio(speech[0]), 4)
     frames, window, overlap, key = len(waveform) // 640, 75, 15, jax.random.key(5)
     starts = window_starts(frames, window, overlap)
-    last, real = starts[-1], frames - starts[-1]
-    assert overlap < real < window - 10  # padded by a good part of the window
+    last, previous = starts[-1], starts[-2]
+    lead = window_leads(starts, window, overlap)[-1]
+    assert lead > 10  # the last window starts well before its predecessor's ramp
     result = model.animate_waveform(
         waveform, subject="F3", key=key, window_s=window / 25, overlap_s=overlap / 25
     )
     subjects, template = np.array([model.subject_index("F3")]), model.template_for("F3")
     piece = waveform[last * 640 : frames * 640]
-    alone = model.window_batch(piece, real, subjects, template)  # no padding
     hidden = model.networks.config.hidden
     noise = jax.random.normal(jax.random.fold_in(key, len(starts) - 1), (1, window, hidden))
-    outputs = model.generate_fn()(model.params, alone, noise[:, :real])
+    outputs = model.generate_fn()(
+        model.params, model.window_batch(piece, window, subjects, template), noise
+    )
+    alone = previous + window - last  # the last window's own frames, after the ramp
     for name, ours in (("vertices", "posed"), ("expression", "expression"), ("neutral", "neutral")):
         np.testing.assert_allclose(
-            result[name][last + overlap :].reshape(real - overlap, -1),
-            np.asarray(outputs[ours][0, overlap:]),
-            atol=2e-5,
+            result[name][last + alone :].reshape(window - alone, -1),
+            np.asarray(outputs[ours][0, alone:]),
+            atol=1e-6,
             err_msg=name,
         )
+    # Where the last window only listens (its lead), the frames are its predecessor's own.
+    piece = waveform[previous * 640 : (previous + window) * 640]
+    noise = jax.random.normal(jax.random.fold_in(key, len(starts) - 2), (1, window, hidden))
+    before = model.generate_fn()(
+        model.params, model.window_batch(piece, window, subjects, template), noise
+    )
+    listened = slice(last - previous, last - previous + lead)
     np.testing.assert_allclose(
-        result["rotation"][last + overlap :],
-        np.asarray(outputs["rotation"][0, overlap:]),
-        atol=1e-5,
+        result["vertices"][last : last + lead].reshape(lead, -1),
+        np.asarray(before["posed"][0, listened]),
+        atol=1e-6,
     )
 
 

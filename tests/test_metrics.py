@@ -10,6 +10,7 @@ from sdetalk_jax.inference import (
     crossfade_weights,
     finished_frames,
     nearest_rotation,
+    window_leads,
     window_starts,
 )
 
@@ -115,48 +116,48 @@ def test_emotion_error_is_squared_l2():
     )
 
 
-def _window_lengths(num_frames, window, overlap):
-    """(start, real frames) of each window, as `animation_chunks` cuts a clip."""
+def _windows(num_frames, window, overlap):
+    """(start, frames, lead) of each window, as `animation_chunks` cuts a clip."""
     starts = window_starts(num_frames, window, overlap)
-    return [(start, min(window, num_frames - start)) for start in starts]
+    window = min(window, num_frames)
+    leads = window_leads(starts, window, overlap)
+    return [(start, window, lead) for start, lead in zip(starts, leads, strict=True)]
 
 
-def _total_weight(num_frames, window, overlap):
-    windows = _window_lengths(num_frames, window, overlap)
-    total = np.zeros(num_frames)
-    for index, (start, real) in enumerate(windows):
-        total[start : start + real] += crossfade_weights(
-            real, overlap, index == 0, index == len(windows) - 1
-        )
-    return total
+def _weights(windows, overlap):
+    return [
+        crossfade_weights(length, overlap, index == 0, index == len(windows) - 1, lead)
+        for index, (_, length, lead) in enumerate(windows)
+    ]
 
 
 @pytest.mark.parametrize("num_frames", [200 + 4 * 175, 1003, 376, 201, 200, 150])
-def test_windows_cover_the_clip_once_and_crossfade_weights_sum_to_one(num_frames):
-    # Windows of 200 frames, 175 apart: each ramps up where its predecessor ramps down, and the
-    # last one, padded where the clip ends, holds more real frames than the overlap. Every frame's
-    # weights sum to one (no frame is computed by more than two windows).
+def test_windows_cover_the_clip_and_crossfade_weights_sum_to_one(num_frames):
+    # Windows of 200 frames, 175 apart, the last one ending with the clip (a whole window of
+    # audio to listen to): where it starts early, its first frames weigh nothing and it is
+    # blended in over its predecessor's last 25 frames, as every other pair is.
     window, overlap = 200, 25
-    windows = _window_lengths(num_frames, window, overlap)
+    windows = _windows(num_frames, window, overlap)
+    total = np.zeros(num_frames)
+    for (start, length, _), weights in zip(windows, _weights(windows, overlap), strict=True):
+        total[start : start + length] += weights
     assert windows[0][0] == 0 and windows[-1][0] + windows[-1][1] == num_frames
-    assert all(real > overlap for _, real in windows)
-    assert all(
-        b - a == window - overlap for (a, _), (b, _) in zip(windows, windows[1:], strict=False)
-    )
-    np.testing.assert_allclose(_total_weight(num_frames, window, overlap), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
+    blended = sum(np.count_nonzero((w > 0) & (w < 1)) for w in _weights(windows, overlap))
+    assert blended == 2 * overlap * (len(windows) - 1)  # each junction: one ramp each way
     assert window_starts(150, 200, 25) == [0] and window_starts(200, 200, 25) == [0]
 
 
 @pytest.mark.parametrize(
     "windows",
     [
-        _window_lengths(900, 200, 25),
-        _window_lengths(1003, 200, 25),  # the last window is padded: 128 real frames
-        _window_lengths(150, 200, 25),
+        _windows(900, 200, 25),
+        _windows(1003, 200, 25),  # the last window starts 147 frames early: a lead of 122
+        _windows(150, 200, 25),
         # windows that overlap by more than their ramps: frames of weight one from two windows
-        [(0, 200), (175, 200), (300, 200)],
+        [(0, 200, 0), (175, 200, 0), (300, 200, 0)],
         # no overlap at all (--overlap-s 0), taken two windows at a time
-        [(0, 100), (100, 100), (200, 60)],
+        [(0, 100, 0), (100, 100, 0), (200, 60, 0)],
     ],
 )
 def test_the_streaming_crossfade_gives_bitwise_the_whole_clip_crossfade(windows):
@@ -169,22 +170,23 @@ def test_the_streaming_crossfade_gives_bitwise_the_whole_clip_crossfade(windows)
     whole = np.zeros((num_frames, 6), np.float32)
     total = np.zeros(num_frames)
     crossfade, handed_back = Crossfade(), []
-    for index, (start, real) in enumerate(windows):
-        values = rng.normal(size=(real, 6)).astype(np.float32)
-        weights = crossfade_weights(real, overlap, index == 0, index == len(windows) - 1)
-        whole[start : start + real] += weights[:, None] * values
-        total[start : start + real] += weights
+    for index, ((start, length, _), weights) in enumerate(
+        zip(windows, _weights(windows, overlap), strict=True)
+    ):
+        values = rng.normal(size=(length, 6)).astype(np.float32)
+        whole[start : start + length] += weights[:, None] * values
+        total[start : start + length] += weights
         crossfade.add(start, {"x": values}, weights)
         if overlap == 0 and index % 2 == 0 and index + 1 < len(windows):
             continue  # two windows side by side, handed back in one take
-        until = windows[index + 1][0] if index + 1 < len(windows) else num_frames
+        until = sum(windows[index + 1][::2]) if index + 1 < len(windows) else num_frames
         handed_back += [piece["x"] for piece in crossfade.take(until)]
         # only the rows a later window blends with are kept, not the window's whole output
-        assert crossfade.held_frames == start + real - until
+        assert crossfade.held_frames == start + length - until
     whole /= total[:, None].astype(np.float32)
     np.testing.assert_array_equal(np.concatenate(handed_back), whole)
     with pytest.raises(ValueError, match="already handed back"):
-        crossfade.add(0, {"x": values}, np.ones(real))
+        crossfade.add(0, {"x": values}, np.ones(length))
 
 
 @pytest.mark.parametrize("head_scale", [1.0, 0.5])

@@ -192,3 +192,41 @@ def test_frames_written_in_chunks_read_back_and_go_into_an_npz_unchanged(tmp_pat
             frames.append({"vertices": vertices[:20]})
             raise RuntimeError("rendering failed")
     assert os.listdir(out) == ["a.npz"]
+
+
+def test_inference_restores_part_of_a_checkpoint_and_refuses_one_that_does_not_fit(tmp_path):
+    """`restore_run_state` reads only the leaves asked for (inference: the step and G), and names
+    a leaf the checkpoint lacks or holds at another shape instead of handing back the request
+    itself or the saved shape (what orbax's partial restore does, without a word)."""
+    import jax
+
+    from sdetalk_jax import checkpoint
+
+    generator = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+    state = {
+        "step": np.int32(7),
+        "params": {"generator": generator, "discriminator": {"bias": np.ones(4, np.float32)}},
+    }
+    manager = checkpoint.checkpoint_manager(os.fspath(tmp_path))
+    checkpoint.save_checkpoint(manager, state, {"epoch": 1, "batch": 0})
+    manager.wait_until_finished()
+
+    def asking(kernel_shape=(2, 3), extra=False):
+        layers = {"dense": {"kernel": jax.ShapeDtypeStruct(kernel_shape, np.float32)}}
+        if extra:
+            layers["head"] = {"bias": jax.ShapeDtypeStruct((3,), np.float32)}
+        return {"step": jax.ShapeDtypeStruct((), np.int32), "params": {"generator": layers}}
+
+    part = checkpoint.restore_run_state(os.fspath(tmp_path), asking(), "latest")
+    assert int(part["step"]) == 7 and set(part["params"]) == {"generator"}
+    np.testing.assert_array_equal(
+        part["params"]["generator"]["dense"]["kernel"], generator["dense"]["kernel"]
+    )
+    with pytest.raises(
+        checkpoint.RunError, match=r"\['head'\]\['bias'\].* is not in the checkpoint"
+    ):
+        checkpoint.restore_run_state(os.fspath(tmp_path), asking(extra=True), "latest")
+    with pytest.raises(
+        checkpoint.RunError, match=r"float32\[2, 3\] in the checkpoint.*float32\[3, 3\]"
+    ):
+        checkpoint.restore_run_state(os.fspath(tmp_path), asking(kernel_shape=(3, 3)), "latest")

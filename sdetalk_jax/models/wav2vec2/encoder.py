@@ -147,10 +147,8 @@ class ContextEncoder:
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
-    def encode(self, waveform: np.ndarray, *, pad_to: int = 0) -> np.ndarray:
-        """Hidden states of one 16 kHz mono waveform, [frames, hidden] float32. The input is
-        padded (masked, so the result does not change) to whole seconds, and to at least
-        `pad_to` samples: audio of any length up to `pad_to` then runs one compiled shape."""
+    def encode(self, waveform: np.ndarray) -> np.ndarray:
+        """Hidden states of one 16 kHz mono waveform, [frames, hidden] float32."""
         if waveform.ndim != 1:
             raise ValueError(f"expected a mono waveform [samples], got shape {waveform.shape}")
         if len(waveform) < self.config.receptive_field:
@@ -160,7 +158,7 @@ class ContextEncoder:
             )
         if self.normalize:
             waveform = normalize_waveform(waveform)
-        length = int(np.ceil(max(len(waveform), pad_to) / LENGTH_QUANTUM) * LENGTH_QUANTUM)
+        length = int(np.ceil(len(waveform) / LENGTH_QUANTUM) * LENGTH_QUANTUM)
         samples = np.zeros((1, length), np.float32)
         samples[0, : len(waveform)] = waveform
         mask = np.zeros((1, length), bool)
