@@ -2,6 +2,7 @@
 
     python benchmarks/biwi_rehearsal.py [--workdir /tmp/biwi-rehearsal] [--sentences 6]
                                         [--epochs 4] [--prototype-steps 30] [--vertices 23370] [--keep]
+    python benchmarks/biwi_rehearsal.py --workdir W --prototypes-only   # after a --keep run in W
 
 Fake batches (benchmarks/train_step.py) leave out what the real job also does: reading the corpus,
 running the frozen encoder over every clip and caching its features, validating, saving
@@ -22,7 +23,8 @@ trained state once more, timed alone, and fitting the emotion prototypes that tr
 it ends (`train.emotion_prototype_steps`: a first fit of one step, then fits of 1 and of 1 +
 `--prototype-steps` refinement steps, the difference projected to the config's 600). The table projects the full BIWI job from the measured
 time per training frame: 384 training clips of 4.25 s on average (about 41k frames an epoch) and
-500 epochs, the paper's.
+500 epochs, the paper's. `--prototypes-only` times only the prototypes' fit, on the run that an
+earlier `--keep` left in `--workdir`.
 """
 
 from __future__ import annotations
