@@ -334,10 +334,17 @@ def restore_run_state(workdir: str, abstract_state: dict, checkpoint: str = "bes
         step = manager.latest_step()
         if step is not None:
             try:
+                # As host arrays: inference needs no sharding (orbax would read it from the
+                # checkpoint and warn about it at every load).
+                as_numpy = jax.tree.map(
+                    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_state
+                )
                 state = manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.PyTreeRestore(abstract_state, partial_restore=True)
+                        state=ocp.args.PyTreeRestore(
+                            abstract_state, restore_args=as_numpy, partial_restore=True
+                        )
                     ),
                 )["state"]
                 check_restored(state, abstract_state)
