@@ -14,6 +14,7 @@ on as soon as they are final. `TrainedModel.animate_waveform` gathers them into 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 
@@ -79,7 +80,7 @@ def window_leads(starts: list[int], window: int, overlap: int) -> list[int]:
     predecessor's last `overlap` frames. Zero for every other window."""
     return [0] + [
         max(previous + window - overlap - start, 0)
-        for previous, start in zip(starts, starts[1:], strict=False)
+        for previous, start in itertools.pairwise(starts)
     ]
 
 
@@ -162,17 +163,16 @@ class Crossfade:
         total, cover = np.zeros(count), np.zeros(count, np.int64)
         alone_in = np.full(count, -1)  # the window giving a row alone at weight one, if any
         for index, (start, _, weights) in enumerate(self.windows):
-            low, high = (
-                max(start, self.start) - self.start,
-                min(start + len(weights), until) - self.start,
+            low, high = max(start, self.start), min(start + len(weights), until)
+            if low >= high:
+                continue
+            rows, span = (
+                weights[low - start : high - start],
+                slice(low - self.start, high - self.start),
             )
-            if low < high:
-                rows = weights[low + self.start - start : high + self.start - start]
-                total[low:high] += rows
-                cover[low:high] += rows > 0  # a window only listening there does not count
-                alone_in[low:high] = np.where(
-                    rows == 1.0, index, np.where(rows > 0, -1, alone_in[low:high])
-                )
+            total[span] += rows
+            cover[span] += rows > 0  # a window only listening there does not count
+            alone_in[span] = np.where(rows == 1.0, index, np.where(rows > 0, -1, alone_in[span]))
         if not np.all(total > 0):
             raise ValueError(f"frames in [{self.start}, {until}) that no window reached")
         alone_in[cover > 1] = -1
