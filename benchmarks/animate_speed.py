@@ -239,8 +239,10 @@ def main() -> None:
                 run,
             ]
             command += ["--window-s", str(args.window_s)] if args.window_s else []
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(output.strip().splitlines()[-1]))
+            child = subprocess.run(command, capture_output=True, text=True)
+            if child.returncode:  # its own traceback, not just the exit status
+                raise SystemExit(f"{seconds:g} s of audio failed:\n{child.stderr[-3000:]}")
+            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     finally:
         shutil.rmtree(run, ignore_errors=True)
     import jax
