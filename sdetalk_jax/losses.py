@@ -275,7 +275,10 @@ def diversity_loss(first, second, noise_first, noise_second, batch, config):
 
     if config.rotation_units == "template_mm":
         vertices = batch["template"].reshape(batch["template"].shape[0], -1, 3) * scale
-        moved = jnp.einsum("bvi,bnij->bnvj", vertices, first["rotation"] - second["rotation"])
+        # coordinates as rows [3, V], as `pose_faces` poses them (faster on a CPU)
+        moved = jnp.einsum(
+            "bnij,biv->bnjv", first["rotation"] - second["rotation"], jnp.swapaxes(vertices, 1, 2)
+        )
         rotation_distance = jnp.mean(jnp.abs(moved).reshape(moved.shape[:2] + (-1,)), axis=-1)
     else:
         rotation_distance = distance(first["rotation"], second["rotation"])

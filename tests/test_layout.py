@@ -139,7 +139,7 @@ def source_containing(text: str) -> list[str]:
 def test_single_definitions():
     # Eq. 4 is written once (models.sdetalk.pose_faces), and so is the identity one-hot of a model
     # batch (data.pipeline.model_batch; the networks' dummy batch for initialisation aside).
-    assert source_containing('"bnvi,bnij->bnvj"') == ["sdetalk_jax.models.sdetalk"]
+    assert source_containing('"bnij,bniv->bnjv"') == ["sdetalk_jax.models.sdetalk"]
     assert source_containing('["subject_onehot"] =') == ["sdetalk_jax.data.pipeline"]
     # The networks' sizes from a run's config and data: SDETalkConfig.for_run, for training and
     # inference alike.

@@ -709,6 +709,43 @@ def test_the_neutral_layer_is_a_dense_on_context_and_identity_per_frame():
     )
 
 
+def test_the_output_layers_gradients_are_autodiffs_of_their_formulas():
+    """G's layers onto every vertex coordinate (`scaled_affine`, `frame_and_clip_affine`) have
+    hand-written gradients: they must be what autodiff gives on the plain formulas, for every
+    argument, the inputs included (G's query is trained through the expression layer)."""
+    rng = np.random.default_rng(0)
+    scale = 0.01
+
+    def normal(*shape):
+        return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    def plain_affine(inputs, kernel, bias):
+        return scale * (inputs @ kernel + bias)
+
+    def plain_frame_and_clip(frame_inputs, clip_inputs, kernel, bias):
+        frames = frame_inputs.shape[1]
+        clips = jnp.broadcast_to(clip_inputs[:, None], (len(clip_inputs), frames, 3))
+        return scale * (jnp.concatenate([frame_inputs, clips], -1) @ kernel + bias)
+
+    cases = [
+        (lambda *a: sdetalk.scaled_affine(*a, scale), plain_affine,
+         (normal(2, 5, 6), normal(6, 7), normal(7))),
+        (lambda *a: sdetalk.scaled_affine(*a, scale), plain_affine,  # a pooled query [B, D]
+         (normal(3, 6), normal(6, 7), normal(7))),
+        (lambda *a: sdetalk.frame_and_clip_affine(*a, scale), plain_frame_and_clip,
+         (normal(2, 5, 6), normal(2, 3), normal(9, 7), normal(7))),
+    ]  # fmt: skip
+    for custom, plain, arguments in cases:
+        outputs = plain(*arguments)
+        cotangent = normal(*outputs.shape)
+        np.testing.assert_allclose(custom(*arguments), outputs, rtol=1e-6, atol=1e-7)
+        _, custom_pull = jax.vjp(custom, *arguments)
+        _, plain_pull = jax.vjp(plain, *arguments)
+        for got, expected in zip(custom_pull(cotangent), plain_pull(cotangent), strict=True):
+            assert got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_clip_statistics_are_the_mel_summary_and_ignore_padding():
     mel = 3.0 * jax.random.normal(jax.random.key(0), (2, 12, CONFIG.mel_bins))
     mask = jnp.arange(12)[None] < jnp.array([[12], [9]])

@@ -13,6 +13,7 @@ paper leaves open are in docs/paper-notes.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -338,9 +339,12 @@ def steer_embedding(embedding, mask, batch):
 def pose_faces(faces, rotation, translation):
     """f = f^e R + T (Eq. 4): faces [B, N, V*3], rotation [B, N, 3, 3] (row vectors times R),
     translation [B, N, 3] -> posed faces [B, N, V*3]."""
-    vertices = faces.reshape(faces.shape[:2] + (-1, 3))
-    posed = jnp.einsum("bnvi,bnij->bnvj", vertices, rotation) + translation[:, :, None]
-    return posed.reshape(faces.shape)
+    # Computed on the coordinates as rows [3, V] (R^T times them), not on V rows of 3: XLA's CPU
+    # backend runs a batch of [V, 3] x [3, 3] products, forward and backward, 3x slower than the
+    # two transposes and [3, 3] x [3, V] (benchmarks/train_step.py).
+    coordinates = jnp.swapaxes(faces.reshape(faces.shape[:2] + (-1, 3)), -1, -2)
+    posed = jnp.einsum("bnij,bniv->bnjv", rotation, coordinates) + translation[..., None]
+    return jnp.swapaxes(posed, -1, -2).reshape(faces.shape)
 
 
 def rotation_from_6d(raw: jax.Array) -> jax.Array:
@@ -611,14 +615,17 @@ class EmotionalFaceGenerator(nn.Module):
                 name=f"block_{index}",
             )(query, mask, diversified, mask, deterministic, config.cross_attention_window)
         # Zero-initialised heads: training starts from f^e = f^n, R = I, T = 0.
-        expression_layer = nn.Dense(
-            config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="expression"
+        expression_layer = OutputDense(
+            config.num_vertices * 3,
+            scale=config.motion_unit,
+            kernel_init=nn.initializers.zeros,
+            name="expression",
         )
         if pool_mask is not None:
             rows_with_frames = jnp.any(pool_mask, axis=1, keepdims=True)
             pooled = expression_layer(masked_mean(query, pool_mask))
-            return config.motion_unit * jnp.where(rows_with_frames, pooled, 0.0), None, None, None
-        expression = config.motion_unit * expression_layer(query)
+            return jnp.where(rows_with_frames, pooled, 0.0), None, None, None
+        expression = expression_layer(query)
         identity_6d = jnp.array([1.0, 0, 0, 0, 1.0, 0])
         rotation = rotation_from_6d(
             identity_6d + nn.Dense(6, kernel_init=nn.initializers.zeros, name="rotation")(query)
@@ -643,14 +650,99 @@ class EmotionalFaceGenerator(nn.Module):
         return expression, rotation, translation, gain
 
 
-class FrameAndClipDense(nn.Module):
-    """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip: the kernel's rows
-    for p are applied once per clip, not once per frame. The parameters are those of an nn.Dense on
-    the concatenation (`kernel` [Dc + Dp, F], `bias` [F]), and so is the result, up to rounding.
-    At BIWI's 70k outputs this matters: with the concatenation, training also computed the
-    gradient with respect to every frame's c, which nothing uses."""
+def _rows(values):
+    return values.reshape(-1, values.shape[-1])
+
+
+def _transposed_small_operand(rows):
+    """rows.T, kept apart from the product it feeds: folded into the dot, XLA's CPU backend would
+    transpose the other operand, the [frames, V*3] gradient, instead of this narrow one."""
+    return jax.lax.optimization_barrier(rows.T)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def scaled_affine(inputs, kernel, bias, scale: float):
+    """scale * (inputs @ kernel + bias), with a gradient written for a layer onto every vertex
+    coordinate (kernel [D, V*3]): the weight and bias gradients are one product of the narrow
+    inputs (with a column of ones) and the output gradient, which is read once. What autodiff
+    gives instead reduces that gradient over its frames apart (the bias) and transposes it for the
+    weights: 2.5x slower on a CPU at BIWI's 70110 outputs (benchmarks/train_step.py)."""
+    return scale * (inputs @ kernel + bias)
+
+
+def _scaled_affine_forward(inputs, kernel, bias, scale):
+    return scaled_affine(inputs, kernel, bias, scale), (inputs, kernel)
+
+
+def _scaled_affine_backward(scale, residuals, grad):
+    inputs, kernel = residuals
+    rows = _rows(inputs)
+    with_ones = scale * jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), rows.dtype)], axis=1)
+    kernel_and_bias = _transposed_small_operand(with_ones) @ _rows(grad)
+    inputs_grad = scale * (grad @ kernel.T)
+    return inputs_grad, kernel_and_bias[:-1], kernel_and_bias[-1]
+
+
+scaled_affine.defvjp(_scaled_affine_forward, _scaled_affine_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, scale: float):
+    """scale * ((c(t) (+) p) @ kernel + bias) for every frame t of each clip, with p [B, Dp] the
+    same for the whole clip (`FrameAndClipDense`). The gradient is written as `scaled_affine`'s,
+    and that of p as the clip's sum over its frames: autodiff would also give every frame's
+    gradient with respect to c(t), a product as large as the layer itself, which nothing uses."""
+    frames = frame_inputs.shape[1]
+    clip_rows = jnp.broadcast_to(
+        clip_inputs[:, None], (len(clip_inputs), frames) + clip_inputs.shape[1:]
+    )
+    return scale * (jnp.concatenate([frame_inputs, clip_rows], axis=-1) @ kernel + bias)
+
+
+def _frame_and_clip_forward(frame_inputs, clip_inputs, kernel, bias, scale):
+    outputs = frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, scale)
+    return outputs, (frame_inputs, clip_inputs, kernel)
+
+
+def _frame_and_clip_backward(scale, residuals, grad):
+    frame_inputs, clip_inputs, kernel = residuals
+    frames, frame_dim = frame_inputs.shape[1], frame_inputs.shape[-1]
+    clip_rows = jnp.repeat(clip_inputs, frames, axis=0)
+    ones = jnp.ones((len(clip_rows), 1), clip_rows.dtype)
+    rows = scale * jnp.concatenate([_rows(frame_inputs), clip_rows, ones], axis=1)
+    kernel_and_bias = _transposed_small_operand(rows) @ _rows(grad)
+    clip_inputs_grad = scale * jnp.sum(grad @ kernel[frame_dim:].T, axis=1)
+    frame_inputs_grad = scale * (grad @ kernel[:frame_dim].T)
+    return frame_inputs_grad, clip_inputs_grad, kernel_and_bias[:-1], kernel_and_bias[-1]
+
+
+frame_and_clip_affine.defvjp(_frame_and_clip_forward, _frame_and_clip_backward)
+
+
+class OutputDense(nn.Module):
+    """An nn.Dense (the same parameters, `kernel` [D, F] and `bias` [F]) times `scale`, for the
+    layers onto every vertex coordinate: see `scaled_affine` for its gradient."""
 
     features: int
+    scale: float = 1.0
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, inputs):
+        kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return scaled_affine(inputs, kernel, bias, self.scale)
+
+
+class FrameAndClipDense(nn.Module):
+    """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip, times `scale`:
+    the kernel's rows for p are applied once per clip, not once per frame. The parameters are
+    those of an nn.Dense on the concatenation (`kernel` [Dc + Dp, F], `bias` [F]), and so is the
+    result, up to rounding. At BIWI's 70k outputs this matters: with the concatenation, training
+    also computed the gradient with respect to every frame's c, which nothing uses."""
+
+    features: int
+    scale: float = 1.0
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
@@ -660,8 +752,7 @@ class FrameAndClipDense(nn.Module):
             "kernel", self.kernel_init, (frame_dim + clip_inputs.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        per_clip = clip_inputs @ kernel[frame_dim:] + bias
-        return frame_inputs @ kernel[:frame_dim] + per_clip[:, None]
+        return frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, self.scale)
 
 
 def scaled_offset(offset, batch):
@@ -681,7 +772,10 @@ class Generator(nn.Module):
         config = self.config
         self.identity = nn.Dense(config.identity_dim, use_bias=False, name="identity")
         self.neutral_generator = FrameAndClipDense(
-            config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="neutral"
+            config.num_vertices * 3,
+            scale=config.motion_unit,
+            kernel_init=nn.initializers.zeros,
+            name="neutral",
         )
         self.emotion_network = EmotionEmbeddingNetwork(config, name="emotion")
         self.classifier = EmotionClassifier(config, name="classifier")
@@ -693,9 +787,7 @@ class Generator(nn.Module):
     def neutral_face(self, batch):
         """(p, G_n's motion, f^n = G_n(c (+) p) + f_0^n) of Eq. 2."""
         identity = self.identity(batch["subject_onehot"])
-        neutral_motion = self.config.motion_unit * self.neutral_generator(
-            batch["context"], identity
-        )
+        neutral_motion = self.neutral_generator(batch["context"], identity)
         return identity, neutral_motion, neutral_motion + batch["template"][:, None]
 
     def clip_embedding(self, mel, mask, subject_onehot):
