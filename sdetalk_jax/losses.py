@@ -31,10 +31,17 @@ def masked_frame_mean(per_frame, weights):
     return jnp.sum(per_frame * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def mean_per_frame(values):
+    """[B, N, ...] -> [B, N]: the mean over the trailing axes, as a product with a vector of ones.
+    XLA's CPU backend reduces the rows of a [frames, V*3] array 1.8x slower than it multiplies
+    them by a vector (benchmarks/train_step.py)."""
+    rows = values.reshape(values.shape[:2] + (-1,))
+    return rows @ jnp.full((rows.shape[-1],), 1.0 / rows.shape[-1], rows.dtype)
+
+
 def squared_error_per_frame(prediction, target, scale: float = 1.0):
     """Mean squared error per frame over the trailing axes, in (scale * unit)^2."""
-    difference = (prediction - target) * scale
-    return jnp.mean(jnp.square(difference).reshape(difference.shape[:2] + (-1,)), axis=-1)
+    return mean_per_frame(jnp.square((prediction - target) * scale))
 
 
 def rotation_error_per_frame(rotation, target, template, config):
@@ -271,7 +278,7 @@ def diversity_loss(first, second, noise_first, noise_second, batch, config):
     scale = config.vertex_scale
 
     def distance(a, b, s=1.0):
-        return jnp.mean(jnp.abs((a - b) * s).reshape(a.shape[:2] + (-1,)), axis=-1)
+        return mean_per_frame(jnp.abs((a - b) * s))
 
     if config.rotation_units == "template_mm":
         vertices = batch["template"].reshape(batch["template"].shape[0], -1, 3) * scale
@@ -279,7 +286,7 @@ def diversity_loss(first, second, noise_first, noise_second, batch, config):
         moved = jnp.einsum(
             "bnij,biv->bnjv", first["rotation"] - second["rotation"], jnp.swapaxes(vertices, 1, 2)
         )
-        rotation_distance = jnp.mean(jnp.abs(moved).reshape(moved.shape[:2] + (-1,)), axis=-1)
+        rotation_distance = mean_per_frame(jnp.abs(moved))
     else:
         rotation_distance = distance(first["rotation"], second["rotation"])
     head = rotation_distance + distance(first["translation"], second["translation"], scale)

@@ -746,6 +746,26 @@ def test_the_output_layers_gradients_are_autodiffs_of_their_formulas():
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_vertex_terms_are_mean_squared_millimetres_over_real_frames():
+    """L_n and L_exp (Eq. 5): the squared error in mm^2 per coordinate, averaged over the
+    coordinates of each frame and over the frames that are not padding (numpy reference)."""
+    batch = make_batch([12, 7], 12)
+    rng = np.random.default_rng(5)
+    shape = batch["vertices"].shape
+    outputs = {
+        "neutral": batch["neutral_vertices"] + 0.001 * rng.normal(size=shape).astype(np.float32),
+        "expression": batch["vertices"] + 0.002 * rng.normal(size=shape).astype(np.float32),
+        "rotation": batch["rotation"],
+        "translation": batch["translation"],
+    }
+    terms = losses.reconstruction_losses(outputs, batch, LossConfig)
+    mask = np.asarray(batch["frame_mask"])
+    for term, target in (("neutral", "neutral_vertices"), ("expression", "vertices")):
+        error = (np.asarray(outputs[term], np.float64) - np.asarray(batch[target])) * 1000.0
+        expected = np.square(error).mean(axis=-1)[mask].mean()
+        np.testing.assert_allclose(terms[term], expected, rtol=1e-5)
+
+
 def test_clip_statistics_are_the_mel_summary_and_ignore_padding():
     mel = 3.0 * jax.random.normal(jax.random.key(0), (2, 12, CONFIG.mel_bins))
     mask = jnp.arange(12)[None] < jnp.array([[12], [9]])
