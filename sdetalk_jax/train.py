@@ -32,9 +32,10 @@ from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
 from sdetalk_jax.models.networks import Networks, speaker_mel_baseline, statistics_standardisation
 from sdetalk_jax.models.sdetalk import (
     SDETalkConfig,
+    coordinate_rows,
     head_noise_mean_abs,
     per_frame_factors,
-    pose_faces,
+    pose_rows,
 )
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
@@ -87,15 +88,16 @@ def estimator_update(networks: Networks, params, opt_state, factors, frame_weigh
 
 
 def faces_for_discriminator(batch, outputs=None):
-    """The faces D judges: the speaker's (`outputs` None) or the generated ones, posed by Eq. 4 where
-    the clip has head pose and unposed where it has none, on both sides: a clip without pose would
-    otherwise show D a still head as real."""
-    if outputs is None:
-        posed = pose_faces(batch["vertices"], batch["rotation"], batch["translation"])
-        unposed = batch["vertices"]
-    else:
-        posed, unposed = outputs["posed"], outputs["expression"]
-    return jnp.where(batch["has_head_pose"][:, None, None], posed, unposed)
+    """The faces D judges, as coordinate rows [B, N, 3, V] (`coordinate_rows`): the speaker's
+    (`outputs` None) or the generated ones, posed by Eq. 4 where the clip has head pose and
+    unposed where it has none, on both sides: a clip without pose would otherwise show D a still
+    head as real. Unposed is posed by R = I, T = 0, which leaves every value as it is."""
+    source = batch if outputs is None else outputs
+    faces = batch["vertices"] if outputs is None else outputs["expression"]
+    has_pose = batch["has_head_pose"]
+    rotation = jnp.where(has_pose[:, None, None, None], source["rotation"], jnp.eye(3))
+    translation = jnp.where(has_pose[:, None, None], source["translation"], 0.0)
+    return pose_rows(coordinate_rows(faces), rotation, translation)
 
 
 def discriminator_update(networks: Networks, params, opt_state, outputs, batch, loss_config, tx):
@@ -212,10 +214,12 @@ def make_train_step(networks: Networks, loss_config):
             neutral_parts = networks.generator.apply(variables, batch, method="neutral_face")
 
             def generate(noise, with_mean_head):
-                return networks.generator.apply(
+                outputs = networks.generator.apply(
                     variables, batch, noise, deterministic=False, mean_head=with_mean_head,
                     neutral_parts=neutral_parts, rngs=dropout_rngs,
                 )  # fmt: skip
+                del outputs["posed"]  # D poses them itself; kept, they cost a backward of zeros
+                return outputs
 
             return generate(noises[0], mean_head), generate(noises[1], False)
 

@@ -276,15 +276,21 @@ def test_the_discriminator_sees_no_head_pose_where_a_clip_has_none():
         "vertices": vertices, "rotation": rotation, "translation": translation,
         "has_head_pose": jnp.asarray([True, False]),
     }  # fmt: skip
+    rows = sdetalk.coordinate_rows
     real = faces_for_discriminator(batch)
     np.testing.assert_allclose(
-        real[0], sdetalk.pose_faces(vertices, rotation, translation)[0], atol=1e-6
+        real[0], rows(sdetalk.pose_faces(vertices, rotation, translation))[0], atol=1e-6
     )
-    np.testing.assert_array_equal(real[1], vertices[1])
-    outputs = {"posed": vertices + 1.0, "expression": vertices - 1.0}
+    np.testing.assert_array_equal(real[1], rows(vertices)[1])  # R = I, T = 0 change nothing
+    outputs = {
+        "expression": vertices - 1.0,
+        "rotation": jnp.swapaxes(rotation, -1, -2),
+        "translation": -translation,
+    }
     fake = faces_for_discriminator(batch, outputs)
-    np.testing.assert_array_equal(fake[0], outputs["posed"][0])
-    np.testing.assert_array_equal(fake[1], outputs["expression"][1])
+    posed = sdetalk.pose_faces(outputs["expression"], outputs["rotation"], outputs["translation"])
+    np.testing.assert_allclose(fake[0], rows(posed)[0], atol=1e-6)
+    np.testing.assert_array_equal(fake[1], rows(outputs["expression"])[1])
 
 
 def test_the_discriminators_emotion_head_leaves_out_neutral_recordings_when_asked():

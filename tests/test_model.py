@@ -709,6 +709,27 @@ def test_the_neutral_layer_is_a_dense_on_context_and_identity_per_frame():
     )
 
 
+def test_the_discriminators_input_layer_is_a_dense_on_the_faces_read_as_coordinate_rows():
+    """D reads the faces as coordinate rows [3, V] (`coordinate_rows`) through the parameters of
+    an nn.Dense on the faces [V*3]: the same initial values, the same result (runs trained
+    before load as they were)."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(1)
+    faces = jnp.asarray(rng.normal(size=(2, 5, 4 * 3)), jnp.float32)
+    rows = sdetalk.coordinate_rows(faces)
+    assert rows.shape == (2, 5, 3, 4)
+    np.testing.assert_array_equal(rows[..., 1, 2], faces[..., 2 * 3 + 1])  # y of vertex 2
+    layer = sdetalk.CoordinateRowsDense(7)
+    params = layer.init(jax.random.key(0), rows)
+    dense_params = nn.Dense(7).init(jax.random.key(0), faces)
+    jax.tree.map(np.testing.assert_array_equal, params, dense_params)
+    params = jax.tree.map(lambda x: x + jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+    np.testing.assert_allclose(
+        layer.apply(params, rows), nn.Dense(7).apply(params, faces), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_the_output_layers_gradients_are_autodiffs_of_their_formulas():
     """G's layers onto every vertex coordinate (`scaled_affine`, `frame_and_clip_affine`) have
     hand-written gradients: they must be what autodiff gives on the plain formulas, for every

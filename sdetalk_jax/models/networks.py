@@ -49,7 +49,7 @@ class Networks:
         discriminator = self.discriminator.init(
             discriminator_key,
             outputs["embedding"],
-            outputs["posed"],
+            sdetalk.coordinate_rows(outputs["posed"]),
             batch["template"],
             batch["frame_mask"],
         )["params"]
