@@ -699,8 +699,9 @@ scaled_affine.defvjp(_scaled_affine_forward, _scaled_affine_backward)
 def frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, scale: float):
     """scale * ((c(t) (+) p) @ kernel + bias) for every frame t of each clip, with p [B, Dp] the
     same for the whole clip (`FrameAndClipDense`). The gradient is written as `scaled_affine`'s,
-    and that of p as the clip's sum over its frames: autodiff would also give every frame's
-    gradient with respect to c(t), a product as large as the layer itself, which nothing uses."""
+    and that of p as the clip's sum over its frames. The gradient with respect to every frame's
+    c(t), a product as large as the layer itself, is left to XLA to drop where nothing uses it
+    (training: c is the frozen encoder's)."""
     frames = frame_inputs.shape[1]
     clip_rows = jnp.broadcast_to(
         clip_inputs[:, None], (len(clip_inputs), frames) + clip_inputs.shape[1:]
