@@ -291,6 +291,11 @@ def test_the_discriminator_sees_no_head_pose_where_a_clip_has_none():
     posed = sdetalk.pose_faces(outputs["expression"], outputs["rotation"], outputs["translation"])
     np.testing.assert_allclose(fake[0], rows(posed)[0], atol=1e-6)
     np.testing.assert_array_equal(fake[1], rows(outputs["expression"])[1])
+    # and where a clip has no head pose, G's head gets no gradient from D's faces
+    _, pull_back = jax.vjp(lambda o: faces_for_discriminator(batch, o), outputs)
+    (grads,) = pull_back(jnp.ones_like(fake))
+    for name in ("rotation", "translation"):
+        assert np.abs(grads[name][1]).max() == 0.0 and np.abs(grads[name][0]).max() > 0.0, name
 
 
 def test_the_discriminators_emotion_head_leaves_out_neutral_recordings_when_asked():

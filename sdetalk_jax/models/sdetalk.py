@@ -345,8 +345,13 @@ def pose_rows(rows, rotation, translation):
     """Eq. 4 on coordinate rows: rows [B, N, 3, V] (`coordinate_rows`), rotation [B, N, 3, 3]
     (row vectors times R), translation [B, N, 3] -> posed rows [B, N, 3, V] (R^T times the rows,
     plus T). XLA's CPU backend runs this, forward and backward, 3x faster than a batch of
-    [V, 3] x [3, 3] products on the vertices (benchmarks/train_step.py)."""
-    return jnp.einsum("bnij,bniv->bnjv", rotation, rows) + translation[..., None]
+    [V, 3] x [3, 3] products on the vertices (benchmarks/train_step.py). Always in float32,
+    whatever `train.matmul_precision` asks: the rows are positions (0.1 m) whose motion is
+    a thousandth of that, which TF32 or bfloat16 inputs would round away."""
+    return (
+        jnp.einsum("bnij,bniv->bnjv", rotation, rows, precision=jax.lax.Precision.HIGHEST)
+        + translation[..., None]
+    )
 
 
 def pose_faces(faces, rotation, translation):
@@ -745,11 +750,10 @@ class OutputDense(nn.Module):
 
 
 class FrameAndClipDense(nn.Module):
-    """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip, times `scale`:
-    the kernel's rows for p are applied once per clip, not once per frame. The parameters are
-    those of an nn.Dense on the concatenation (`kernel` [Dc + Dp, F], `bias` [F]), and so is the
-    result, up to rounding. At BIWI's 70k outputs this matters: with the concatenation, training
-    also computed the gradient with respect to every frame's c, which nothing uses."""
+    """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip, times `scale`.
+    The parameters are those of an nn.Dense on the concatenation (`kernel` [Dc + Dp, F], `bias`
+    [F]), and so is the result, up to rounding; its gradient is `frame_and_clip_affine`'s, which
+    gives p's once per clip and leaves out every frame's c, which nothing trains."""
 
     features: int
     scale: float = 1.0
