@@ -9,6 +9,7 @@ import optax
 
 from sdetalk_jax.models.sdetalk import (
     MI_PAIRS,
+    coordinate_rows,
     gaussian_log_likelihood,
     gaussian_smooth,
     head_noise_mean_abs,
@@ -33,8 +34,8 @@ def masked_frame_mean(per_frame, weights):
 
 def mean_per_frame(values):
     """[B, N, ...] -> [B, N]: the mean over the trailing axes, as a product with a vector (1/count).
-    XLA's CPU backend reduces the rows of a [frames, V*3] array 1.8x slower than it multiplies
-    them by a vector (benchmarks/train_step.py). In float32 whatever `train.matmul_precision`
+    XLA's CPU backend reduces the rows of a [frames, V*3] difference of squares 2.2x slower than
+    it multiplies them by a vector (benchmarks/vertex_layers.py). In float32 whatever `train.matmul_precision`
     asks: a loss is a sum, not a matmul."""
     rows = values.reshape(values.shape[:2] + (-1,))
     weights = jnp.full((rows.shape[-1],), 1.0 / rows.shape[-1], rows.dtype)
@@ -283,11 +284,9 @@ def diversity_loss(first, second, noise_first, noise_second, batch, config):
         return mean_per_frame(jnp.abs((a - b) * s))
 
     if config.rotation_units == "template_mm":
-        vertices = batch["template"].reshape(batch["template"].shape[0], -1, 3) * scale
-        # coordinates as rows [3, V], as `pose_faces` poses them (faster on a CPU)
-        moved = jnp.einsum(
-            "bnij,biv->bnjv", first["rotation"] - second["rotation"], jnp.swapaxes(vertices, 1, 2)
-        )
+        # the template as coordinate rows [3, V], as `pose_rows` poses faces (faster on a CPU)
+        template_rows = coordinate_rows(batch["template"] * scale)
+        moved = jnp.einsum("bnij,biv->bnjv", first["rotation"] - second["rotation"], template_rows)
         rotation_distance = mean_per_frame(jnp.abs(moved))
     else:
         rotation_distance = distance(first["rotation"], second["rotation"])

@@ -345,7 +345,7 @@ def pose_rows(rows, rotation, translation):
     """Eq. 4 on coordinate rows: rows [B, N, 3, V] (`coordinate_rows`), rotation [B, N, 3, 3]
     (row vectors times R), translation [B, N, 3] -> posed rows [B, N, 3, V] (R^T times the rows,
     plus T). XLA's CPU backend runs this, forward and backward, 3x faster than a batch of
-    [V, 3] x [3, 3] products on the vertices (benchmarks/train_step.py). Always in float32,
+    [V, 3] x [3, 3] products on the vertices (benchmarks/vertex_layers.py). Always in float32,
     whatever `train.matmul_precision` asks: the rows are positions (0.1 m) whose motion is
     a thousandth of that, which TF32 or bfloat16 inputs would round away."""
     return (
@@ -680,7 +680,7 @@ def scaled_affine(inputs, kernel, bias, scale: float):
     coordinate (kernel [D, V*3]): the weight and bias gradients are one product of the narrow
     inputs (with a column of ones) and the output gradient, which is read once. What autodiff
     gives instead reduces that gradient over its frames apart (the bias) and transposes it for the
-    weights: 2.5x slower on a CPU at BIWI's 70110 outputs (benchmarks/train_step.py)."""
+    weights: 2.4x slower on a CPU at BIWI's 70110 outputs (benchmarks/vertex_layers.py)."""
     return scale * (inputs @ kernel + bias)
 
 

@@ -1,0 +1,141 @@
+"""Times, forward and backward, the three operations on [frames, V*3] arrays that the train step
+writes for XLA's CPU backend (docs/training.md, "Written gradients"), each beside the plain
+formula autodiff would differentiate, and prints a table.
+
+    python benchmarks/vertex_layers.py [--frames 416] [--vertices 23370] [--repeats 5]
+
+* the expression layer, [frames, 128] -> V*3, and a squared-error loss on it: autodiff of
+  `scale * (x @ W + b)` against `models.sdetalk.scaled_affine` (written gradient);
+* Eq. 4 and a squared-error loss on the posed faces: a batch of [V, 3] x [3, 3] products
+  against `models.sdetalk.pose_faces` (coordinate rows [3, V]);
+* L_n's per-frame squared error (the mean over the coordinates of each frame): `jnp.mean(...,
+  axis=-1)` against `losses.squared_error_per_frame` (`mean_per_frame`, a product with a vector).
+
+Best of `--repeats` after one warm-up run; the results of each pair agree to float32 rounding
+(printed as the largest relative difference of the gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from sdetalk_jax import losses
+from sdetalk_jax.models import sdetalk
+
+SCALE = 1e-3
+
+
+def best_seconds(function, arguments, repeats: int):
+    result = jax.block_until_ready(function(*arguments))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(function(*arguments))
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def largest_relative_difference(first, second) -> float:
+    return max(
+        float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True)
+    )
+
+
+def squared_error(outputs, target):
+    return jnp.mean(jnp.square((outputs - target) * 1000.0))
+
+
+def layer_case(frames, vertices, key):
+    keys = jax.random.split(key, 3)
+    query = jax.random.normal(keys[0], (4, frames // 4, 128))
+    kernel = 0.01 * jax.random.normal(keys[1], (128, vertices * 3))
+    target = jax.random.normal(keys[2], (4, frames // 4, vertices * 3))
+    bias = jnp.zeros(vertices * 3)
+
+    def plain(kernel, bias, query):
+        return squared_error(SCALE * (query @ kernel + bias), target)
+
+    def written(kernel, bias, query):
+        return squared_error(sdetalk.scaled_affine(query, kernel, bias, SCALE), target)
+
+    gradient = dict(argnums=(0, 1, 2))
+    return (
+        jax.jit(jax.grad(plain, **gradient)),
+        jax.jit(jax.grad(written, **gradient)),
+        (kernel, bias, query),
+    )
+
+
+def posing_case(frames, vertices, key):
+    keys = jax.random.split(key, 4)
+    faces = 0.1 * jax.random.normal(keys[0], (4, frames // 4, vertices * 3))
+    rotation = jax.random.normal(keys[1], (4, frames // 4, 3, 3))
+    translation = jax.random.normal(keys[2], (4, frames // 4, 3))
+    target = 0.1 * jax.random.normal(keys[3], faces.shape)
+
+    def plain(faces, rotation, translation):
+        rows = faces.reshape(faces.shape[:2] + (-1, 3))
+        posed = jnp.einsum("bnvi,bnij->bnvj", rows, rotation) + translation[:, :, None]
+        return squared_error(posed.reshape(faces.shape), target)
+
+    def written(faces, rotation, translation):
+        return squared_error(sdetalk.pose_faces(faces, rotation, translation), target)
+
+    gradient = dict(argnums=(0, 1, 2))
+    return (
+        jax.jit(jax.grad(plain, **gradient)),
+        jax.jit(jax.grad(written, **gradient)),
+        (faces, rotation, translation),
+    )
+
+
+def mean_case(frames, vertices, key):
+    keys = jax.random.split(key)
+    prediction = jax.random.normal(keys[0], (4, frames // 4, vertices * 3))
+    target = jax.random.normal(keys[1], prediction.shape)
+
+    def plain(prediction, target):
+        difference = (prediction - target) * 1000.0
+        return jnp.mean(jnp.square(difference).reshape(difference.shape[:2] + (-1,)), axis=-1)
+
+    def written(prediction, target):
+        return losses.squared_error_per_frame(prediction, target, 1000.0)
+
+    return jax.jit(plain), jax.jit(written), (prediction, target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=416, help="batch 4 x 104 frames")
+    parser.add_argument("--vertices", type=int, default=23370)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    cases = [
+        ("expression layer + loss, forward and backward", "autodiff", "scaled_affine", layer_case),
+        ("Eq. 4 + loss, forward and backward", "[V, 3] x [3, 3]", "pose_faces (rows)", posing_case),
+        ("L_n's per-frame squared error, forward", "jnp.mean", "mean_per_frame", mean_case),
+    ]
+    print(f"{jax.devices()[0].platform}, jax {jax.__version__}, {args.frames} frames, "
+          f"{args.vertices} vertices\n")  # fmt: skip
+    print("| operation | plain | ms | written | ms | speed-up | largest relative difference |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for index, (name, plain_name, written_name, case) in enumerate(cases):
+        plain, written, arguments = case(args.frames, args.vertices, jax.random.key(index))
+        plain_seconds, plain_result = best_seconds(plain, arguments, args.repeats)
+        written_seconds, written_result = best_seconds(written, arguments, args.repeats)
+        difference = largest_relative_difference(written_result, plain_result)
+        print(
+            f"| {name} | {plain_name} | {1e3 * plain_seconds:.0f} | {written_name} | "
+            f"{1e3 * written_seconds:.0f} | {plain_seconds / written_seconds:.1f}x | "
+            f"{difference:.1e} |"
+        )
+        del plain_result, written_result, arguments
+
+
+if __name__ == "__main__":
+    main()
