@@ -1,4 +1,4 @@
-"""Times, forward and backward, the three operations on [frames, V*3] arrays that the train step
+"""Times, forward and backward, the operations on [frames, V*3] arrays that the train step
 writes for XLA's CPU backend (docs/training.md, "Written gradients"), each beside the plain
 formula autodiff would differentiate, and prints a table.
 
@@ -9,10 +9,14 @@ formula autodiff would differentiate, and prints a table.
 * Eq. 4 and a squared-error loss on the posed faces: a batch of [V, 3] x [3, 3] products
   against `models.sdetalk.pose_faces` (coordinate rows [3, V]);
 * L_n's per-frame squared error (the mean over the coordinates of each frame): `jnp.mean(...,
-  axis=-1)` against `losses.squared_error_per_frame` (`mean_per_frame`, a product with a vector).
+  axis=-1)` against `losses.squared_error_per_frame` (`mean_per_frame`, a product with a vector);
+* L_d's rotation distance and its gradient, over every vertex of a SynthBIWI template against the
+  strided subset of `loss.rotation_distance_vertices` (configs/biwi.py): the one pair that is
+  not the same formula, so its difference is the subset's error, not rounding.
 
-Best of `--repeats` after one warm-up run; the results of each pair agree to float32 rounding
-(printed as the largest relative difference of the gradients).
+Best of `--repeats` after one warm-up run; the results of the first three pairs agree to float32
+rounding (printed as the largest relative difference of the results: gradients, or per-frame
+values and gradients).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdetalk_jax import losses
+from sdetalk_jax.config_files import repository_config
+from sdetalk_jax.data import face_model
 from sdetalk_jax.models import sdetalk
 
 SCALE = 1e-3
@@ -109,6 +116,34 @@ def mean_case(frames, vertices, key):
     return jax.jit(plain), jax.jit(written), (prediction, target)
 
 
+def rotation_distance_case(frames, vertices, key):
+    """L_d's rotation distance (mean |R^T t| per frame, mm) between two samples' heads a few
+    degrees apart, on a SynthBIWI subject's template of this size, and its gradient: over every
+    vertex against over the strided subset that configs/biwi.py keeps
+    (`loss.rotation_distance_vertices`, `losses.distance_vertices`)."""
+    most = repository_config("biwi").loss.rotation_distance_vertices
+    topology = face_model.build_topology(vertices)
+    template = face_model.template_shape(topology, np.random.default_rng(0))
+    rows = jnp.broadcast_to(jnp.asarray(template.T * 1000.0), (4, 3, vertices))
+    angles = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**30)))
+    pitch_yaw_roll = np.deg2rad(angles.normal(0.0, 3.0, size=(2, 3, frames)))
+    first, second = (face_model.rotation_matrices(*head) for head in pitch_yaw_roll)
+    difference = jnp.asarray(first - second).reshape(4, frames // 4, 3, 3)
+
+    def measured_on(rows):
+        def per_frame(difference):
+            moved = jnp.einsum("bnij,biv->bnjv", difference, rows)
+            return losses.mean_per_frame(jnp.abs(moved))
+
+        def with_gradient(difference):
+            values, pull_back = jax.vjp(per_frame, difference)
+            return values, pull_back(jnp.ones_like(values))[0]
+
+        return jax.jit(with_gradient)
+
+    return measured_on(rows), measured_on(losses.distance_vertices(rows, most)), (difference,)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=416, help="batch 4 x 104 frames")
@@ -119,6 +154,12 @@ def main() -> None:
         ("expression layer + loss, forward and backward", "autodiff", "scaled_affine", layer_case),
         ("Eq. 4 + loss, forward and backward", "[V, 3] x [3, 3]", "pose_faces (rows)", posing_case),
         ("L_n's per-frame squared error, forward", "jnp.mean", "mean_per_frame", mean_case),
+        (
+            "L_d's rotation distance, forward and backward",
+            "every vertex",
+            "strided subset",
+            rotation_distance_case,
+        ),
     ]
     print(f"{jax.devices()[0].platform}, jax {jax.__version__}, {args.frames} frames, "
           f"{args.vertices} vertices\n")  # fmt: skip

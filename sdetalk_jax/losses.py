@@ -272,6 +272,18 @@ def emotional_speech_loss(emotional_logit, batch):
     return jnp.sum(per_clip * weights) / jnp.maximum(weights.sum(), 1.0)
 
 
+def distance_vertices(rows, most: int):
+    """Coordinate rows [..., 3, V] of at most `most` of the V vertices, evenly strided (all of
+    them where `most` is 0 or at least V): what the rotations' distance in L_d is measured on.
+    How far a rotation moves a face's vertices varies smoothly over the face, so a strided
+    subset gives nearly its mean (benchmarks/vertex_layers.py measures it at BIWI size), and the
+    [frames, 3, V] rotated template is the size of the subset, not of the mesh."""
+    vertices = rows.shape[-1]
+    if most <= 0 or most >= vertices:
+        return rows
+    return rows[..., :: -(-vertices // most)]
+
+
 def diversity_loss(first, second, noise_first, noise_second, batch, config):
     """L_d (Eq. 7): output distance over noise distance, per frame; capped at `diversity_cap` so that
     maximising it cannot run away (as the mode-seeking losses it follows do). With
@@ -285,7 +297,9 @@ def diversity_loss(first, second, noise_first, noise_second, batch, config):
 
     if config.rotation_units == "template_mm":
         # the template as coordinate rows [3, V], as `pose_rows` poses faces (faster on a CPU)
-        template_rows = coordinate_rows(batch["template"] * scale)
+        template_rows = distance_vertices(
+            coordinate_rows(batch["template"] * scale), config.get("rotation_distance_vertices", 0)
+        )
         moved = jnp.einsum("bnij,biv->bnjv", first["rotation"] - second["rotation"], template_rows)
         rotation_distance = mean_per_frame(jnp.abs(moved))
     else:

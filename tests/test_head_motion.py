@@ -199,6 +199,41 @@ def test_diversity_measures_rotations_by_how_far_they_move_the_template():
     np.testing.assert_allclose(value, per_frame[0].sum() / (2 * frames), rtol=1e-4)
 
 
+def test_diversity_measures_rotations_on_the_configured_subset_of_vertices():
+    """`loss.rotation_distance_vertices` (configs/biwi.py): the distance over every third
+    vertex of 20 where at most 7 are asked for, and over all of them where 0 or 20 or more are."""
+    rows = jnp.arange(2 * 3 * 20, dtype=jnp.float32).reshape(2, 3, 20)
+    np.testing.assert_array_equal(losses.distance_vertices(rows, 7), rows[..., ::3])
+    assert losses.distance_vertices(rows, 7).shape == (2, 3, 7)
+    for every in (0, 20, 64):
+        np.testing.assert_array_equal(losses.distance_vertices(rows, every), rows)
+
+    frames = 5
+    rng = np.random.default_rng(5)
+    template = jnp.asarray(rng.normal(size=(2, 20 * 3)).astype(np.float32) * 0.08)
+    first, second = (
+        {
+            "expression": jnp.zeros((2, frames, 60)),
+            "rotation": jnp.asarray(
+                rotation_matrices(*rng.normal(scale=0.05, size=(3, 2 * frames))).reshape(
+                    2, frames, 3, 3
+                ),
+                jnp.float32,
+            ),
+            "translation": jnp.zeros((2, frames, 3)),
+        }
+        for _ in range(2)
+    )
+    ones = jnp.ones((2, frames, 4))
+    batch = {**pose_batch(frames, has_head_pose=(True, True)), "template": template}
+    value = losses.diversity_loss(
+        first, second, ones, -ones, batch, loss_config(rotation_distance_vertices=7)
+    )
+    vertices = np.asarray(template).reshape(2, 1, 20, 3)[:, :, ::3] * 1000.0
+    moved = vertices @ np.asarray(first["rotation"]) - vertices @ np.asarray(second["rotation"])
+    np.testing.assert_allclose(value, np.abs(moved).mean() / 2.0, rtol=1e-4)
+
+
 def test_smooth_noise_is_unit_variance_smooth_and_blind_to_padding():
     key = jax.random.key(0)
     noise = jax.random.normal(key, (400, 40, 8))

@@ -608,6 +608,7 @@ class EmotionalFaceGenerator(nn.Module):
         pool_mask=None,
     ):
         """-> (f^e offset, R, T, the head gain [B, N, 3] of the head noise path or None).
+        neutral_motion [B, N, V*3]: G_n's motion in network units (`Generator.neutral_face`).
         speech_cues [B, N, K] or None: what the gain reads beside G's features (`head_gain_cues`).
         pool_mask [B, N] or None: if given, only the offset's mean over the masked frames [B, V*3]
         (zero for a row without frames), and None for the rest. The offset layer is affine, so
@@ -615,9 +616,9 @@ class EmotionalFaceGenerator(nn.Module):
         config = self.config
         # f^n (+) e through one linear layer, written as the sum of its two blocks so that each
         # part is initialised for its own width: e (128 wide) is not drowned by f^n (V*3 wide).
-        query = nn.Dense(config.hidden, name="query_face")(
-            neutral_motion / config.motion_unit
-        ) + nn.Dense(config.hidden, use_bias=False, name="query_emotion")(embedding)
+        query = nn.Dense(config.hidden, name="query_face")(neutral_motion) + nn.Dense(
+            config.hidden, use_bias=False, name="query_emotion"
+        )(embedding)
         query = query + sinusoidal_positions(query.shape[1], config.hidden)
         for index in range(config.decoder_blocks):
             query = AttentionBlock(
@@ -707,26 +708,31 @@ def frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, scale: float)
     and that of p as the clip's sum over its frames. The gradient with respect to every frame's
     c(t), a product as large as the layer itself, is left to XLA to drop where nothing uses it
     (training: c is the frozen encoder's)."""
-    frames = frame_inputs.shape[1]
-    clip_rows = jnp.broadcast_to(
-        clip_inputs[:, None], (len(clip_inputs), frames) + clip_inputs.shape[1:]
-    )
-    return scale * (jnp.concatenate([frame_inputs, clip_rows], axis=-1) @ kernel + bias)
+    return _frame_and_clip_forward(frame_inputs, clip_inputs, kernel, bias, scale)[0]
 
 
 def _frame_and_clip_forward(frame_inputs, clip_inputs, kernel, bias, scale):
-    outputs = frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, scale)
-    return outputs, (frame_inputs, clip_inputs, kernel)
+    # c(t) through the whole kernel with zeros in p's columns, p through its own rows once per
+    # clip. Those rows are then taken in the forward pass, before the optimiser overwrites the
+    # kernel in place: read by the backward pass alone, the kernel would be copied whole first
+    # (224 MB at BIWI size); sliced for c(t)'s product, its other rows would be (215 MB).
+    frame_dim = frame_inputs.shape[-1]
+    clip_kernel = kernel[frame_dim:]
+    padding = jnp.zeros(frame_inputs.shape[:-1] + clip_kernel.shape[:1], frame_inputs.dtype)
+    clip_part = clip_inputs @ clip_kernel + bias
+    frame_part = jnp.concatenate([frame_inputs, padding], axis=-1) @ kernel
+    outputs = scale * (frame_part + clip_part[:, None])
+    return outputs, (frame_inputs, clip_inputs, kernel, clip_kernel)
 
 
 def _frame_and_clip_backward(scale, residuals, grad):
-    frame_inputs, clip_inputs, kernel = residuals
+    frame_inputs, clip_inputs, kernel, clip_kernel = residuals
     frames, frame_dim = frame_inputs.shape[1], frame_inputs.shape[-1]
     clip_rows = jnp.repeat(clip_inputs, frames, axis=0)
     ones = jnp.ones((len(clip_rows), 1), clip_rows.dtype)
     rows = scale * jnp.concatenate([_rows(frame_inputs), clip_rows, ones], axis=1)
     kernel_and_bias = _transposed_small_operand(rows) @ _rows(grad)
-    clip_inputs_grad = scale * jnp.sum(grad @ kernel[frame_dim:].T, axis=1)
+    clip_inputs_grad = scale * jnp.sum(grad @ clip_kernel.T, axis=1)
     frame_inputs_grad = scale * (grad @ kernel[:frame_dim].T)
     return frame_inputs_grad, clip_inputs_grad, kernel_and_bias[:-1], kernel_and_bias[-1]
 
@@ -785,11 +791,10 @@ class Generator(nn.Module):
     def setup(self):
         config = self.config
         self.identity = nn.Dense(config.identity_dim, use_bias=False, name="identity")
+        # G_n's motion in network units (motion_unit, mm for data in metres): G's query reads it
+        # as it is, and f^n scales it back to data units on the way.
         self.neutral_generator = FrameAndClipDense(
-            config.num_vertices * 3,
-            scale=config.motion_unit,
-            kernel_init=nn.initializers.zeros,
-            name="neutral",
+            config.num_vertices * 3, kernel_init=nn.initializers.zeros, name="neutral"
         )
         self.emotion_network = EmotionEmbeddingNetwork(config, name="emotion")
         self.classifier = EmotionClassifier(config, name="classifier")
@@ -799,10 +804,11 @@ class Generator(nn.Module):
         self.face_generator = EmotionalFaceGenerator(config, name="face")
 
     def neutral_face(self, batch):
-        """(p, G_n's motion, f^n = G_n(c (+) p) + f_0^n) of Eq. 2."""
+        """(p, G_n's motion in network units, f^n = G_n(c (+) p) + f_0^n) of Eq. 2."""
         identity = self.identity(batch["subject_onehot"])
         neutral_motion = self.neutral_generator(batch["context"], identity)
-        return identity, neutral_motion, neutral_motion + batch["template"][:, None]
+        neutral = self.config.motion_unit * neutral_motion + batch["template"][:, None]
+        return identity, neutral_motion, neutral
 
     def clip_embedding(self, mel, mask, subject_onehot):
         """The clip's emotional embedding e averaged over its frames [B, hidden]: what the
