@@ -34,7 +34,12 @@ from sdetalk_jax.data import batching
 from sdetalk_jax.data.pipeline import model_batch
 from sdetalk_jax.models import sdetalk
 from sdetalk_jax.models.networks import Networks
-from sdetalk_jax.parallel import Placement, data_mesh, request_deterministic_gpu_ops
+from sdetalk_jax.parallel import (
+    Placement,
+    data_mesh,
+    release_freed_host_memory,
+    request_deterministic_gpu_ops,
+)
 from sdetalk_jax.train import compiled_train_step
 
 
@@ -107,6 +112,7 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops):
         start = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
+        release_freed_host_memory()  # as train.Trainer does after a bucket's first step
         state, metrics = compiled(state, batch)  # the first run of an executable warms it up
         jax.block_until_ready(metrics)
         timings = []

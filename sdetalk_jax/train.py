@@ -501,6 +501,9 @@ class Trainer:
     state: dict
     position: dict
     step: int
+    # bucket lengths whose step has been compiled: the compiler's freed memory is handed back
+    # after each (parallel.release_freed_host_memory)
+    compiled_lengths: set = dataclasses.field(default_factory=set)
 
     def run_epoch(self, epoch: int, stop: parallel.StopRequest) -> bool:
         """Trains one epoch from the saved position; returns whether it ended (False when
@@ -530,6 +533,10 @@ class Trainer:
                 model_batch(batch, batch["subject"], run.networks.config.num_subjects)
             )
             self.state, metrics = self.step_fn(self.state, prepared)
+            length = batch["frame_mask"].shape[1]
+            if length not in self.compiled_lengths:  # that step was compiled first
+                self.compiled_lengths.add(length)
+                parallel.release_freed_host_memory()
             if pending is not None:
                 self.record(*pending, bar)
             pending = (self.step, epoch, batch_index, metrics)

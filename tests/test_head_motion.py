@@ -170,25 +170,22 @@ def test_the_rotation_term_is_the_templates_vertex_error_in_mm2():
         )
 
 
+def still_faces_turning(seed, frames):
+    """G's outputs for 2 clips of 20 vertices: no expression, the head turning at random."""
+    rng = np.random.default_rng(seed)
+    rotation = rotation_matrices(*rng.normal(scale=0.05, size=(3, 2 * frames)))
+    return {
+        "expression": jnp.zeros((2, frames, 60)),
+        "rotation": jnp.asarray(rotation.reshape(2, frames, 3, 3), jnp.float32),
+        "translation": jnp.zeros((2, frames, 3)),
+    }
+
+
 def test_diversity_measures_rotations_by_how_far_they_move_the_template():
     rng = np.random.default_rng(2)
     frames = 6
     template = jnp.asarray(rng.normal(size=(2, 20 * 3)).astype(np.float32) * 0.08)
-
-    def sample(seed):
-        r = np.random.default_rng(seed)
-        return {
-            "expression": jnp.zeros((2, frames, 60)),
-            "rotation": jnp.asarray(
-                rotation_matrices(*r.normal(scale=0.05, size=(3, 2 * frames))).reshape(
-                    2, frames, 3, 3
-                ),
-                jnp.float32,
-            ),
-            "translation": jnp.zeros((2, frames, 3)),
-        }
-
-    first, second = sample(3), sample(4)
+    first, second = still_faces_turning(3, frames), still_faces_turning(4, frames)
     ones = jnp.ones((2, frames, 4))
     batch = {**pose_batch(frames, has_head_pose=(True, False)), "template": template}
     value = losses.diversity_loss(first, second, ones, -ones, batch, loss_config())
@@ -211,19 +208,7 @@ def test_diversity_measures_rotations_on_the_configured_subset_of_vertices():
     frames = 5
     rng = np.random.default_rng(5)
     template = jnp.asarray(rng.normal(size=(2, 20 * 3)).astype(np.float32) * 0.08)
-    first, second = (
-        {
-            "expression": jnp.zeros((2, frames, 60)),
-            "rotation": jnp.asarray(
-                rotation_matrices(*rng.normal(scale=0.05, size=(3, 2 * frames))).reshape(
-                    2, frames, 3, 3
-                ),
-                jnp.float32,
-            ),
-            "translation": jnp.zeros((2, frames, 3)),
-        }
-        for _ in range(2)
-    )
+    first, second = still_faces_turning(6, frames), still_faces_turning(7, frames)
     ones = jnp.ones((2, frames, 4))
     batch = {**pose_batch(frames, has_head_pose=(True, True)), "template": template}
     value = losses.diversity_loss(

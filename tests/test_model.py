@@ -706,8 +706,21 @@ def test_the_neutral_layer_is_a_dense_on_context_and_identity_per_frame():
     params = jax.tree.map(lambda x: x + jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
     concatenated = np.concatenate([frames, np.broadcast_to(identity[:, None], (2, 5, 3))], -1)
     expected = nn.Dense(7).apply(params, concatenated)
+    result, (frame_part, clip_part) = layer.apply(params, frames, identity)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(frame_part + clip_part[:, None], expected, rtol=1e-5, atol=1e-5)
+    # G's query reads those parts through the parameters of an nn.Dense on their sum.
+    query = sdetalk.PartsDense(4)
+    query_params = query.init(jax.random.key(1), frame_part, clip_part)
+    assert jax.tree.map(np.shape, query_params) == jax.tree.map(
+        np.shape, nn.Dense(4).init(jax.random.key(1), expected)
+    )
+    query_params = jax.tree.map(lambda x: x + jnp.asarray(rng.normal(size=x.shape)), query_params)
     np.testing.assert_allclose(
-        layer.apply(params, frames, identity), expected, rtol=1e-5, atol=1e-5
+        query.apply(query_params, frame_part, clip_part),
+        nn.Dense(4).apply(query_params, expected),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -755,7 +768,7 @@ def test_the_output_layers_gradients_are_autodiffs_of_their_formulas():
          (normal(2, 5, 6), normal(6, 7), normal(7))),
         (lambda *a: sdetalk.scaled_affine(*a, scale), plain_affine,  # a pooled query [B, D]
          (normal(3, 6), normal(6, 7), normal(7))),
-        (lambda *a: sdetalk.frame_and_clip_affine(*a, scale), plain_frame_and_clip,
+        (lambda *a: sdetalk.frame_and_clip_affine(*a, scale)[0], plain_frame_and_clip,
          (normal(2, 5, 6), normal(2, 3), normal(9, 7), normal(7))),
     ]  # fmt: skip
     for custom, plain, arguments in cases:
@@ -767,6 +780,19 @@ def test_the_output_layers_gradients_are_autodiffs_of_their_formulas():
         for got, expected in zip(custom_pull(cotangent), plain_pull(cotangent), strict=True):
             assert got.shape == expected.shape
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # G_n's two parts (what G's query reads) sum to the layer's result; no gradient goes
+    # through them, and asking for one is an error, not a silent zero.
+    arguments = cases[-1][2]
+    outputs, frame_part, clip_part = sdetalk.frame_and_clip_affine(*arguments, scale)
+    np.testing.assert_allclose(
+        scale * (frame_part + clip_part[:, None]),
+        plain_frame_and_clip(*arguments),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    with pytest.raises(NotImplementedError, match="stop_gradient"):
+        jax.grad(lambda k: sdetalk.frame_and_clip_affine(arguments[0], arguments[1], k,
+                                                         arguments[3], scale)[1].sum())(arguments[2])  # fmt: skip
 
 
 def test_the_vertex_terms_are_mean_squared_millimetres_over_real_frames():

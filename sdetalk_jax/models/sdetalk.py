@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 
 @dataclasses.dataclass(frozen=True)
@@ -608,7 +609,8 @@ class EmotionalFaceGenerator(nn.Module):
         pool_mask=None,
     ):
         """-> (f^e offset, R, T, the head gain [B, N, 3] of the head noise path or None).
-        neutral_motion [B, N, V*3]: G_n's motion in network units (`Generator.neutral_face`).
+        neutral_motion: G_n's motion in network units as `FrameAndClipDense`'s parts, [B, N, V*3]
+        and [B, V*3] (`Generator.neutral_face`).
         speech_cues [B, N, K] or None: what the gain reads beside G's features (`head_gain_cues`).
         pool_mask [B, N] or None: if given, only the offset's mean over the masked frames [B, V*3]
         (zero for a row without frames), and None for the rest. The offset layer is affine, so
@@ -616,7 +618,7 @@ class EmotionalFaceGenerator(nn.Module):
         config = self.config
         # f^n (+) e through one linear layer, written as the sum of its two blocks so that each
         # part is initialised for its own width: e (128 wide) is not drowned by f^n (V*3 wide).
-        query = nn.Dense(config.hidden, name="query_face")(neutral_motion) + nn.Dense(
+        query = PartsDense(config.hidden, name="query_face")(*neutral_motion) + nn.Dense(
             config.hidden, use_bias=False, name="query_emotion"
         )(embedding)
         query = query + sinusoidal_positions(query.shape[1], config.hidden)
@@ -704,14 +706,17 @@ scaled_affine.defvjp(_scaled_affine_forward, _scaled_affine_backward)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, scale: float):
     """scale * ((c(t) (+) p) @ kernel + bias) for every frame t of each clip, with p [B, Dp] the
-    same for the whole clip (`FrameAndClipDense`). The gradient is written as `scaled_affine`'s,
-    and that of p as the clip's sum over its frames. The gradient with respect to every frame's
-    c(t), a product as large as the layer itself, is left to XLA to drop where nothing uses it
-    (training: c is the frozen encoder's)."""
-    return _frame_and_clip_forward(frame_inputs, clip_inputs, kernel, bias, scale)[0]
+    same for the whole clip (`FrameAndClipDense`), and its two parts: c(t)'s product [B, N, F]
+    and p's with the bias [B, F]. The parts are for readers that take no gradient through them
+    (G's query reads G_n's motion as its parts, so that the sum, as large as the faces, is not
+    kept as well): differentiating through them raises. The gradient of the sum is written as
+    `scaled_affine`'s, and that of p as the clip's sum over its frames. The gradient with
+    respect to every frame's c(t), a product as large as the layer itself, is left to XLA to
+    drop where nothing uses it (training: c is the frozen encoder's)."""
+    return _frame_and_clip_parts(frame_inputs, clip_inputs, kernel, bias, scale)[0]
 
 
-def _frame_and_clip_forward(frame_inputs, clip_inputs, kernel, bias, scale):
+def _frame_and_clip_parts(frame_inputs, clip_inputs, kernel, bias, scale):
     # c(t) through the whole kernel with zeros in p's columns, p through its own rows once per
     # clip. Those rows are then taken in the forward pass, before the optimiser overwrites the
     # kernel in place: read by the backward pass alone, the kernel would be copied whole first
@@ -719,14 +724,29 @@ def _frame_and_clip_forward(frame_inputs, clip_inputs, kernel, bias, scale):
     frame_dim = frame_inputs.shape[-1]
     clip_kernel = kernel[frame_dim:]
     padding = jnp.zeros(frame_inputs.shape[:-1] + clip_kernel.shape[:1], frame_inputs.dtype)
-    clip_part = clip_inputs @ clip_kernel + bias
     frame_part = jnp.concatenate([frame_inputs, padding], axis=-1) @ kernel
+    clip_part = clip_inputs @ clip_kernel + bias
     outputs = scale * (frame_part + clip_part[:, None])
-    return outputs, (frame_inputs, clip_inputs, kernel, clip_kernel)
+    return (outputs, frame_part, clip_part), clip_kernel
 
 
-def _frame_and_clip_backward(scale, residuals, grad):
+def _frame_and_clip_forward(frame_inputs, clip_inputs, kernel, bias, scale):
+    frame_inputs, clip_inputs, kernel, bias = (
+        primal.value for primal in (frame_inputs, clip_inputs, kernel, bias)
+    )
+    results, clip_kernel = _frame_and_clip_parts(frame_inputs, clip_inputs, kernel, bias, scale)
+    return results, (frame_inputs, clip_inputs, kernel, clip_kernel)
+
+
+def _frame_and_clip_backward(scale, residuals, cotangents):
+    grad, *part_grads = cotangents
+    if not all(isinstance(g, SymbolicZero) for g in part_grads):
+        raise NotImplementedError(
+            "frame_and_clip_affine: no gradient is written through the parts; stop_gradient them"
+        )
     frame_inputs, clip_inputs, kernel, clip_kernel = residuals
+    if isinstance(grad, SymbolicZero):
+        grad = jnp.zeros(grad.shape, grad.dtype)
     frames, frame_dim = frame_inputs.shape[1], frame_inputs.shape[-1]
     clip_rows = jnp.repeat(clip_inputs, frames, axis=0)
     ones = jnp.ones((len(clip_rows), 1), clip_rows.dtype)
@@ -737,7 +757,7 @@ def _frame_and_clip_backward(scale, residuals, grad):
     return frame_inputs_grad, clip_inputs_grad, kernel_and_bias[:-1], kernel_and_bias[-1]
 
 
-frame_and_clip_affine.defvjp(_frame_and_clip_forward, _frame_and_clip_backward)
+frame_and_clip_affine.defvjp(_frame_and_clip_forward, _frame_and_clip_backward, symbolic_zeros=True)
 
 
 class OutputDense(nn.Module):
@@ -759,20 +779,39 @@ class FrameAndClipDense(nn.Module):
     """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip, times `scale`.
     The parameters are those of an nn.Dense on the concatenation (`kernel` [Dc + Dp, F], `bias`
     [F]), and so is the result, up to rounding; its gradient is `frame_and_clip_affine`'s, which
-    gives p's once per clip and leaves out every frame's c, which nothing trains."""
+    gives p's once per clip and leaves out every frame's c, which nothing trains. Returns (the
+    result [B, N, F], its parts without gradient: c(t)'s product [B, N, F], p's with the bias
+    [B, F]), whose sum is the result over `scale`."""
 
     features: int
     scale: float = 1.0
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
-    def __call__(self, frame_inputs, clip_inputs):  # [B, N, Dc], [B, Dp] -> [B, N, F]
+    def __call__(self, frame_inputs, clip_inputs):  # [B, N, Dc], [B, Dp]
         frame_dim = frame_inputs.shape[-1]
         kernel = self.param(
             "kernel", self.kernel_init, (frame_dim + clip_inputs.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, self.scale)
+        outputs, *parts = frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, self.scale)
+        return outputs, jax.lax.stop_gradient(tuple(parts))
+
+
+class PartsDense(nn.Module):
+    """An nn.Dense (the same parameters, `kernel` [D, F] and `bias` [F]) on inputs given as
+    `FrameAndClipDense`'s parts, a per-frame part [B, N, D] and a per-clip part [B, D]: the sum
+    of their products, so that the inputs' sum, as large as the faces, is not needed."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, frame_part, clip_part):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (frame_part.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return frame_part @ kernel + (clip_part @ kernel + bias)[:, None]
 
 
 def scaled_offset(offset, batch):
@@ -804,11 +843,12 @@ class Generator(nn.Module):
         self.face_generator = EmotionalFaceGenerator(config, name="face")
 
     def neutral_face(self, batch):
-        """(p, G_n's motion in network units, f^n = G_n(c (+) p) + f_0^n) of Eq. 2."""
+        """(p, G_n's motion in network units as its two parts without gradient (see
+        `FrameAndClipDense`), f^n = G_n(c (+) p) + f_0^n) of Eq. 2."""
         identity = self.identity(batch["subject_onehot"])
-        neutral_motion = self.neutral_generator(batch["context"], identity)
+        neutral_motion, motion_parts = self.neutral_generator(batch["context"], identity)
         neutral = self.config.motion_unit * neutral_motion + batch["template"][:, None]
-        return identity, neutral_motion, neutral
+        return identity, motion_parts, neutral
 
     def clip_embedding(self, mel, mask, subject_onehot):
         """The clip's emotional embedding e averaged over its frames [B, hidden]: what the
