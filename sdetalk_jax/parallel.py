@@ -103,9 +103,10 @@ def check_global_batch(global_batch: int, mesh: Mesh) -> int:
 
 def release_freed_host_memory() -> None:
     """Hands back to the OS the memory that the C allocator still holds but no longer uses
-    (glibc's malloc_trim). Compiling a step frees most of what the compiler allocated (0.7 GB for
-    the BIWI-sized train step), but glibc keeps those pages, and they would count on top of every
-    later step's own. Nothing happens where the C library has no malloc_trim (macOS, musl)."""
+    (glibc's malloc_trim). Compiling a step frees most of what the compiler allocated, but glibc
+    keeps those pages, and they would count on top of every later step's own (docs/training.md,
+    "Less memory in the step"). Nothing happens where the C library has no malloc_trim (macOS,
+    musl)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
