@@ -126,7 +126,7 @@ def rotation_distance_case(frames, vertices, key):
     template = face_model.template_shape(topology, np.random.default_rng(0))
     rows = jnp.broadcast_to(jnp.asarray(template.T * 1000.0), (4, 3, vertices))
     angles = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**30)))
-    pitch_yaw_roll = np.deg2rad(angles.normal(0.0, 3.0, size=(2, 3, frames)))
+    pitch_yaw_roll = np.deg2rad(angles.normal(0.0, 3.0, size=(2, 3, 4 * (frames // 4))))
     first, second = (face_model.rotation_matrices(*head) for head in pitch_yaw_roll)
     difference = jnp.asarray(first - second).reshape(4, frames // 4, 3, 3)
 

@@ -103,8 +103,8 @@ def get_config():
     config.loss.diversity_cap = 1.5
     # L_d's rotation distance (template_mm) on at most this many of the template's vertices,
     # evenly strided (0: all; losses.distance_vertices). At BIWI's 23370, a rotated template per
-    # frame is as large as the faces; on 2048 of them it takes 1 ms instead of 109 (forward and
-    # backward, 416 frames) with its gradient within 1.5 % (benchmarks/vertex_layers.py).
+    # frame is as large as the faces; on every 12th (1948) it takes 1 ms instead of 109 (forward
+    # and backward, 416 frames) with its gradient within 1.5 % (benchmarks/vertex_layers.py).
     # SynthBIWI's 1000 vertices are all used.
     config.loss.rotation_distance_vertices = 2048
     # Whether neutral recordings' labels (if any) count in L_cls.

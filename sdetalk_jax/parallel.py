@@ -114,7 +114,16 @@ def release_freed_host_memory() -> None:
     trim(0)
 
 
-_copied_by_xla = jax.jit(lambda values: jax.tree.map(jnp.copy, values))
+_copy = jax.jit(lambda values: jax.tree.map(jnp.copy, values))
+
+
+def owned_by_xla(tree):
+    """The arrays copied once more, by XLA, into buffers of its own, which a step can donate
+    (update in place). On a CPU, an array placed from host memory (`jax.device_get`'s results,
+    `np.asarray` of a jax array, what a checkpoint restores) may share that memory, and XLA
+    cannot update it in place: the first step would allocate a second training state (0.94 GiB
+    at BIWI size) on top of its own."""
+    return _copy(tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +143,7 @@ class Placement:
 
     def replicate(self, tree):
         """Host values (the same on every process) -> replicated global arrays that a step can
-        donate. On a CPU, an array placed from host memory may share that memory (zero-copy),
-        and XLA can then not update it in place: the first step would allocate a second
-        training state (0.94 GiB at BIWI size) on top of its own. So the placed values are
-        copied once more, by XLA, into buffers of its own."""
+        donate (`owned_by_xla`)."""
 
         def place(value):
             value = np.asarray(value)
@@ -145,7 +151,7 @@ class Placement:
                 value.shape, self.replicated, lambda index: value[index]
             )
 
-        return _copied_by_xla(jax.tree.map(place, tree))
+        return owned_by_xla(jax.tree.map(place, tree))
 
     def shard_batch(self, local_batch: dict) -> dict:
         """This process's rows of a global batch -> global arrays split along the batch axis."""

@@ -402,6 +402,7 @@ def restore_or_init(run: Setup, config, checkpoints: Checkpoints, stop) -> tuple
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), state
     )
+    del state, initial  # not kept beside the restored state
     state, position = restore_latest_intact(checkpoints, abstract)
     _log(
         f"resuming from step {int(parallel.to_host(state['step']))} "
