@@ -57,6 +57,16 @@ def squared_error(outputs, target):
     return jnp.mean(jnp.square((outputs - target) * 1000.0))
 
 
+def gradients_of(plain, written, arguments):
+    """(plain, written, arguments) of a case: each loss's jitted gradient for every argument."""
+    every = tuple(range(len(arguments)))
+    return (
+        jax.jit(jax.grad(plain, argnums=every)),
+        jax.jit(jax.grad(written, argnums=every)),
+        arguments,
+    )
+
+
 def layer_case(frames, vertices, key):
     keys = jax.random.split(key, 3)
     query = jax.random.normal(keys[0], (4, frames // 4, 128))
@@ -70,12 +80,7 @@ def layer_case(frames, vertices, key):
     def written(kernel, bias, query):
         return squared_error(sdetalk.scaled_affine(query, kernel, bias, SCALE), target)
 
-    gradient = dict(argnums=(0, 1, 2))
-    return (
-        jax.jit(jax.grad(plain, **gradient)),
-        jax.jit(jax.grad(written, **gradient)),
-        (kernel, bias, query),
-    )
+    return gradients_of(plain, written, (kernel, bias, query))
 
 
 def posing_case(frames, vertices, key):
@@ -93,12 +98,7 @@ def posing_case(frames, vertices, key):
     def written(faces, rotation, translation):
         return squared_error(sdetalk.pose_faces(faces, rotation, translation), target)
 
-    gradient = dict(argnums=(0, 1, 2))
-    return (
-        jax.jit(jax.grad(plain, **gradient)),
-        jax.jit(jax.grad(written, **gradient)),
-        (faces, rotation, translation),
-    )
+    return gradients_of(plain, written, (faces, rotation, translation))
 
 
 def mean_case(frames, vertices, key):

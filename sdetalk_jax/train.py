@@ -396,13 +396,12 @@ def restore_or_init(run: Setup, config, checkpoints: Checkpoints, stop) -> tuple
             run.train_set,
             between_clips=stop_before_training(stop, "the pass over the training audio"),
         )
-    state = placement.replicate(initial)
     if not resuming:
-        return state, {"epoch": 0, "batch": 0}
+        return placement.replicate(initial), {"epoch": 0, "batch": 0}
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), state
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.replicated), initial
     )
-    del state, initial  # not kept beside the restored state
+    del initial  # not kept beside the restored state
     state, position = restore_latest_intact(checkpoints, abstract)
     _log(
         f"resuming from step {int(parallel.to_host(state['step']))} "

@@ -776,15 +776,14 @@ class OutputDense(nn.Module):
 
 
 class FrameAndClipDense(nn.Module):
-    """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip, times `scale`.
-    The parameters are those of an nn.Dense on the concatenation (`kernel` [Dc + Dp, F], `bias`
-    [F]), and so is the result, up to rounding; its gradient is `frame_and_clip_affine`'s, which
-    gives p's once per clip and leaves out every frame's c, which nothing trains. Returns (the
-    result [B, N, F], its parts without gradient: c(t)'s product [B, N, F], p's with the bias
-    [B, F]), whose sum is the result over `scale`."""
+    """Dense on (c(t) (+) p) for every frame, with p the same for the whole clip. The parameters
+    are those of an nn.Dense on the concatenation (`kernel` [Dc + Dp, F], `bias` [F]), and so is
+    the result, up to rounding; its gradient is `frame_and_clip_affine`'s, which gives p's once
+    per clip and leaves out every frame's c, which nothing trains. Returns (the result [B, N, F],
+    its parts without gradient: c(t)'s product [B, N, F], p's with the bias [B, F], whose sum is
+    the result)."""
 
     features: int
-    scale: float = 1.0
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
@@ -794,7 +793,7 @@ class FrameAndClipDense(nn.Module):
             "kernel", self.kernel_init, (frame_dim + clip_inputs.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        outputs, *parts = frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, self.scale)
+        outputs, *parts = frame_and_clip_affine(frame_inputs, clip_inputs, kernel, bias, 1.0)
         return outputs, jax.lax.stop_gradient(tuple(parts))
 
 
