@@ -2,6 +2,7 @@
 
     python benchmarks/animate_speed.py [--seconds 10 60 600 3600] [--video-up-to 60]
                                        [--write-up-to 600] [--size 512] [--vertices 23370]
+                                       [--encoder-precision float32 bfloat16]
 
 The run is BIWI-sized and random, saved as training leaves a run folder: configs/biwi.py, its
 encoder a random wav2vec2-base saved as a local Hugging Face folder (wav2vec2-base's architecture:
@@ -13,13 +14,18 @@ its own:
   folder, G's parameters from the checkpoint), and the peak RSS after it;
 * first window: compiling the encoder and the generator for the window's shape, and running one
   window (animate's later windows, and later samples, reuse the compilation);
+* encoder + generator: `animate`'s windows over the whole audio in steady state, each chunk of
+  frames dropped where `animate` writes it, and the peak RSS after them; and of that time, the
+  encoder's per window, and the rest's (the generator, the log-mel, the crossfade) per window;
 * model part: `animate.animate`'s time without the rendering: encoder + generator over the
   audio, window by window, the frames streamed to disk and the npz written, in steady state;
-  its peak RSS is the process's peak when the rendering starts. Audio longer than
-  `--write-up-to` runs encoder + generator window by window with no output (an hour's npz at BIWI
-  size is 76 GB);
+  its peak RSS is the process's peak when the rendering starts. Not for audio longer than
+  `--write-up-to` (an hour's npz at BIWI size is 76 GB);
 * video part: rendering and encoding the mp4 at `--size` from the streamed frames (audio up to
   `--video-up-to` seconds long; longer ones skip it), timed inside the same `animate` call.
+
+Each length runs once per `--encoder-precision` (animate's: the context encoder's matmul operands,
+float32 or bfloat16), in the same run folder.
 
 Real-time factor = seconds of audio per second of work (10x: 10 s of speech in 1 s).
 """
@@ -27,6 +33,7 @@ Real-time factor = seconds of audio per second of work (10x: 10 s of speech in 1
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -110,7 +117,8 @@ def measure(seconds: float, args) -> dict:
 
     workdir = args.run
     start = time.perf_counter()
-    model = TrainedModel.load(workdir)  # as `animate` loads a run
+    # as `animate` loads a run
+    model = TrainedModel.load(workdir, encoder_precision=args.encoder_precision[0])
     loading = time.perf_counter() - start
     loading_rss = peak_rss_gib()
     waveform = speech_like(seconds)
@@ -125,9 +133,20 @@ def measure(seconds: float, args) -> dict:
     for chunk in model.animation_chunks(warm, subject="F2", key=_key(0), window_s=window_s):
         del chunk  # a view of the window's outputs: not kept through the measurement below
     compilation = time.perf_counter() - start
+    row = {
+        "seconds": seconds,
+        "precision": model.encoder.matmul_operands,
+        "loading_s": loading,
+        "loading_rss_gib": loading_rss,
+        "compilation_s": compilation,
+        **streamed_only(model, waveform, window_s),
+        "model_s": None,
+        "video_s": None,
+        "npz_bytes": None,
+    }
     if seconds > args.write_up_to:
-        return {**streamed_only(model, waveform, seconds, window_s), "loading_s": loading,
-                "loading_rss_gib": loading_rss, "compilation_s": compilation}  # fmt: skip
+        shutil.rmtree(scratch)
+        return {**row, "model_peak_rss_gib": peak_rss_gib(), "peak_rss_gib": peak_rss_gib()}
     out = os.path.join(scratch, "out")
     video = seconds <= args.video_up_to
     timed = {}
@@ -149,10 +168,7 @@ def measure(seconds: float, args) -> dict:
     npz_bytes = os.path.getsize(os.path.join(out, "speech_s0.npz"))
     shutil.rmtree(scratch)  # 10 minutes at BIWI size are 12.6 GB of npz
     return {
-        "seconds": seconds,
-        "loading_s": loading,
-        "loading_rss_gib": loading_rss,
-        "compilation_s": compilation,
+        **row,
         "model_s": total - timed.get("video_s", 0.0),
         "video_s": timed.get("video_s"),
         "npz_bytes": npz_bytes,
@@ -161,20 +177,29 @@ def measure(seconds: float, args) -> dict:
     }
 
 
-def streamed_only(model, waveform: np.ndarray, seconds: float, window_s: float) -> dict:
+def streamed_only(model, waveform: np.ndarray, window_s: float) -> dict:
     """Encoder and generator over the whole audio, as `animate` runs them, each chunk of frames
-    dropped where `animate` writes it: for audio whose npz would not fit on the disk (an hour at
-    BIWI size is 76 GB)."""
+    dropped where `animate` writes it: their own time, and audio whose npz would not fit on the
+    disk (an hour at BIWI size is 76 GB)."""
+    encode, encoder_seconds = model.encoder.encode, []
+
+    def timed_encode(piece):  # synchronous: it returns the features as numpy
+        start = time.perf_counter()
+        features = encode(piece)
+        encoder_seconds.append(time.perf_counter() - start)
+        return features
+
+    model.encoder.encode = timed_encode
     start = time.perf_counter()
     for chunk in model.animation_chunks(waveform, subject="F2", key=_key(0), window_s=window_s):
         del chunk
+    compute = time.perf_counter() - start
+    model.encoder.encode = encode
     return {
-        "seconds": seconds,
-        "model_s": time.perf_counter() - start,
-        "video_s": None,
-        "npz_bytes": None,
-        "model_peak_rss_gib": peak_rss_gib(),
-        "peak_rss_gib": peak_rss_gib(),
+        "compute_s": compute,
+        "encoder_s": sum(encoder_seconds),
+        "windows": len(encoder_seconds),
+        "compute_peak_rss_gib": peak_rss_gib(),
     }
 
 
@@ -197,6 +222,10 @@ def main() -> None:
         "--window-s", type=float, help="animate's --window-s (default: animate's own)"
     )
     parser.add_argument("--vertices", type=int, default=23370)
+    parser.add_argument(
+        "--encoder-precision", nargs="+", default=["float32", "bfloat16"],
+        choices=("float32", "bfloat16"), help="animate's --encoder-precision, each in turn",
+    )  # fmt: skip
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child process's length
     parser.add_argument("--run", help=argparse.SUPPRESS)  # the run folder a child loads
     parser.add_argument("--save-run", help=argparse.SUPPRESS)  # where a child saves it
@@ -221,7 +250,7 @@ def main() -> None:
             / 1e6
         )
         rows = []
-        for seconds in args.seconds:
+        for precision, seconds in itertools.product(args.encoder_precision, args.seconds):
             command = [
                 sys.executable,
                 __file__,
@@ -237,6 +266,8 @@ def main() -> None:
                 str(args.write_up_to),
                 "--run",
                 run,
+                "--encoder-precision",
+                precision,
             ]
             command += ["--window-s", str(args.window_s)] if args.window_s else []
             child = subprocess.run(command, capture_output=True, text=True)
@@ -254,24 +285,33 @@ def main() -> None:
     print(f"windows of {args.window_s or DEFAULT_WINDOW_S:g} s")
     print()
     print(
-        "| audio | loading (s) | peak RSS after loading (GiB) | first window, incl. compilation (s) | model part (s) "
-        "| model real-time factor "
-        "| npz (MB) | peak RSS, model part (GiB) | video part (s) | video real-time factor "
+        "| encoder precision | audio | loading (s) | peak RSS after loading (GiB) "
+        "| first window, incl. compilation (s) | encoder + generator (s) | real-time factor "
+        "| per window: encoder / the rest (s) | peak RSS (GiB) | with the npz written (s) | real-time factor | npz (MB) "
+        "| peak RSS, model part (GiB) | video part (s) | video real-time factor "
         "| peak RSS (GiB) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        video = row.get("video_s")
-        video_factor = "" if video is None else f"{row['seconds'] / video:.1f}x"
-        npz = "not written" if row["npz_bytes"] is None else f"{row['npz_bytes'] / 1e6:.0f}"
+        seconds, model, video, npz = (
+            row["seconds"],
+            row["model_s"],
+            row["video_s"],
+            row["npz_bytes"],
+        )
         print(
-            f"| {row['seconds']:g} s | {row['loading_s']:.1f} | {row['loading_rss_gib']:.2f} "
-            f"| {row['compilation_s']:.1f} "
-            f"| {row['model_s']:.1f} | {row['seconds'] / row['model_s']:.1f}x "
-            f"| {npz} "
+            f"| {row['precision']} | {seconds:g} s | {row['loading_s']:.1f} "
+            f"| {row['loading_rss_gib']:.2f} | {row['compilation_s']:.1f} "
+            f"| {row['compute_s']:.1f} | {seconds / row['compute_s']:.1f}x "
+            f"| {row['encoder_s'] / row['windows']:.2f} / "
+            f"{(row['compute_s'] - row['encoder_s']) / row['windows']:.2f} "
+            f"| {row['compute_peak_rss_gib']:.2f} "
+            f"| {'not written' if model is None else f'{model:.1f}'} "
+            f"| {'' if model is None else f'{seconds / model:.1f}x'} "
+            f"| {'' if npz is None else f'{npz / 1e6:.0f}'} "
             f"| {row['model_peak_rss_gib']:.2f} "
             f"| {'skipped' if video is None else f'{video:.1f}'} "
-            f"| {video_factor} "
+            f"| {'' if video is None else f'{seconds / video:.1f}x'} "
             f"| {row['peak_rss_gib']:.2f} |"
         )
 

@@ -30,6 +30,7 @@ from sdetalk_jax.fileio import FrameFiles, write_npz
 from sdetalk_jax.inference import (
     DEFAULT_OVERLAP_S,
     DEFAULT_WINDOW_S,
+    ENCODER_PRECISIONS,
     MAX_HEAD_SCALE,
     TrainedModel,
     check_head_scale,
@@ -74,6 +75,7 @@ def write_sample_npz(path: str, result: dict, assets, request, settings: dict) -
         head_scale=np.float64(settings["head_scale"]),
         emotion_request=np.array(request.describe()),
         emotion_intensity=np.float64(request.intensity),
+        encoder_precision=np.array(settings["encoder_precision"]),
     )
 
 
@@ -168,6 +170,7 @@ def animate(
     emotion: str = INFERRED,
     emotion_intensity: float = 1.0,
     checkpoint: str = "best",
+    encoder_precision: str = "float32",
     force: bool = False,
     progress: bool = True,
     model: TrainedModel | None = None,
@@ -180,7 +183,9 @@ def animate(
         check_head_scale(head_scale)
     except ValueError as error:
         raise RunError(f"--head-scale: {error}") from None
-    model = model or TrainedModel.load(workdir, checkpoint=checkpoint)
+    model = model or TrainedModel.load(
+        workdir, checkpoint=checkpoint, encoder_precision=encoder_precision
+    )
     model.subject_index(subject)  # unknown subject: fail before any work
     num_frames = model.frame_count(waveform)  # too short: likewise
     request = checked_emotion(model, emotion, emotion_intensity, progress)
@@ -211,6 +216,7 @@ def animate(
                 result, model, k, paths=sample_paths(out_dir, stem, k), audio_path=audio_path,
                 waveform=waveform, request=request, colors=colors, progress=progress,
                 settings={"subject": subject, "seed": seed, "sample": k, "head_scale": head_scale,
+                          "encoder_precision": model.encoder.matmul_operands,
                           "video": video, "glb": glb, "size": size,
                           "morph_tolerance_mm": morph_tolerance_mm},
             )  # fmt: skip
@@ -261,6 +267,11 @@ def main(argv=None) -> int:
         help=f"expression away from the neutral face: 0 none, 1 the emotion's own size (up to {MAX_INTENSITY:g})",
     )  # fmt: skip
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument(
+        "--encoder-precision", default="float32", choices=ENCODER_PRECISIONS,
+        help="wav2vec 2.0's matmul operands: float32 (the features the run was trained on) or "
+        "bfloat16 (about 1.5x faster on CPUs with avx512_bf16; docs/animate.md has its effect)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
     if args.samples < 1:
@@ -286,7 +297,7 @@ def main(argv=None) -> int:
             morph_tolerance_mm=args.morph_tolerance_mm, size=args.size, window_s=args.window_s,
             overlap_s=args.overlap_s, head_scale=args.head_scale, emotion=args.emotion,
             emotion_intensity=args.emotion_intensity, checkpoint=args.checkpoint,
-            force=args.force,
+            encoder_precision=args.encoder_precision, force=args.force,
         )  # fmt: skip
     except (audio.AudioError, RunError, RenderError, CheckpointError) as error:
         return cli.report(error)

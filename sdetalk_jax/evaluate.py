@@ -28,7 +28,7 @@ from sdetalk_jax.data import batching, biwi
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
 from sdetalk_jax.fileio import write_bytes, write_json
-from sdetalk_jax.inference import TrainedModel
+from sdetalk_jax.inference import ENCODER_PRECISIONS, TrainedModel
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 
 METHODS = ("SDETalk", "neutral generator alone", "template alone")
@@ -420,12 +420,13 @@ def evaluate(
     progress: bool = True,
     out_dir: str | None = None,
     force: bool = False,
+    encoder_precision: str = "float32",
 ) -> dict:
     from tqdm import tqdm
 
     out_dir = out_dir or os.path.join(workdir, "eval")
     _refuse_to_overwrite(out_dir, split, plots, force)
-    model = TrainedModel.load(workdir, checkpoint=checkpoint)
+    model = TrainedModel.load(workdir, checkpoint=checkpoint, encoder_precision=encoder_precision)
     config = model.config
     corpus = open_corpus(config)
     if split not in biwi.SPLITS:
@@ -465,6 +466,7 @@ def evaluate(
         "samples": samples,
         "seed": seed,
         "style": style,
+        "encoder_precision": encoder_precision,
         "units": {**metric_units(corpus_units), **{n: u for n, u, _ in SPLIT_METRICS}},
         "methods": table,
         "ground_truth_speech_head_consistency": truth_consistency,
@@ -503,6 +505,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--plots", action="store_true", help="also write the Fig. 5 and Fig. 6 PNGs"
     )
+    parser.add_argument(
+        "--encoder-precision", default="float32", choices=ENCODER_PRECISIONS,
+        help="wav2vec 2.0's matmul operands (as animate's): how much bfloat16 changes the figures",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="output folder (default WORKDIR/eval)")
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
@@ -512,6 +518,7 @@ def main(argv=None) -> int:
         evaluate(
             args.workdir, args.split, samples=args.samples, seed=args.seed, style=args.style,
             checkpoint=args.checkpoint, plots=args.plots, out_dir=args.out, force=args.force,
+            encoder_precision=args.encoder_precision,
         )  # fmt: skip
     except (RunError, biwi.DataError, CheckpointError) as error:
         return cli.report(error)

@@ -35,6 +35,10 @@ from sdetalk_jax.emotion_control import (
 from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.models.sdetalk import SDETalkConfig, pose_faces
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
+from sdetalk_jax.models.wav2vec2.model import MATMUL_OPERANDS
+
+# The context encoder's matmul operands at inference (training is float32).
+ENCODER_PRECISIONS = tuple(MATMUL_OPERANDS)
 
 # Seconds of audio per window, and of overlap between neighbours. A window's encoder and generator
 # activations are animation's memory: at BIWI size 10 s windows peak at 2.6 GiB, 20 s ones at
@@ -255,16 +259,27 @@ class TrainedModel:
     _generate: object = dataclasses.field(default=None, repr=False)
 
     @classmethod
-    def load(cls, workdir: str, *, checkpoint: str = "best") -> TrainedModel:
+    def load(
+        cls, workdir: str, *, checkpoint: str = "best", encoder_precision: str = "float32"
+    ) -> TrainedModel:
         """checkpoint: 'best' (lowest validation error; the latest if there is no best) or
-        'latest'."""
+        'latest'. encoder_precision: the context encoder's matmul operands, 'float32' (the
+        features the run was trained on) or 'bfloat16' (faster on CPUs with avx512_bf16 and on
+        GPUs; docs/animate.md has its effect)."""
         config = load_run_config(workdir)
         assets_path = os.path.join(workdir, ASSETS)
         if os.path.exists(assets_path):
             assets = Assets.load(assets_path)
         else:  # a run from before assets were saved: read them from its corpus
             assets = Assets.from_corpus(open_corpus(config), config.data.splits.train_subjects)
-        encoder = ContextEncoder.from_config(config, allow_download=False)
+        if encoder_precision not in ENCODER_PRECISIONS:
+            raise RunError(
+                f"unknown encoder precision '{encoder_precision}': choose from "
+                f"{', '.join(ENCODER_PRECISIONS)}"
+            )
+        encoder = ContextEncoder.from_config(
+            config, allow_download=False, matmul_operands=encoder_precision
+        )
         check_encoder(workdir, assets, encoder)
         model_config = SDETalkConfig.for_run(
             config, context_dim=encoder.hidden_size, **assets.dimensions

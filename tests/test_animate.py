@@ -108,6 +108,27 @@ def test_animate_writes_npz_and_video_with_audio(workdir, model, speech, tmp_pat
     assert not [f for f in os.listdir(out) if f.startswith(".partial")]
 
 
+def test_a_bfloat16_encoder_is_recorded_and_moves_the_face_little(workdir, speech, tmp_path):
+    path, _ = speech
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        out = os.fspath(tmp_path / precision)
+        code = animate.main([
+            "--workdir", workdir, "--audio", path, "--subject", "F2", "--out", out,
+            "--no-video", "--encoder-precision", precision,
+        ])  # fmt: skip
+        assert code == 0
+        with np.load(os.path.join(out, "hello_s0.npz")) as result:
+            assert str(result["encoder_precision"]) == precision
+            outputs[precision] = {name: result[name] for name in ("vertices", "expression")}
+    exact, fast = outputs["float32"], outputs["bfloat16"]
+    motion = np.abs(exact["expression"] - exact["expression"].mean(0)).mean()
+    difference = np.abs(fast["vertices"] - exact["vertices"]).mean()
+    assert 0 < difference < 0.1 * motion  # the same animation, to a fraction of its motion
+    with pytest.raises(RunError, match="unknown encoder precision 'int8'"):
+        TrainedModel.load(workdir, encoder_precision="int8")
+
+
 def test_same_seed_same_output_other_seed_other_motion(model, speech):
     import sdetalk_jax.audio as audio_module
 

@@ -206,11 +206,16 @@ def test_cli_on_44k_stereo(tmp_path):
     assert np.load(out).shape == hidden.shape
 
 
-def test_feature_cache_keys_on_model_and_audio_and_survives_restart(tmp_path):
+def checkpoint_cache_and_wav(tmp_path):
+    """A saved base-960h-style checkpoint folder, an empty cache folder and a wav."""
     save_reference(tmp_path / "ckpt", "post-layernorm (base-960h)")
-    cache = os.fspath(tmp_path / "cache")
     wav = os.fspath(tmp_path / "a.wav")
     stereo_44k(wav)
+    return os.fspath(tmp_path / "ckpt"), os.fspath(tmp_path / "cache"), wav
+
+
+def test_feature_cache_keys_on_model_and_audio_and_survives_restart(tmp_path):
+    _, cache, wav = checkpoint_cache_and_wav(tmp_path)
 
     first = ContextEncoder.from_pretrained(os.fspath(tmp_path / "ckpt"), cache_dir=cache)
     computed = first.encode_file(wav)
@@ -301,3 +306,71 @@ def test_training_features_cover_the_same_audio_as_the_mel(tmp_path, small_corpu
     np.testing.assert_allclose(context, spanned, atol=1e-5)
     stretched = audio.interpolate_frames(encoder.encode_file(clip.audio_path), clip.num_frames)
     assert np.abs(context - stretched).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, steps", [(3, 2, 33), (3, 2, 32), (2, 2, 21), (10, 5, 103), (4, 3, 50)]
+)
+def test_a_strided_convolution_as_matmuls_is_the_convolution(kernel, stride, steps):
+    import jax
+
+    from sdetalk_jax.models.wav2vec2.model import strided_conv_as_matmuls
+
+    rng = np.random.default_rng(kernel * 100 + steps)
+    x = rng.standard_normal((2, steps, 5)).astype(np.float32)
+    kernel_first = rng.standard_normal((kernel, 5, 7)).astype(np.float32)
+    expected = jax.lax.conv_general_dilated(
+        x, kernel_first, (stride,), "VALID", dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    ours = strided_conv_as_matmuls(x, kernel_first, stride, "float32")
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def relative_rms(ours, reference):
+    return float(np.sqrt(np.mean((ours - reference) ** 2) / np.mean(reference**2)))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bfloat16_operands_stay_near_pytorch_and_still_mask_padding(tmp_path, variant):
+    reference = save_reference(tmp_path, variant)
+    config, params = load_pretrained(os.fspath(tmp_path))
+    rng = np.random.default_rng(0)
+    long = rng.standard_normal(40_000).astype(np.float32)
+    short = rng.standard_normal(32_000).astype(np.float32)
+    expected_long = reference_hidden(reference, long)
+    expected_short = reference_hidden(reference, short)
+
+    model = Wav2Vec2Model(config, "bfloat16")
+    alone, _ = model.apply({"params": params}, short[None])
+    alone = np.asarray(alone[0])
+    # bfloat16 keeps 8 bits of each operand: about 1 % here (float32 is exact to 1e-4)
+    assert 1e-4 < relative_rms(alone, expected_short) < 0.03
+    audio, mask = pad_batch([long, short], multiple=16_000)
+    batch, _ = model.apply({"params": params}, audio, mask)
+    batch = np.asarray(batch)
+    assert 1e-4 < relative_rms(batch[0, : len(expected_long)], expected_long) < 0.03
+    # Padding changes nothing: the clip in a padded batch is the clip alone, as in float32.
+    assert relative_rms(batch[1, : len(alone)], alone) < 1e-3
+
+
+def test_bfloat16_features_are_cached_apart_and_keep_the_weights_identity(tmp_path):
+    folder, cache, wav = checkpoint_cache_and_wav(tmp_path)
+    exact = ContextEncoder.from_pretrained(folder, cache_dir=cache)
+    fast = ContextEncoder.from_pretrained(folder, cache_dir=cache, matmul_operands="bfloat16")
+    # The same weights (what a run records and animate checks), other features (the cache key).
+    assert fast.fingerprint == exact.fingerprint
+    assert fast.features_fingerprint != exact.features_fingerprint
+    assert exact.features_fingerprint == exact.fingerprint  # float32 caches written before stay
+
+    computed = exact.encode_file(wav)
+    approximate = fast.encode_file(wav)
+    assert (fast.cache.hits, fast.cache.misses) == (0, 1)  # not served float32's entry
+    assert fast.cache.path_for(wav) != exact.cache.path_for(wav)
+    assert 1e-4 < relative_rms(approximate, computed) < 0.03
+    again = ContextEncoder.from_pretrained(folder, cache_dir=cache, matmul_operands="bfloat16")
+    np.testing.assert_array_equal(again.encode_file(wav), approximate)
+    assert again.cache.hits == 1
+
+    with pytest.raises(ValueError, match="unknown encoder precision 'float16'.*bfloat16"):
+        ContextEncoder.from_pretrained(folder, matmul_operands="float16")

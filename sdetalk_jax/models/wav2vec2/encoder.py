@@ -1,8 +1,9 @@
 """The frozen context encoder as a service: jitted inference on any wav, and an on-disk feature cache.
 
 SDETalk freezes wav2vec 2.0, so each clip's hidden states are computed once and stored, keyed by the
-model's content (config and every parameter) and the audio file's content: a change of either is a
-different key, so a stale entry is never served. Entries are written to a temporary file and renamed,
+model's content (config and every parameter, and the precision of its matmul operands when not
+float32) and the audio file's content: a change of either is a different key, so a stale entry is
+never served. Entries are written to a temporary file and renamed,
 so an interrupted run never leaves a half-written entry under a real key; an unreadable entry is
 deleted and recomputed.
 """
@@ -20,7 +21,12 @@ import numpy as np
 from flax import traverse_util
 
 from sdetalk_jax import audio
-from sdetalk_jax.models.wav2vec2.model import Wav2Vec2Config, Wav2Vec2Model, normalize_waveform
+from sdetalk_jax.models.wav2vec2.model import (
+    MATMUL_OPERANDS,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    normalize_waveform,
+)
 
 CACHE_FORMAT = 1
 # Inputs are padded up to a multiple of this many samples (1 s): one compilation per second of
@@ -45,6 +51,14 @@ def params_fingerprint(config: Wav2Vec2Config, params, *, normalize: bool) -> st
         digest.update(str(array.shape).encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def fingerprint_of_features(weights_fingerprint: str, matmul_operands: str) -> str:
+    """What identifies the features: the weights' fingerprint, and the matmul operands' precision
+    unless float32 (so float32 keys, and every cache written before, are unchanged)."""
+    if matmul_operands == "float32":
+        return weights_fingerprint
+    return hashlib.sha256(f"{weights_fingerprint};operands={matmul_operands}".encode()).hexdigest()
 
 
 def file_digest(path: str) -> str:
@@ -90,7 +104,12 @@ class FeatureCache:
 
 
 class ContextEncoder:
-    """Frozen wav2vec 2.0: `encode(waveform)` -> [frames, hidden] (about 50 frames per second)."""
+    """Frozen wav2vec 2.0: `encode(waveform)` -> [frames, hidden] (about 50 frames per second).
+
+    `fingerprint` identifies the weights (config, normalisation, parameters): what a run records
+    as the encoder it was trained with. `matmul_operands` is "float32" (what training uses) or
+    "bfloat16" (float32 accumulation: faster inference, features about 1 % RMS away;
+    docs/animate.md); `features_fingerprint` adds it, and keys the feature cache."""
 
     def __init__(
         self,
@@ -99,13 +118,21 @@ class ContextEncoder:
         *,
         normalize: bool = True,
         cache_dir: str | None = None,
+        matmul_operands: str = "float32",
     ):
+        if matmul_operands not in MATMUL_OPERANDS:
+            raise ValueError(
+                f"unknown encoder precision {matmul_operands!r}: choose from "
+                f"{', '.join(MATMUL_OPERANDS)}"
+            )
         self.config = config
         self.params = params
         self.normalize = normalize
+        self.matmul_operands = matmul_operands
         self.fingerprint = params_fingerprint(config, params, normalize=normalize)
-        self.cache = FeatureCache(cache_dir, self.fingerprint) if cache_dir else None
-        model = Wav2Vec2Model(config)
+        self.features_fingerprint = fingerprint_of_features(self.fingerprint, matmul_operands)
+        self.cache = FeatureCache(cache_dir, self.features_fingerprint) if cache_dir else None
+        model = Wav2Vec2Model(config, matmul_operands)
 
         def forward(params, samples, mask):
             hidden, _ = model.apply({"params": params}, samples, mask)
@@ -114,7 +141,9 @@ class ContextEncoder:
         self._forward = jax.jit(forward)
 
     @classmethod
-    def from_config(cls, config, *, allow_download: bool = True) -> ContextEncoder:
+    def from_config(
+        cls, config, *, allow_download: bool = True, matmul_operands: str = "float32"
+    ) -> ContextEncoder:
         """The run's frozen wav2vec 2.0: pretrained from `model.wav2vec2_checkpoint` (a folder or
         the hub cache; downloaded only when `allow_download` and online), or small and random from
         `model.wav2vec2_random` (seeded); features cached in `data.feature_cache` (default:
@@ -122,7 +151,10 @@ class ContextEncoder:
         cache_dir = config.data.feature_cache or default_cache_dir()
         if config.model.wav2vec2_checkpoint:
             return cls.from_pretrained(
-                config.model.wav2vec2_checkpoint, cache_dir=cache_dir, allow_download=allow_download
+                config.model.wav2vec2_checkpoint,
+                cache_dir=cache_dir,
+                allow_download=allow_download,
+                matmul_operands=matmul_operands,
             )
         settings = dict(config.model.wav2vec2_random)
         seed = settings.pop("seed", 0)
@@ -131,17 +163,28 @@ class ContextEncoder:
         params = jax.jit(Wav2Vec2Model(encoder_config).init)(
             jax.random.key(seed), np.zeros((1, encoder_config.receptive_field * 2), np.float32)
         )["params"]
-        return cls(encoder_config, params, cache_dir=cache_dir)
+        return cls(encoder_config, params, cache_dir=cache_dir, matmul_operands=matmul_operands)
 
     @classmethod
     def from_pretrained(
-        cls, checkpoint: str, *, cache_dir: str | None = None, allow_download: bool = True
+        cls,
+        checkpoint: str,
+        *,
+        cache_dir: str | None = None,
+        allow_download: bool = True,
+        matmul_operands: str = "float32",
     ) -> ContextEncoder:
         from sdetalk_jax.models.wav2vec2.convert import load_pretrained, resolve_checkpoint
 
         folder = resolve_checkpoint(checkpoint, allow_download=allow_download)
         config, params = load_pretrained(folder)
-        return cls(config, params, normalize=_reads_normalize(folder), cache_dir=cache_dir)
+        return cls(
+            config,
+            params,
+            normalize=_reads_normalize(folder),
+            cache_dir=cache_dir,
+            matmul_operands=matmul_operands,
+        )
 
     @property
     def hidden_size(self) -> int:

@@ -14,6 +14,10 @@ variant normalises over the padding too, which is why its processor refuses atte
 base-960h; ours needs no such rule.)
 
 Parameter names follow the PyTorch module tree, so `convert.py` maps checkpoints one to one.
+
+Matmul operands: float32 (what every run is trained with), or bfloat16 with float32 accumulation
+and float32 everywhere else (`matmul_operands="bfloat16"`, for faster inference; see
+`operand_matmul`).
 """
 
 from __future__ import annotations
@@ -102,6 +106,50 @@ _ACTIVATIONS = {
 }
 
 
+# The precisions a model's matmul operands can take; products are accumulated in float32 either way.
+MATMUL_OPERANDS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def operand_matmul(x: jax.Array, weight: jax.Array, operands: str) -> jax.Array:
+    """x @ weight, with both operands in `operands` precision and the result in float32.
+
+    bfloat16 operands accumulated in float32 run about twice as fast as float32 on CPUs with
+    avx512_bf16 (and use the tensor cores on GPUs); a bfloat16 result does not gain on the CPU,
+    and would round every activation (python benchmarks/encoder_precision.py)."""
+    if operands == "float32":
+        return x @ weight
+    dtype = MATMUL_OPERANDS[operands]
+    return jnp.matmul(x.astype(dtype), weight.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def strided_conv_as_matmuls(x: jax.Array, kernel_first: jax.Array, stride: int, operands: str):
+    """A valid strided 1-D convolution, x [B, T, C] * kernel_first [kernel, C, out], as
+    ceil(kernel / stride) matmuls over the input cut into blocks of `stride` steps (a free
+    reshape): output step t is block t times the kernel's first `stride` taps, plus block t + 1
+    times the next ones, and so on. Gathering each window's steps into one row instead costs
+    more here than the matmul it feeds."""
+    batch, steps, channels = x.shape
+    kernel = kernel_first.shape[0]
+    frames = (steps - kernel) // stride + 1
+    reach = -(-kernel // stride)  # blocks a window touches
+    covered = (frames + reach - 1) * stride
+    # Steps past the input's end (zeros here) fall only on the taps a block does not use.
+    blocks = (
+        x[:, :covered] if covered <= steps else jnp.pad(x, ((0, 0), (0, covered - steps), (0, 0)))
+    )
+    blocks = blocks.reshape(batch, frames + reach - 1, stride * channels)
+    taps = kernel_first.reshape(kernel * channels, -1)
+    y = None
+    for block in range(reach):
+        used = min(stride, kernel - block * stride) * channels  # taps of this block
+        first = block * stride * channels
+        term = operand_matmul(
+            blocks[:, block : block + frames, :used], taps[first : first + used], operands
+        )
+        y = term if y is None else y + term
+    return y
+
+
 def frame_mask_from_samples(
     config: Wav2Vec2Config, attention_mask: jax.Array, num_frames: int
 ) -> jax.Array:
@@ -150,6 +198,7 @@ class Linear(nn.Module):
 
     in_features: int
     out_features: int
+    matmul_operands: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -159,7 +208,7 @@ class Linear(nn.Module):
             (self.out_features, self.in_features),
         )
         bias = self.param("bias", nn.initializers.zeros, (self.out_features,))
-        return x @ weight.T + bias
+        return operand_matmul(x, weight.T, self.matmul_operands) + bias
 
 
 class FeatureConv(nn.Module):
@@ -170,6 +219,7 @@ class FeatureConv(nn.Module):
     kernel: int
     stride: int
     use_bias: bool
+    matmul_operands: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, C_in] -> [B, T_out, C_out]
@@ -178,13 +228,18 @@ class FeatureConv(nn.Module):
             nn.initializers.he_normal(in_axis=(1, 2), out_axis=0),
             (self.out_channels, self.in_channels, self.kernel),
         )
-        y = jax.lax.conv_general_dilated(
-            x,
-            jnp.transpose(weight, (2, 1, 0)),  # [kernel, in, out]
-            window_strides=(self.stride,),
-            padding="VALID",
-            dimension_numbers=("NWC", "WIO", "NWC"),
-        )
+        kernel_first = jnp.transpose(weight, (2, 1, 0))  # [kernel, in, out]
+        # float32, and the first layer (one input channel: matmuls of a few taps are slow)
+        if self.matmul_operands == "float32" or self.in_channels == 1:
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel_first,
+                window_strides=(self.stride,),
+                padding="VALID",
+                dimension_numbers=("NWC", "WIO", "NWC"),
+            )
+        else:  # XLA's CPU convolutions gain nothing from bfloat16; its matmuls do
+            y = strided_conv_as_matmuls(x, kernel_first, self.stride, self.matmul_operands)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.out_channels,))
         return y
@@ -194,6 +249,7 @@ class FeatureEncoder(nn.Module):
     """The convolutional feature encoder: raw audio [B, S] -> features [B, T, conv_dim[-1]]."""
 
     config: Wav2Vec2Config
+    matmul_operands: str = "float32"
 
     @nn.compact
     def __call__(self, audio: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -206,7 +262,13 @@ class FeatureEncoder(nn.Module):
             zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True)
         ):
             x = FeatureConv(
-                channels, dim, kernel, stride, config.conv_bias, name=f"conv_layers_{index}_conv"
+                channels,
+                dim,
+                kernel,
+                stride,
+                config.conv_bias,
+                self.matmul_operands,
+                name=f"conv_layers_{index}_conv",
             )(x)
             channels = dim
             if config.feat_extract_norm == "layer":
@@ -262,10 +324,12 @@ class PositionalConvEmbedding(nn.Module):
 
 class SelfAttention(nn.Module):
     config: Wav2Vec2Config
+    matmul_operands: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         config = self.config
+        operands = self.matmul_operands
         hidden, heads = config.hidden_size, config.num_attention_heads
         head_dim = hidden // heads
 
@@ -276,18 +340,29 @@ class SelfAttention(nn.Module):
             weight, bias = module()
             weights.append(weight)
             biases.append(bias)
-        fused = x @ jnp.concatenate(weights).T + jnp.concatenate(biases)
+        fused = operand_matmul(x, jnp.concatenate(weights).T, operands) + jnp.concatenate(biases)
         query, key, value = jnp.split(fused, 3, axis=-1)
 
         def split(t):
             return t.reshape(t.shape[0], t.shape[1], heads, head_dim)
 
+        dtype = MATMUL_OPERANDS[operands]
         query, key, value = split(query) * head_dim**-0.5, split(key), split(value)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+        logits = jnp.einsum(
+            "bqhd,bkhd->bhqk",
+            query.astype(dtype),
+            key.astype(dtype),
+            preferred_element_type=jnp.float32,
+        )
         logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)
-        context = jnp.einsum("bhqk,bkhd->bqhd", weights, value).reshape(x.shape)
-        return Linear(hidden, hidden, name="out_proj")(context)
+        context = jnp.einsum(
+            "bhqk,bkhd->bqhd",
+            weights.astype(dtype),
+            value.astype(dtype),
+            preferred_element_type=jnp.float32,
+        ).reshape(x.shape)
+        return Linear(hidden, hidden, operands, name="out_proj")(context)
 
 
 class _LinearParams(nn.Module):
@@ -309,23 +384,29 @@ class _LinearParams(nn.Module):
 
 class FeedForward(nn.Module):
     config: Wav2Vec2Config
+    matmul_operands: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        config = self.config
-        x = Linear(config.hidden_size, config.intermediate_size, name="intermediate_dense")(x)
+        config, operands = self.config, self.matmul_operands
+        x = Linear(
+            config.hidden_size, config.intermediate_size, operands, name="intermediate_dense"
+        )(x)
         x = _ACTIVATIONS[config.hidden_act](x)
-        return Linear(config.intermediate_size, config.hidden_size, name="output_dense")(x)
+        return Linear(config.intermediate_size, config.hidden_size, operands, name="output_dense")(
+            x
+        )
 
 
 class EncoderLayer(nn.Module):
     config: Wav2Vec2Config
+    matmul_operands: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         config = self.config
-        attention = SelfAttention(config, name="attention")
-        feed_forward = FeedForward(config, name="feed_forward")
+        attention = SelfAttention(config, self.matmul_operands, name="attention")
+        feed_forward = FeedForward(config, self.matmul_operands, name="feed_forward")
         layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, name="layer_norm")
         final_layer_norm = LayerNorm(
             config.hidden_size, config.layer_norm_eps, name="final_layer_norm"
@@ -338,25 +419,33 @@ class EncoderLayer(nn.Module):
 
 
 class Wav2Vec2Model(nn.Module):
-    """Raw 16 kHz audio [B, S] (+ mask) -> last hidden states [B, T, hidden] and frame mask [B, T]."""
+    """Raw 16 kHz audio [B, S] (+ mask) -> last hidden states [B, T, hidden] and frame mask [B, T].
+
+    `matmul_operands`: "float32", or "bfloat16" (float32 accumulation; the positional convolution,
+    normalisations and activations stay float32)."""
 
     config: Wav2Vec2Config
+    matmul_operands: str = "float32"
 
     @nn.compact
     def __call__(self, audio: jax.Array, attention_mask: jax.Array | None = None):
-        config = self.config
+        config, operands = self.config, self.matmul_operands
+        if operands not in MATMUL_OPERANDS:
+            raise ValueError(
+                f"matmul_operands must be one of {sorted(MATMUL_OPERANDS)}, got {operands!r}"
+            )
         if attention_mask is None:
             attention_mask = jnp.ones(audio.shape, dtype=bool)
         attention_mask = attention_mask.astype(bool)
-        features, frame_mask = FeatureEncoder(config, name="feature_extractor")(
+        features, frame_mask = FeatureEncoder(config, operands, name="feature_extractor")(
             audio, attention_mask
         )
         features = LayerNorm(
             config.conv_dim[-1], config.layer_norm_eps, name="feature_projection_layer_norm"
         )(features)
-        x = Linear(config.conv_dim[-1], config.hidden_size, name="feature_projection_projection")(
-            features
-        )
+        x = Linear(
+            config.conv_dim[-1], config.hidden_size, operands, name="feature_projection_projection"
+        )(features)
         x = jnp.where(frame_mask[..., None], x, 0.0)
         x = x + PositionalConvEmbedding(config, name="encoder_pos_conv_embed_conv")(x)
         encoder_norm = LayerNorm(
@@ -365,7 +454,7 @@ class Wav2Vec2Model(nn.Module):
         if not config.do_stable_layer_norm:
             x = encoder_norm(x)
         for index in range(config.num_hidden_layers):
-            x = EncoderLayer(config, name=f"encoder_layers_{index}")(x, frame_mask)
+            x = EncoderLayer(config, operands, name=f"encoder_layers_{index}")(x, frame_mask)
         if config.do_stable_layer_norm:
             x = encoder_norm(x)
         return x, frame_mask
