@@ -13,20 +13,23 @@ times; the epoch's time is each bucket's steady step time times its number of ba
 Prints, besides clips/s and frames/s of real (unpadded) frames: the step's FLOPs from XLA's own
 cost analysis, the GFLOP/s achieved, the same run's reference (one [B*N, Dc] x [Dc, V*3] float32
 matmul, the shape of G_n's layer), the padding waste of the epoch, and peak memory (host RSS on
-CPU; device peak where the backend reports it).
+CPU; device peak where the backend reports it): the whole run's, the largest bucket's steps'
+(VmHWM restarted before them), and what each bucket's compiled step holds while it is cached
+(resident memory after its first step, less before its compilation, the freed memory handed
+back both times).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from biwi_rehearsal import peak_rss_gib  # VmHWM: restarted per bucket below
 
 from sdetalk_jax import optim
 from sdetalk_jax.config_files import repository_config
@@ -98,9 +101,11 @@ def matmul_reference(rows: int, inner: int, outer: int, repeats: int = 5) -> flo
     return 2.0 * rows * inner * outer / best / 1e9
 
 
-def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops):
-    """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step); with
-    `args.profile`, the first bucket's slowest ops are appended to `top_ops`."""
+def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak):
+    """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step, XLA's memory
+    analysis, resident memory its compiled step added, peak RSS during its steps); with
+    `args.profile`, the first bucket's slowest ops are appended to `top_ops`. `overall_peak[0]`
+    is kept at the process's peak RSS (which each bucket restarts)."""
     per_bucket = {}
     for plan in plans:
         if plan.length in per_bucket:
@@ -109,12 +114,19 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops):
         batch = placement.shard_batch(
             fake_batch(rng, plan.length, rows, args.vertices, args.context_dim, 12, 6)
         )
+        release_freed_host_memory()
+        resident_before = resident_gib()
         start = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
         release_freed_host_memory()  # as train.Trainer does after a bucket's first step
         state, metrics = compiled(state, batch)  # the first run of an executable warms it up
         jax.block_until_ready(metrics)
+        del metrics
+        release_freed_host_memory()
+        executable_gib = resident_gib() - resident_before
+        overall_peak[0] = max(overall_peak[0], peak_rss_gib())  # restarted below
+        peak_restarted = restart_peak_rss()
         timings = []
         for _ in range(args.steps):
             start = time.perf_counter()
@@ -129,8 +141,34 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops):
             float(np.median(timings)),
             compiled_flops(compiled),
             compiled.memory_analysis(),
+            executable_gib,
+            peak_rss_gib() if peak_restarted else float("nan"),
         )
+        overall_peak[0] = max(overall_peak[0], peak_rss_gib())
     return per_bucket
+
+
+def resident_gib() -> float:
+    """This process's resident memory now (VmRSS; NaN where /proc is not there)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return float("nan")
+
+
+def restart_peak_rss() -> bool:
+    """Restarts VmHWM at the current RSS (Linux's /proc/self/clear_refs), so that peak_rss_gib
+    reads the peak from here on; False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def profile_top_ops(compiled, state, batch, count: int):
@@ -168,7 +206,7 @@ def profile_top_ops(compiled, state, batch, count: int):
     ]
 
 
-def summary_rows(args, plans, lengths, per_bucket) -> list[tuple[str, str]]:
+def summary_rows(args, plans, lengths, per_bucket, overall_peak) -> list[tuple[str, str]]:
     """The table's rows: the epoch's time from each bucket's step, FLOPs, the same-run matmul
     reference, padding and memory."""
     epoch_seconds = sum(per_bucket[plan.length][1] for plan in plans)
@@ -177,7 +215,9 @@ def summary_rows(args, plans, lengths, per_bucket) -> list[tuple[str, str]]:
     reference = matmul_reference(args.batch * 120, args.context_dim, args.vertices * 3)
     achieved = epoch_flops / epoch_seconds / 1e9
     compile_seconds = [entry[0] for entry in per_bucket.values()]
-    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_rss_gb = max(overall_peak, peak_rss_gib())
+    largest = max(per_bucket)
+    executables = [entry[4] for entry in per_bucket.values()]
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     device_peak = (
@@ -214,6 +254,15 @@ def summary_rows(args, plans, lengths, per_bucket) -> list[tuple[str, str]]:
         ),
         ("projected 500 epochs", f"{500 * epoch_seconds / 3600:.1f} h"),
         ("peak host memory (RSS)", f"{peak_rss_gb:.2f} GiB"),
+        (
+            f"peak RSS during the steps of the largest bucket ({largest} frames)",
+            f"{per_bucket[largest][5]:.2f} GiB",
+        ),
+        (
+            "resident memory each bucket's compiled step adds (held while it is cached)",
+            f"mean {1024 * np.mean(executables):.0f} MB, {1024 * sum(executables):.0f} MB "
+            f"for {len(executables)} buckets",
+        ),
         ("peak device memory", device_peak),
         *memory_rows(per_bucket),
     ]
@@ -273,9 +322,12 @@ def main() -> None:
     state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
     top_ops: list = []
-    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops)
+    overall_peak = [0.0]
+    per_bucket = time_buckets(
+        step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak
+    )
 
-    rows = summary_rows(args, plans, lengths, per_bucket)
+    rows = summary_rows(args, plans, lengths, per_bucket, overall_peak[0])
     print("| measure | value |")
     print("|---|---|")
     for name, value in rows:
