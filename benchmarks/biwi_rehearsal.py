@@ -101,17 +101,23 @@ def folder_megabytes(folder: str) -> float:
     return total / 1e6
 
 
-def peak_rss_gib() -> float:
-    """This process's peak RSS since it started. Not getrusage's ru_maxrss, which on Linux keeps
-    the parent's peak in a child it spawns: VmHWM of /proc/self/status, where there is one."""
+def status_gib(field: str) -> float | None:
+    """A memory field of /proc/self/status ("VmHWM", "VmRSS") in GiB; None where there is none."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 2**20  # kB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return None
+
+
+def peak_rss_gib() -> float:
+    """This process's peak RSS since it started. Not getrusage's ru_maxrss, which on Linux keeps
+    the parent's peak in a child it spawns: VmHWM of /proc/self/status, where there is one."""
+    peak = status_gib("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if peak is None else peak
 
 
 def extract_features(settings: dict, results) -> None:

@@ -29,7 +29,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from biwi_rehearsal import peak_rss_gib  # VmHWM: restarted per bucket below
+from biwi_rehearsal import peak_rss_gib, status_gib  # VmHWM: restarted per bucket below
 
 from sdetalk_jax import optim
 from sdetalk_jax.config_files import repository_config
@@ -150,14 +150,8 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops, 
 
 def resident_gib() -> float:
     """This process's resident memory now (VmRSS; NaN where /proc is not there)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    return float("nan")
+    resident = status_gib("VmRSS")
+    return float("nan") if resident is None else resident
 
 
 def restart_peak_rss() -> bool:
