@@ -210,6 +210,8 @@ def _key(seed: int):
 
 
 def main() -> None:
+    from sdetalk_jax.inference import ENCODER_PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0, 600.0, 3600.0])
     parser.add_argument("--video-up-to", type=float, default=60.0, help="longest audio rendered")
@@ -223,8 +225,8 @@ def main() -> None:
     )
     parser.add_argument("--vertices", type=int, default=23370)
     parser.add_argument(
-        "--encoder-precision", nargs="+", default=["float32", "bfloat16"],
-        choices=("float32", "bfloat16"), help="animate's --encoder-precision, each in turn",
+        "--encoder-precision", nargs="+", default=list(ENCODER_PRECISIONS),
+        choices=ENCODER_PRECISIONS, help="animate's --encoder-precision, each in turn",
     )  # fmt: skip
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child process's length
     parser.add_argument("--run", help=argparse.SUPPRESS)  # the run folder a child loads

@@ -254,7 +254,7 @@ def summary_rows(args, plans, lengths, per_bucket, overall_peak) -> list[tuple[s
         ),
         (
             "resident memory each bucket's compiled step adds (held while it is cached)",
-            f"mean {1024 * np.mean(executables):.0f} MB, {1024 * sum(executables):.0f} MB "
+            f"mean {1024 * np.mean(executables):.0f} MiB, {1024 * sum(executables):.0f} MiB "
             f"for {len(executables)} buckets",
         ),
         ("peak device memory", device_peak),

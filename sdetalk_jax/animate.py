@@ -170,12 +170,13 @@ def animate(
     emotion: str = INFERRED,
     emotion_intensity: float = 1.0,
     checkpoint: str = "best",
-    encoder_precision: str = "float32",
+    encoder_precision: str | None = None,
     force: bool = False,
     progress: bool = True,
     model: TrainedModel | None = None,
 ) -> list[str]:
-    """Writes the npz (and mp4) of each sample; returns their paths."""
+    """Writes the npz (and mp4) of each sample; returns their paths. `encoder_precision`: the
+    context encoder's matmul operands (float32 when None), or those of `model` if given."""
     from sdetalk_jax import render
 
     waveform = audio.load_audio(audio_path)  # raises AudioError naming the file
@@ -183,9 +184,16 @@ def animate(
         check_head_scale(head_scale)
     except ValueError as error:
         raise RunError(f"--head-scale: {error}") from None
-    model = model or TrainedModel.load(
-        workdir, checkpoint=checkpoint, encoder_precision=encoder_precision
-    )
+    if model is None:
+        model = TrainedModel.load(
+            workdir, checkpoint=checkpoint, encoder_precision=encoder_precision or "float32"
+        )
+    elif encoder_precision not in (None, model.encoder.matmul_operands):
+        raise RunError(
+            f"encoder precision '{encoder_precision}' asked of a model loaded with "
+            f"'{model.encoder.matmul_operands}': load it with TrainedModel.load(..., "
+            "encoder_precision=...)"
+        )
     model.subject_index(subject)  # unknown subject: fail before any work
     num_frames = model.frame_count(waveform)  # too short: likewise
     request = checked_emotion(model, emotion, emotion_intensity, progress)
@@ -270,7 +278,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--encoder-precision", default="float32", choices=ENCODER_PRECISIONS,
         help="wav2vec 2.0's matmul operands: float32 (the features the run was trained on) or "
-        "bfloat16 (about 1.5x faster on CPUs with avx512_bf16; docs/animate.md has its effect)",
+        "bfloat16 (the encoder 1.3-1.5x faster on CPUs with avx512_bf16; docs/animate.md)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)

@@ -264,19 +264,19 @@ class TrainedModel:
     ) -> TrainedModel:
         """checkpoint: 'best' (lowest validation error; the latest if there is no best) or
         'latest'. encoder_precision: the context encoder's matmul operands, 'float32' (the
-        features the run was trained on) or 'bfloat16' (faster on CPUs with avx512_bf16 and on
-        GPUs; docs/animate.md has its effect)."""
+        features the run was trained on) or 'bfloat16' (faster on CPUs with avx512_bf16;
+        docs/animate.md has its effect)."""
+        if encoder_precision not in ENCODER_PRECISIONS:  # before any file is read
+            raise RunError(
+                f"unknown encoder precision '{encoder_precision}': choose from "
+                f"{', '.join(ENCODER_PRECISIONS)}"
+            )
         config = load_run_config(workdir)
         assets_path = os.path.join(workdir, ASSETS)
         if os.path.exists(assets_path):
             assets = Assets.load(assets_path)
         else:  # a run from before assets were saved: read them from its corpus
             assets = Assets.from_corpus(open_corpus(config), config.data.splits.train_subjects)
-        if encoder_precision not in ENCODER_PRECISIONS:
-            raise RunError(
-                f"unknown encoder precision '{encoder_precision}': choose from "
-                f"{', '.join(ENCODER_PRECISIONS)}"
-            )
         encoder = ContextEncoder.from_config(
             config, allow_download=False, matmul_operands=encoder_precision
         )

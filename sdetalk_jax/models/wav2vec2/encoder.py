@@ -22,9 +22,9 @@ from flax import traverse_util
 
 from sdetalk_jax import audio
 from sdetalk_jax.models.wav2vec2.model import (
-    MATMUL_OPERANDS,
     Wav2Vec2Config,
     Wav2Vec2Model,
+    check_matmul_operands,
     normalize_waveform,
 )
 
@@ -120,11 +120,7 @@ class ContextEncoder:
         cache_dir: str | None = None,
         matmul_operands: str = "float32",
     ):
-        if matmul_operands not in MATMUL_OPERANDS:
-            raise ValueError(
-                f"unknown encoder precision {matmul_operands!r}: choose from "
-                f"{', '.join(MATMUL_OPERANDS)}"
-            )
+        check_matmul_operands(matmul_operands)
         self.config = config
         self.params = params
         self.normalize = normalize

@@ -110,6 +110,13 @@ _ACTIVATIONS = {
 MATMUL_OPERANDS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def check_matmul_operands(operands: str) -> None:
+    if operands not in MATMUL_OPERANDS:
+        raise ValueError(
+            f"unknown encoder precision {operands!r}: choose from {', '.join(MATMUL_OPERANDS)}"
+        )
+
+
 def operand_matmul(x: jax.Array, weight: jax.Array, operands: str) -> jax.Array:
     """x @ weight, with both operands in `operands` precision and the result in float32.
 
@@ -120,6 +127,16 @@ def operand_matmul(x: jax.Array, weight: jax.Array, operands: str) -> jax.Array:
         return x @ weight
     dtype = MATMUL_OPERANDS[operands]
     return jnp.matmul(x.astype(dtype), weight.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def operand_einsum(subscripts: str, x: jax.Array, y: jax.Array, operands: str) -> jax.Array:
+    """jnp.einsum of two operands, as `operand_matmul` multiplies them."""
+    if operands == "float32":
+        return jnp.einsum(subscripts, x, y)
+    dtype = MATMUL_OPERANDS[operands]
+    return jnp.einsum(
+        subscripts, x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32
+    )
 
 
 def strided_conv_as_matmuls(x: jax.Array, kernel_first: jax.Array, stride: int, operands: str):
@@ -346,22 +363,11 @@ class SelfAttention(nn.Module):
         def split(t):
             return t.reshape(t.shape[0], t.shape[1], heads, head_dim)
 
-        dtype = MATMUL_OPERANDS[operands]
         query, key, value = split(query) * head_dim**-0.5, split(key), split(value)
-        logits = jnp.einsum(
-            "bqhd,bkhd->bhqk",
-            query.astype(dtype),
-            key.astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
+        logits = operand_einsum("bqhd,bkhd->bhqk", query, key, operands)
         logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)
-        context = jnp.einsum(
-            "bhqk,bkhd->bqhd",
-            weights.astype(dtype),
-            value.astype(dtype),
-            preferred_element_type=jnp.float32,
-        ).reshape(x.shape)
+        context = operand_einsum("bhqk,bkhd->bqhd", weights, value, operands).reshape(x.shape)
         return Linear(hidden, hidden, operands, name="out_proj")(context)
 
 
@@ -430,10 +436,7 @@ class Wav2Vec2Model(nn.Module):
     @nn.compact
     def __call__(self, audio: jax.Array, attention_mask: jax.Array | None = None):
         config, operands = self.config, self.matmul_operands
-        if operands not in MATMUL_OPERANDS:
-            raise ValueError(
-                f"matmul_operands must be one of {sorted(MATMUL_OPERANDS)}, got {operands!r}"
-            )
+        check_matmul_operands(operands)
         if attention_mask is None:
             attention_mask = jnp.ones(audio.shape, dtype=bool)
         attention_mask = attention_mask.astype(bool)
