@@ -13,7 +13,8 @@ Flax wav2vec 2.0 (base architecture, random weights: the cost does not depend on
   strided feature convolutions as matmuls; the rest float32;
 * bfloat16 throughout: parameters and input cast to bfloat16, every result rounded to it.
 
-Compile time is reported apart from the steady-state median.
+Compile time is reported apart from the steady-state median, and one matmul of the encoder's
+feed-forward shape is timed in the same three precisions (why only the operands are bfloat16).
 
 With `--workdir` (a trained run; its corpus must be where its config says), the effect of bfloat16
 operands on what the run outputs instead: the split evaluated with each precision (`evaluate
@@ -24,6 +25,7 @@ clip are (posed vertices from the same noise, mm).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -41,6 +43,38 @@ PRECISIONS = (
     ("bfloat16 operands, float32 accumulation", "bfloat16", jnp.float32),
     ("bfloat16 throughout", "float32", jnp.bfloat16),
 )
+
+
+def matmul_gflops(rows: int = 1000, inner: int = 768, outer: int = 3072, repeats: int = 5):
+    """GFLOP/s of one [rows, inner] x [inner, outer] product (the encoder's feed-forward shape):
+    float32; bfloat16 operands with a float32 result; bfloat16 operands and result. Best of
+    `repeats`."""
+    keys = jax.random.split(jax.random.key(0))
+    x, w = jax.random.normal(keys[0], (rows, inner)), jax.random.normal(keys[1], (inner, outer))
+    cases = {
+        "float32": (jnp.matmul, x, w),
+        "bfloat16 operands, float32 result": (
+            functools.partial(jnp.matmul, preferred_element_type=jnp.float32),
+            x.astype(jnp.bfloat16),
+            w.astype(jnp.bfloat16),
+        ),
+        "bfloat16 operands and result": (
+            jnp.matmul,
+            x.astype(jnp.bfloat16),
+            w.astype(jnp.bfloat16),
+        ),
+    }
+    rates = {}
+    for name, (product, a, b) in cases.items():
+        compiled = jax.jit(product)
+        jax.block_until_ready(compiled(a, b))
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(a, b))
+            best = min(best, time.perf_counter() - start)
+        rates[name] = 2.0 * rows * inner * outer / best / 1e9
+    return rates
 
 
 def timed_features(encoder: ContextEncoder, params, samples, mask, repeats: int):
@@ -154,6 +188,13 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print()
+    print("one [1000, 768] x [768, 3072] matmul (the feed-forward's shape), best of 5:")
+    print()
+    print("| operands and result | GFLOP/s |")
+    print("|---|---:|")
+    for name, rate in matmul_gflops().items():
+        print(f"| {name} | {rate:.0f} |")
 
 
 if __name__ == "__main__":
