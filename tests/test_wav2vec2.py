@@ -374,3 +374,21 @@ def test_bfloat16_features_are_cached_apart_and_keep_the_weights_identity(tmp_pa
 
     with pytest.raises(ValueError, match="unknown encoder precision 'float16'.*bfloat16"):
         ContextEncoder.from_pretrained(folder, matmul_operands="float16")
+
+
+@pytest.mark.parametrize("flags, warns", [("fpu sse avx2 fma", True), ("avx2 avx512_bf16", False)])
+def test_bfloat16_operands_warn_on_a_cpu_without_bfloat16_dots(tmp_path, monkeypatch, flags, warns):
+    import warnings
+
+    from sdetalk_jax.models.wav2vec2 import encoder
+
+    folder, _, _ = checkpoint_cache_and_wav(tmp_path)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(encoder, "CPUINFO", os.fspath(cpuinfo))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ContextEncoder.from_pretrained(folder, matmul_operands="bfloat16")
+        ContextEncoder.from_pretrained(folder)  # float32 never warns
+    messages = [str(w.message) for w in caught if "bfloat16 dot instructions" in str(w.message)]
+    assert len(messages) == (1 if warns else 0)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -59,6 +60,26 @@ def fingerprint_of_features(weights_fingerprint: str, matmul_operands: str) -> s
     if matmul_operands == "float32":
         return weights_fingerprint
     return hashlib.sha256(f"{weights_fingerprint};operands={matmul_operands}".encode()).hexdigest()
+
+
+# Where Linux lists the CPU's instruction sets (x86: a "flags" line per core).
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_lacks_bfloat16_dots() -> bool:
+    """True when jax runs on an x86 CPU whose flags name no bfloat16 dot instructions
+    (avx512_bf16, amx_bf16): there bfloat16 operands are converted, not multiplied natively, and
+    are unlikely to be faster. False on other backends and where the flags cannot be read."""
+    if jax.default_backend() != "cpu":
+        return False
+    try:
+        with open(CPUINFO) as handle:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), None
+            )
+    except OSError:
+        return False
+    return flags is not None and not {"avx512_bf16", "amx_bf16"} & set(flags)
 
 
 def file_digest(path: str) -> str:
@@ -121,6 +142,13 @@ class ContextEncoder:
         matmul_operands: str = "float32",
     ):
         check_matmul_operands(matmul_operands)
+        if matmul_operands == "bfloat16" and cpu_lacks_bfloat16_dots():
+            warnings.warn(
+                "this CPU has no bfloat16 dot instructions (avx512_bf16, amx_bf16): bfloat16 "
+                "encoder operands are likely no faster than float32 here; time both with "
+                "benchmarks/encoder_precision.py",
+                stacklevel=2,
+            )
         self.config = config
         self.params = params
         self.normalize = normalize
