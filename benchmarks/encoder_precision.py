@@ -33,6 +33,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from train_step import matmul_gflops  # the same timing as its reference matmul
 
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 from sdetalk_jax.models.wav2vec2.model import Wav2Vec2Config, Wav2Vec2Model
@@ -45,7 +46,7 @@ PRECISIONS = (
 )
 
 
-def matmul_gflops(rows: int = 1000, inner: int = 768, outer: int = 3072, repeats: int = 5):
+def precision_gflops(rows: int = 1000, inner: int = 768, outer: int = 3072, repeats: int = 5):
     """GFLOP/s of one [rows, inner] x [inner, outer] product (the encoder's feed-forward shape):
     float32; bfloat16 operands with a float32 result; bfloat16 operands and result. Best of
     `repeats`."""
@@ -64,17 +65,7 @@ def matmul_gflops(rows: int = 1000, inner: int = 768, outer: int = 3072, repeats
             w.astype(jnp.bfloat16),
         ),
     }
-    rates = {}
-    for name, (product, a, b) in cases.items():
-        compiled = jax.jit(product)
-        jax.block_until_ready(compiled(a, b))
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(a, b))
-            best = min(best, time.perf_counter() - start)
-        rates[name] = 2.0 * rows * inner * outer / best / 1e9
-    return rates
+    return {name: matmul_gflops(a, b, product, repeats) for name, (product, a, b) in cases.items()}
 
 
 def timed_features(encoder: ContextEncoder, params, samples, mask, repeats: int):
@@ -193,7 +184,7 @@ def main() -> None:
     print()
     print("| operands and result | GFLOP/s |")
     print("|---|---:|")
-    for name, rate in matmul_gflops().items():
+    for name, rate in precision_gflops().items():
         print(f"| {name} | {rate:.0f} |")
 
 

@@ -86,19 +86,26 @@ def compiled_flops(compiled) -> float:
     return float(analysis.get("flops", float("nan")))
 
 
+def matmul_gflops(a, b, product=jnp.matmul, repeats: int = 5) -> float:
+    """GFLOP/s of `product` (jitted) on a [rows, inner] and an [inner, outer] operand, best of
+    `repeats` after one warm-up call."""
+    compiled = jax.jit(product)
+    jax.block_until_ready(compiled(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(a, b))
+        best = min(best, time.perf_counter() - start)
+    (rows, inner), outer = a.shape, b.shape[1]
+    return 2.0 * rows * inner * outer / best / 1e9
+
+
 def matmul_reference(rows: int, inner: int, outer: int, repeats: int = 5) -> float:
     """GFLOP/s of one float32 [rows, inner] x [inner, outer] matmul, best of `repeats`."""
     keys = jax.random.split(jax.random.key(0))
     a = jax.random.normal(keys[0], (rows, inner))
     b = jax.random.normal(keys[1], (inner, outer))
-    product = jax.jit(jnp.matmul)
-    jax.block_until_ready(product(a, b))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(product(a, b))
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * rows * inner * outer / best / 1e9
+    return matmul_gflops(a, b, repeats=repeats)
 
 
 def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak):

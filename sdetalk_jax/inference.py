@@ -35,7 +35,7 @@ from sdetalk_jax.emotion_control import (
 from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.models.sdetalk import SDETalkConfig, pose_faces
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
-from sdetalk_jax.models.wav2vec2.model import MATMUL_OPERANDS
+from sdetalk_jax.models.wav2vec2.model import MATMUL_OPERANDS, check_matmul_operands
 
 # The context encoder's matmul operands at inference (training is float32).
 ENCODER_PRECISIONS = tuple(MATMUL_OPERANDS)
@@ -266,11 +266,10 @@ class TrainedModel:
         'latest'. encoder_precision: the context encoder's matmul operands, 'float32' (the
         features the run was trained on) or 'bfloat16' (faster on CPUs with avx512_bf16;
         docs/animate.md has its effect)."""
-        if encoder_precision not in ENCODER_PRECISIONS:  # before any file is read
-            raise RunError(
-                f"unknown encoder precision '{encoder_precision}': choose from "
-                f"{', '.join(ENCODER_PRECISIONS)}"
-            )
+        try:
+            check_matmul_operands(encoder_precision)  # before any file is read
+        except ValueError as error:
+            raise RunError(str(error)) from None
         config = load_run_config(workdir)
         assets_path = os.path.join(workdir, ASSETS)
         if os.path.exists(assets_path):
