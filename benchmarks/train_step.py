@@ -3,6 +3,7 @@
     python benchmarks/train_step.py [--vertices 23370] [--batch 4] [--clips 384] [--steps 2]
                                     [--context-dim 768] [--deterministic-gpu]
                                     [--matmul-precision default|float32|tensorfloat32|bfloat16]
+                                    [--compile-threads 1]
 
 BIWI-shaped: 23370 vertices, context features of wav2vec2-base width (768) as the feature cache
 would supply them, and an epoch of `--clips` clips (384: BIWI's training set, 6 subjects x 32
@@ -50,13 +51,13 @@ def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
     batch_size = len(lengths)
     mask = np.arange(length)[None] < np.asarray(lengths)[:, None]
     v3 = vertices * 3
-    template = rng.normal(size=(batch_size, v3)).astype(np.float32) * 0.05
+    template = rng.standard_normal((batch_size, v3), dtype=np.float32) * 0.05
     batch = {
-        "context": rng.normal(size=(batch_size, length, context_dim)).astype(np.float32),
-        "mel": rng.normal(size=(batch_size, length, 128)).astype(np.float32) - 4,
+        "context": rng.standard_normal((batch_size, length, context_dim), dtype=np.float32),
+        "mel": rng.standard_normal((batch_size, length, 128), dtype=np.float32) - 4,
         "template": template,
         "vertices": template[:, None]
-        + 0.002 * rng.normal(size=(batch_size, length, v3)).astype(np.float32),
+        + 0.002 * rng.standard_normal((batch_size, length, v3), dtype=np.float32),
         "rotation": np.broadcast_to(np.eye(3, dtype=np.float32), (batch_size, length, 3, 3)).copy(),
         "translation": 0.003 * rng.normal(size=(batch_size, length, 3)).astype(np.float32),
         "emotion": rng.dirichlet(np.ones(emotions), size=batch_size).astype(np.float32),
@@ -108,30 +109,41 @@ def matmul_reference(rows: int, inner: int, outer: int, repeats: int = 5) -> flo
     return matmul_gflops(a, b, repeats=repeats)
 
 
-def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak):
+def time_buckets(
+    step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak, compile_wall
+):
     """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step, XLA's memory
     analysis, resident memory its compiled step added, peak RSS during its steps); with
     `args.profile`, the first bucket's slowest ops are appended to `top_ops`. `overall_peak[0]`
-    is kept at the process's peak RSS (which each bucket restarts)."""
+    is kept at the process's peak RSS (which each bucket restarts); `compile_wall[0]` is set to
+    the wall seconds of compiling all buckets side by side (`args.compile_threads` > 1)."""
     per_bucket = {}
+    first_plans = {}
     for plan in plans:
-        if plan.length in per_bucket:
-            continue
+        first_plans.setdefault(plan.length, plan)
+    batches = {}
+    for length, plan in first_plans.items():  # in epoch order: the same batches either way
         rows = [lengths[r] if r != batching.PAD_ROW else 0 for r in plan.rows]
-        batch = placement.shard_batch(
-            fake_batch(rng, plan.length, rows, args.vertices, args.context_dim, 12, 6)
+        batches[length] = placement.shard_batch(
+            fake_batch(rng, length, rows, args.vertices, args.context_dim, 12, 6)
         )
+    precompiled, compile_wall[0] = compile_in_threads(step_fn, state, batches, args.compile_threads)
+    for length, batch in batches.items():
         release_freed_host_memory()
         resident_before = resident_gib()
-        start = time.perf_counter()
-        compiled = step_fn.lower(state, batch).compile()
-        compile_seconds = time.perf_counter() - start
+        if precompiled:
+            compiled, compile_seconds = precompiled[length]
+        else:
+            start = time.perf_counter()
+            compiled = step_fn.lower(state, batch).compile()
+            compile_seconds = time.perf_counter() - start
         release_freed_host_memory()  # as train.Trainer does after a bucket's first step
         state, metrics = compiled(state, batch)  # the first run of an executable warms it up
         jax.block_until_ready(metrics)
         del metrics
         release_freed_host_memory()
-        executable_gib = resident_gib() - resident_before
+        # Compiled beforehand, all buckets at once: what each one holds cannot be told apart.
+        executable_gib = float("nan") if precompiled else resident_gib() - resident_before
         overall_peak[0] = max(overall_peak[0], peak_rss_gib())  # restarted below
         peak_restarted = restart_peak_rss()
         timings = []
@@ -143,7 +155,7 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops, 
         if args.profile and not per_bucket:
             state, slowest = profile_top_ops(compiled, state, batch, args.profile)
             top_ops.extend(slowest)
-        per_bucket[plan.length] = (
+        per_bucket[length] = (
             compile_seconds,
             float(np.median(timings)),
             compiled_flops(compiled),
@@ -153,6 +165,29 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, top_ops, 
         )
         overall_peak[0] = max(overall_peak[0], peak_rss_gib())
     return per_bucket
+
+
+def compile_in_threads(step_fn, state, batches, threads: int) -> dict:
+    """With `threads` > 1: ({length: (compiled step, its compile seconds)} for every bucket's
+    batch, wall seconds of it all), lowered one by one here and compiled side by side (XLA's compilation leaves Python
+    alone; a GPU's compile of this step is 15-45 s a bucket, most of a short benchmark). Each
+    bucket's seconds then overlap the others', so the table also gives the wall time of all.
+    ({}, NaN) with `threads` <= 1: each bucket is compiled just before its steps."""
+    if threads <= 1:
+        return {}, float("nan")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed_compile(lowered):
+        start = time.perf_counter()
+        compiled = lowered.compile()
+        return compiled, time.perf_counter() - start
+
+    start = time.perf_counter()
+    lowered = {length: step_fn.lower(state, batch) for length, batch in batches.items()}
+    with ThreadPoolExecutor(threads) as pool:
+        futures = {length: pool.submit(timed_compile, low) for length, low in lowered.items()}
+        compiled = {length: future.result() for length, future in futures.items()}
+    return compiled, time.perf_counter() - start
 
 
 def resident_gib() -> float:
@@ -207,7 +242,9 @@ def profile_top_ops(compiled, state, batch, count: int):
     ]
 
 
-def summary_rows(args, plans, lengths, per_bucket, overall_peak) -> list[tuple[str, str]]:
+def summary_rows(
+    args, plans, lengths, per_bucket, overall_peak, compile_wall
+) -> list[tuple[str, str]]:
     """The table's rows: the epoch's time from each bucket's step, FLOPs, the same-run matmul
     reference, padding and memory."""
     epoch_seconds = sum(per_bucket[plan.length][1] for plan in plans)
@@ -241,7 +278,12 @@ def summary_rows(args, plans, lengths, per_bucket, overall_peak) -> list[tuple[s
         ("padding waste of the epoch", f"{100 * padding_waste(plans, lengths):.1f} %"),
         (
             "compile per bucket (s)",
-            f"mean {np.mean(compile_seconds):.1f}, total {sum(compile_seconds):.1f}",
+            f"mean {np.mean(compile_seconds):.1f}, total {sum(compile_seconds):.1f}"
+            + (
+                f" ({args.compile_threads} side by side: {compile_wall:.1f} wall)"
+                if args.compile_threads > 1
+                else ""
+            ),
         ),
         ("steady-state step (s), mean over the epoch", f"{epoch_seconds / len(plans):.3f}"),
         ("steady-state clips/s", f"{args.clips / epoch_seconds:.2f}"),
@@ -253,7 +295,10 @@ def summary_rows(args, plans, lengths, per_bucket, overall_peak) -> list[tuple[s
             f"[{args.context_dim}, {args.vertices * 3}] matmul, GFLOP/s",
             f"{reference:.0f} (the step reaches {100 * achieved / reference:.0f} %)",
         ),
-        ("projected 500 epochs", f"{500 * epoch_seconds / 3600:.1f} h"),
+        (
+            "projected 500 epochs (steady-state steps)",
+            f"{500 * epoch_seconds / 3600:.2f} h ({500 * epoch_seconds / 60:.0f} min)",
+        ),
         ("peak host memory (RSS)", f"{peak_rss_gb:.2f} GiB"),
         (
             f"peak RSS during the steps of the largest bucket ({largest} frames)",
@@ -262,7 +307,9 @@ def summary_rows(args, plans, lengths, per_bucket, overall_peak) -> list[tuple[s
         (
             "resident memory each bucket's compiled step adds (held while it is cached)",
             f"mean {1024 * np.mean(executables):.0f} MiB, {1024 * sum(executables):.0f} MiB "
-            f"for {len(executables)} buckets",
+            f"for {len(executables)} buckets"
+            if args.compile_threads <= 1
+            else "n/a (buckets compiled side by side)",
         ),
         ("peak device memory", device_peak),
         *memory_rows(per_bucket),
@@ -303,6 +350,12 @@ def main() -> None:
     parser.add_argument(
         "--matmul-precision", default="default", help="train.matmul_precision (configs/biwi.py)"
     )
+    parser.add_argument(
+        "--compile-threads",
+        type=int,
+        default=1,
+        help="compile all buckets first, this many side by side (a GPU's compilation is slow)",
+    )
     args = parser.parse_args()
     if args.deterministic_gpu:
         request_deterministic_gpu_ops()
@@ -323,12 +376,12 @@ def main() -> None:
     state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
     top_ops: list = []
-    overall_peak = [0.0]
+    overall_peak, compile_wall = [0.0], [float("nan")]
     per_bucket = time_buckets(
-        step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak
+        step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak, compile_wall
     )
 
-    rows = summary_rows(args, plans, lengths, per_bucket, overall_peak[0])
+    rows = summary_rows(args, plans, lengths, per_bucket, overall_peak[0], compile_wall[0])
     print("| measure | value |")
     print("|---|---|")
     for name, value in rows:
