@@ -121,14 +121,22 @@ def time_buckets(
     first_plans = {}
     for plan in plans:
         first_plans.setdefault(plan.length, plan)
-    batches = {}
-    for length, plan in first_plans.items():  # in epoch order: the same batches either way
+
+    def bucket_batch(length):  # drawn in epoch order, whether compiled ahead or not
+        plan = first_plans[length]
         rows = [lengths[r] if r != batching.PAD_ROW else 0 for r in plan.rows]
-        batches[length] = placement.shard_batch(
+        return placement.shard_batch(
             fake_batch(rng, length, rows, args.vertices, args.context_dim, 12, 6)
         )
-    precompiled, compile_wall[0] = compile_in_threads(step_fn, state, batches, args.compile_threads)
-    for length, batch in batches.items():
+
+    batches, precompiled = {}, {}
+    if args.compile_threads > 1:  # every bucket's batch held at once, each freed after its steps
+        batches = {length: bucket_batch(length) for length in first_plans}
+        precompiled, compile_wall[0] = compile_in_threads(
+            step_fn, state, batches, args.compile_threads
+        )
+    for length in first_plans:
+        batch = batches.pop(length) if precompiled else bucket_batch(length)
         release_freed_host_memory()
         resident_before = resident_gib()
         if precompiled:
@@ -167,14 +175,11 @@ def time_buckets(
     return per_bucket
 
 
-def compile_in_threads(step_fn, state, batches, threads: int) -> dict:
-    """With `threads` > 1: ({length: (compiled step, its compile seconds)} for every bucket's
-    batch, wall seconds of it all), lowered one by one here and compiled side by side (XLA's compilation leaves Python
-    alone; a GPU's compile of this step is 15-45 s a bucket, most of a short benchmark). Each
-    bucket's seconds then overlap the others', so the table also gives the wall time of all.
-    ({}, NaN) with `threads` <= 1: each bucket is compiled just before its steps."""
-    if threads <= 1:
-        return {}, float("nan")
+def compile_in_threads(step_fn, state, batches, threads: int) -> tuple[dict, float]:
+    """({length: (compiled step, its compile seconds)} for every bucket's batch, wall seconds of
+    it all): lowered one by one here and compiled `threads` side by side (XLA's compilation
+    leaves Python alone; a GPU's compile of this step is 15-66 s a bucket, most of a short
+    benchmark). Each bucket's seconds then overlap the others', hence the wall time of all."""
     from concurrent.futures import ThreadPoolExecutor
 
     def timed_compile(lowered):
