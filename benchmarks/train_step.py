@@ -15,14 +15,16 @@ Prints, besides clips/s and frames/s of real (unpadded) frames: the step's FLOPs
 cost analysis, the GFLOP/s achieved, the same run's reference (one [B*N, Dc] x [Dc, V*3] float32
 matmul, the shape of G_n's layer), the padding waste of the epoch, and peak memory (host RSS on
 CPU; device peak where the backend reports it): the whole run's, the largest bucket's steps'
-(VmHWM restarted before them), and what each bucket's compiled step holds while it is cached
-(resident memory after its first step, less before its compilation, the freed memory handed
-back both times).
+(VmHWM restarted before them), and what the compiled steps hold while they are cached (the
+resident memory that dropping them at the end frees, `jax.clear_caches`; measuring each bucket's
+growth instead counted the allocator's free lists, which the next bucket reuses).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import os
 import shutil
 import time
@@ -109,14 +111,21 @@ def matmul_reference(rows: int, inner: int, outer: int, repeats: int = 5) -> flo
     return matmul_gflops(a, b, repeats=repeats)
 
 
-def time_buckets(
-    step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak, compile_wall
-):
+@dataclasses.dataclass
+class RunNotes:
+    """What `time_buckets` finds besides each bucket's figures."""
+
+    peak_rss_gib: float = 0.0  # the process's, kept across the per-bucket restarts of VmHWM
+    compile_wall_seconds: float = float("nan")  # all buckets compiled side by side
+    compiled_steps_gib: float = float("nan")  # resident memory freed by dropping them
+    top_ops: list = dataclasses.field(default_factory=list)  # --profile's rows
+
+
+def time_buckets(step_fn, state, placement, plans, lengths, args, rng, notes: RunNotes):
     """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step, XLA's memory
-    analysis, resident memory its compiled step added, peak RSS during its steps); with
-    `args.profile`, the first bucket's slowest ops are appended to `top_ops`. `overall_peak[0]`
-    is kept at the process's peak RSS (which each bucket restarts); `compile_wall[0]` is set to
-    the wall seconds of compiling all buckets side by side (`args.compile_threads` > 1)."""
+    analysis, peak RSS during its steps); `notes` is
+    filled in on the way. At the end the compiled steps are dropped (with every other cached
+    compilation, `jax.clear_caches`), and the resident memory that frees is what they held."""
     per_bucket = {}
     first_plans = {}
     for plan in plans:
@@ -132,13 +141,12 @@ def time_buckets(
     batches, precompiled = {}, {}
     if args.compile_threads > 1:  # every bucket's batch held at once, each freed after its steps
         batches = {length: bucket_batch(length) for length in first_plans}
-        precompiled, compile_wall[0] = compile_in_threads(
+        precompiled, notes.compile_wall_seconds = compile_in_threads(
             step_fn, state, batches, args.compile_threads
         )
     for length in first_plans:
         batch = batches.pop(length) if precompiled else bucket_batch(length)
         release_freed_host_memory()
-        resident_before = resident_gib()
         if precompiled:
             compiled, compile_seconds = precompiled[length]
         else:
@@ -150,9 +158,7 @@ def time_buckets(
         jax.block_until_ready(metrics)
         del metrics
         release_freed_host_memory()
-        # Compiled beforehand, all buckets at once: what each one holds cannot be told apart.
-        executable_gib = float("nan") if precompiled else resident_gib() - resident_before
-        overall_peak[0] = max(overall_peak[0], peak_rss_gib())  # restarted below
+        notes.peak_rss_gib = max(notes.peak_rss_gib, peak_rss_gib())  # restarted below
         peak_restarted = restart_peak_rss()
         timings = []
         for _ in range(args.steps):
@@ -162,16 +168,22 @@ def time_buckets(
             timings.append(time.perf_counter() - start)
         if args.profile and not per_bucket:
             state, slowest = profile_top_ops(compiled, state, batch, args.profile)
-            top_ops.extend(slowest)
+            notes.top_ops.extend(slowest)
         per_bucket[length] = (
             compile_seconds,
             float(np.median(timings)),
             compiled_flops(compiled),
             compiled.memory_analysis(),
-            executable_gib,
             peak_rss_gib() if peak_restarted else float("nan"),
         )
-        overall_peak[0] = max(overall_peak[0], peak_rss_gib())
+        notes.peak_rss_gib = max(notes.peak_rss_gib, peak_rss_gib())
+    del compiled, precompiled, batch
+    release_freed_host_memory()
+    holding = resident_gib()
+    jax.clear_caches()
+    gc.collect()
+    release_freed_host_memory()
+    notes.compiled_steps_gib = holding - resident_gib()
     return per_bucket
 
 
@@ -247,9 +259,7 @@ def profile_top_ops(compiled, state, batch, count: int):
     ]
 
 
-def summary_rows(
-    args, plans, lengths, per_bucket, overall_peak, compile_wall
-) -> list[tuple[str, str]]:
+def summary_rows(args, plans, lengths, per_bucket, notes: RunNotes) -> list[tuple[str, str]]:
     """The table's rows: the epoch's time from each bucket's step, FLOPs, the same-run matmul
     reference, padding and memory."""
     epoch_seconds = sum(per_bucket[plan.length][1] for plan in plans)
@@ -258,9 +268,8 @@ def summary_rows(
     reference = matmul_reference(args.batch * 120, args.context_dim, args.vertices * 3)
     achieved = epoch_flops / epoch_seconds / 1e9
     compile_seconds = [entry[0] for entry in per_bucket.values()]
-    peak_rss_gb = max(overall_peak, peak_rss_gib())
+    peak_rss_gb = max(notes.peak_rss_gib, peak_rss_gib())
     largest = max(per_bucket)
-    executables = [entry[4] for entry in per_bucket.values()]
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     device_peak = (
@@ -285,7 +294,7 @@ def summary_rows(
             "compile per bucket (s)",
             f"mean {np.mean(compile_seconds):.1f}, total {sum(compile_seconds):.1f}"
             + (
-                f" ({args.compile_threads} side by side: {compile_wall:.1f} wall)"
+                f" ({args.compile_threads} side by side: {notes.compile_wall_seconds:.1f} wall)"
                 if args.compile_threads > 1
                 else ""
             ),
@@ -307,14 +316,11 @@ def summary_rows(
         ("peak host memory (RSS)", f"{peak_rss_gb:.2f} GiB"),
         (
             f"peak RSS during the steps of the largest bucket ({largest} frames)",
-            f"{per_bucket[largest][5]:.2f} GiB",
+            f"{per_bucket[largest][4]:.2f} GiB",
         ),
         (
-            "resident memory each bucket's compiled step adds (held while it is cached)",
-            f"mean {1024 * np.mean(executables):.0f} MiB, {1024 * sum(executables):.0f} MiB "
-            f"for {len(executables)} buckets"
-            if args.compile_threads <= 1
-            else "n/a (buckets compiled side by side)",
+            "resident memory the compiled steps held (freed by dropping them at the end)",
+            f"{1024 * notes.compiled_steps_gib:.0f} MiB for {len(per_bucket)} buckets",
         ),
         ("peak device memory", device_peak),
         *memory_rows(per_bucket),
@@ -380,23 +386,20 @@ def main() -> None:
     placement = Placement(data_mesh())
     state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
-    top_ops: list = []
-    overall_peak, compile_wall = [0.0], [float("nan")]
-    per_bucket = time_buckets(
-        step_fn, state, placement, plans, lengths, args, rng, top_ops, overall_peak, compile_wall
-    )
+    notes = RunNotes()
+    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng, notes)
 
-    rows = summary_rows(args, plans, lengths, per_bucket, overall_peak[0], compile_wall[0])
+    rows = summary_rows(args, plans, lengths, per_bucket, notes)
     print("| measure | value |")
     print("|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    if top_ops:
+    if notes.top_ops:
         first = next(iter(per_bucket))
         print(f"\nslowest XLA operations of one step (batch of {first} frames):\n")
         print("| operation | computes | share of the step |")
         print("|---|---|---:|")
-        for row in top_ops:
+        for row in notes.top_ops:
             print("| " + " | ".join(row) + " |")
 
 
