@@ -47,9 +47,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Whole test files go to two workers (module fixtures such as a trained run are built once).
+# Whole test files go to two workers (module fixtures such as a trained run are built once); the
+# 15 slowest tests are listed at the end, to keep the suite well inside CI's 15 minutes.
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test-quick: setup
 	$(BIN)/python -m pytest -m "not slow" -x -q
