@@ -292,10 +292,9 @@ class TrainedModel:
             "params": {"generator": abstract["generator"]},
         }
         state = restore_run_state(workdir, wanted, checkpoint)
-        return cls(
-            config, networks, state["params"]["generator"], assets, encoder, int(state["step"]),
-            workdir,
-        )  # fmt: skip
+        # On the device once: restored as numpy, they would be copied there at every window.
+        generator_params = jax.device_put(state.pop("params")["generator"])
+        return cls(config, networks, generator_params, assets, encoder, int(state["step"]), workdir)
 
     def subject_index(self, subject: str) -> int:
         if subject not in self.assets.subjects:

@@ -378,6 +378,17 @@ def test_inference_reads_only_the_generator_and_gets_the_checkpoint_bitwise(work
     assert set(part) == {"step", "params"} and set(part["params"]) == {"generator"}
 
 
+def test_loaded_parameters_are_on_the_device_once(model):
+    """G's parameters are put on the device when loaded: kept as numpy (as the checkpoint is
+    read), every window would copy them there again (on a GPU about 300 MB a window at BIWI size;
+    the encoder's: tests/test_wav2vec2.py)."""
+    leaves = jax.tree.leaves(model.params)
+    assert leaves
+    device = jax.devices()[0]
+    for leaf in leaves:
+        assert isinstance(leaf, jax.Array) and leaf.devices() == {device}, type(leaf)
+
+
 def test_head_scale_moves_the_head_that_far_from_rest():
     from scipy.spatial.transform import Rotation
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import soundfile
@@ -244,6 +245,18 @@ def test_feature_cache_keys_on_model_and_audio_and_survives_restart(tmp_path):
     again = ContextEncoder.from_pretrained(os.fspath(tmp_path / "ckpt"), cache_dir=cache)
     np.testing.assert_allclose(again.encode_file(wav), restarted.encode_file(wav))
     assert again.cache.misses == 1
+
+
+def test_loaded_weights_are_put_on_the_device_once(tmp_path):
+    """Read from safetensors as numpy, the weights are put on the device when the encoder is
+    built: kept as numpy, every call would copy them there again (wav2vec2-base: 380 MB)."""
+    save_reference(tmp_path / "ckpt", "post-layernorm (base-960h)")
+    encoder = ContextEncoder.from_pretrained(os.fspath(tmp_path / "ckpt"))
+    leaves = jax.tree.leaves(encoder.params)
+    assert leaves
+    device = jax.devices()[0]
+    for leaf in leaves:
+        assert isinstance(leaf, jax.Array) and leaf.devices() == {device}, type(leaf)
 
 
 def test_dataset_examples_carry_cached_context(tmp_path, small_corpus):

@@ -150,10 +150,11 @@ class ContextEncoder:
                 stacklevel=2,
             )
         self.config = config
-        self.params = params
         self.normalize = normalize
         self.matmul_operands = matmul_operands
         self.fingerprint = params_fingerprint(config, params, normalize=normalize)
+        # On the device once: numpy parameters (as loaded) would be copied there at every call.
+        self.params = jax.device_put(params)
         self.features_fingerprint = fingerprint_of_features(self.fingerprint, matmul_operands)
         self.cache = FeatureCache(cache_dir, self.features_fingerprint) if cache_dir else None
         model = Wav2Vec2Model(config, matmul_operands)
