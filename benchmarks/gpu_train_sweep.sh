@@ -6,39 +6,51 @@
 #     bash benchmarks/gpu_train_sweep.sh OUT_DIR [RUN ...]
 #
 # A RUN is b<global batch>-<matmul precision>, e.g. b16-bfloat16; without any, all of RUNS below
-# in that order. Made to fit a short GPU lease: each run goes under `timeout`, none starts once
-# SWEEP_SECONDS (default 520) have passed, and each appends its table to OUT_DIR/tables.md (its
-# stderr's end to OUT_DIR/errors.log) as it ends. Buckets are compiled side by side
-# (--compile-threads 6) with XLA's GEMM autotuning off (--xla_gpu_autotune_level=0; on an H200 the
-# deterministic flag, which also turns it off, cost 2.5 % of the step). Even so one run took
-# 140-150 s on an H200 (six buckets' compilation, 78-88 s of it), so a 10-minute call fits three
-# runs: docs/training.md says which have been measured. SWEEP_ARGS adds arguments to every run
-# (a trial on the CPU: SWEEP_ARGS="--vertices 300 --clips 8" PYTHON=python).
+# in that order. Made to fit a short GPU lease: each run goes under `timeout`; a run starts only
+# while at least MIN_RUN_SECONDS (default 160) of SWEEP_SECONDS (default 520) are left, and then
+# gets what is left, at most 200 s. Each run's table is appended to OUT_DIR/tables.md, and the
+# end of its stderr to OUT_DIR/errors.log, as it ends (with OUT_DIR/gpu.txt three files: a lease
+# hands back at most eight). Buckets are compiled side by side (--compile-threads 6) with XLA's
+# GEMM autotuning off (--xla_gpu_autotune_level=0; on an H200 the deterministic flag, which also
+# turns it off, cost 2.5 % of the step). Even so one run took 140-150 s on an H200 (six buckets' compilation, 78-88 s
+# of it), so a 10-minute call fits three runs: docs/training.md says which have been measured.
+# SWEEP_ARGS adds arguments to every run (a trial on the CPU: SWEEP_ARGS="--vertices 300
+# --clips 8" PYTHON=python MIN_RUN_SECONDS=40).
 set -u
 out=${1:?usage: gpu_train_sweep.sh OUT_DIR [RUN ...]}
 shift
 RUNS=(b1-default b16-default b16-bfloat16 b16-float32 b1-bfloat16 b1-float32 b64-default)
 (($# > 0)) && RUNS=("$@")
 budget=${SWEEP_SECONDS:-520}
+min_run=${MIN_RUN_SECONDS:-160}
+benchmark="$(dirname "$0")/train_step.py"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
 python=${PYTHON:-python3}
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-"$python" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
-'optax', optax.__version__, jax.devices())" | tee -a "$out/gpu.txt"
+{
+    echo "# gpu_train_sweep.sh $(date -u '+%Y-%m-%d %H:%M UTC'): ${RUNS[*]}"
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    fi
+    "$python" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
+'optax', optax.__version__, jax.devices())"
+} | tee -a "$out/gpu.txt"
 
 for name in "${RUNS[@]}"; do
-    batch=${name%%-*}
-    batch=${batch#b}
-    precision=${name#*-}
+    if [[ ! $name =~ ^b([0-9]+)-(default|float32|tensorfloat32|bfloat16)$ ]]; then
+        echo "$name: not a run (b<batch>-<default|float32|tensorfloat32|bfloat16>), skipped"
+        continue
+    fi
+    batch=${BASH_REMATCH[1]}
+    precision=${BASH_REMATCH[2]}
     left=$((budget - SECONDS))
-    if ((left < 40)); then
+    if ((left < min_run)); then
         echo "$name: skipped, ${left} s of the budget left"
         continue
     fi
-    timeout $((left < 200 ? left : 200)) "$python" benchmarks/train_step.py --steps 5 \
+    timeout -k 10 $((left < 200 ? left : 200)) "$python" "$benchmark" --steps 5 \
         --compile-threads 6 --batch "$batch" --matmul-precision "$precision" ${SWEEP_ARGS:-} \
         >"$out/run.md" 2>"$out/run.err"
     rc=$?

@@ -121,31 +121,33 @@ class RunNotes:
     top_ops: list = dataclasses.field(default_factory=list)  # --profile's rows
 
 
-def time_buckets(step_fn, state, placement, plans, lengths, args, rng, notes: RunNotes):
+def time_buckets(step_fn, state, placement, plans, lengths, args, notes: RunNotes):
     """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step, XLA's memory
     analysis, peak RSS during its steps); `notes` is
-    filled in on the way. At the end the compiled steps are dropped (with every other cached
-    compilation, `jax.clear_caches`), and the resident memory that frees is what they held."""
+    filled in on the way. jax's caches are emptied before the first bucket and again at the end
+    (`jax.clear_caches`, with the compiled steps dropped): the resident memory the second frees is
+    what the buckets' compiled steps and jax's records of them held."""
     per_bucket = {}
     first_plans = {}
     for plan in plans:
         first_plans.setdefault(plan.length, plan)
 
-    def bucket_batch(length):  # drawn in epoch order, whether compiled ahead or not
+    def bucket_batch(length):  # its own seed: the same batch whether compiled ahead or not
         plan = first_plans[length]
         rows = [lengths[r] if r != batching.PAD_ROW else 0 for r in plan.rows]
+        rng = np.random.default_rng([0, length])
         return placement.shard_batch(
             fake_batch(rng, length, rows, args.vertices, args.context_dim, 12, 6)
         )
 
-    batches, precompiled = {}, {}
-    if args.compile_threads > 1:  # every bucket's batch held at once, each freed after its steps
-        batches = {length: bucket_batch(length) for length in first_plans}
+    jax.clear_caches()  # what the buckets hold is measured against this (end of the function)
+    precompiled = {}
+    if args.compile_threads > 1:
         precompiled, notes.compile_wall_seconds = compile_in_threads(
-            step_fn, state, batches, args.compile_threads
+            step_fn, state, list(first_plans), bucket_batch, args.compile_threads
         )
     for length in first_plans:
-        batch = batches.pop(length) if precompiled else bucket_batch(length)
+        batch = bucket_batch(length)  # one bucket's batch at a time, either way
         release_freed_host_memory()
         if precompiled:
             compiled, compile_seconds = precompiled[length]
@@ -187,11 +189,12 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, rng, notes: Ru
     return per_bucket
 
 
-def compile_in_threads(step_fn, state, batches, threads: int) -> tuple[dict, float]:
-    """({length: (compiled step, its compile seconds)} for every bucket's batch, wall seconds of
-    it all): lowered one by one here and compiled `threads` side by side (XLA's compilation
-    leaves Python alone; a GPU's compile of this step is 15-66 s a bucket, most of a short
-    benchmark). Each bucket's seconds then overlap the others', hence the wall time of all."""
+def compile_in_threads(step_fn, state, lengths, make_batch, threads: int) -> tuple[dict, float]:
+    """({length: (compiled step, its compile seconds)} for every bucket length, wall seconds of it
+    all): lowered one by one here, each from its batch `make_batch(length)` (dropped once lowered:
+    only its shapes are kept), and compiled `threads` side by side (XLA's compilation leaves
+    Python alone; a GPU's compile of this step is 15-66 s a bucket, most of a short benchmark).
+    Each bucket's seconds then overlap the others', hence the wall time of all."""
     from concurrent.futures import ThreadPoolExecutor
 
     def timed_compile(lowered):
@@ -200,7 +203,7 @@ def compile_in_threads(step_fn, state, batches, threads: int) -> tuple[dict, flo
         return compiled, time.perf_counter() - start
 
     start = time.perf_counter()
-    lowered = {length: step_fn.lower(state, batch) for length, batch in batches.items()}
+    lowered = {length: step_fn.lower(state, make_batch(length)) for length in lengths}
     with ThreadPoolExecutor(threads) as pool:
         futures = {length: pool.submit(timed_compile, low) for length, low in lowered.items()}
         compiled = {length: future.result() for length, future in futures.items()}
@@ -387,7 +390,7 @@ def main() -> None:
     state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), len(plans))
     notes = RunNotes()
-    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, rng, notes)
+    per_bucket = time_buckets(step_fn, state, placement, plans, lengths, args, notes)
 
     rows = summary_rows(args, plans, lengths, per_bucket, notes)
     print("| measure | value |")
