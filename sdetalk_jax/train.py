@@ -348,6 +348,11 @@ def setup(config, stop: parallel.StopRequest) -> Setup:
     train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
     val_set = ClipDataset.from_corpus(corpus, "val", train_subjects, context_encoder=encoder)
     assets = checkpoint.Assets.from_corpus(corpus, train_subjects, encoder.fingerprint)
+    for dataset in (train_set, val_set):  # all now, so that the encoder is not kept in training
+        dataset.compute_audio_features(
+            stop_before_training(stop, "the audio features"),
+            progress=config.train.progress and lead,
+        )
     note = head_pose_note(train_set.clips)
     if note:
         _log(note)

@@ -330,6 +330,39 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_restored(
     _assert_same_end(workdir, straight_run)
 
 
+def test_setup_computes_the_features_and_lets_go_of_the_context_encoder(config, monkeypatch):
+    """Every clip's context features are computed before training, and the encoder is then let
+    go (wav2vec2-base's weights are 380 MB that training would otherwise hold): the features are
+    those the encoder gives a clip lazily."""
+    import gc
+    import weakref
+
+    from sdetalk_jax import train as train_module
+    from sdetalk_jax.data.pipeline import ClipDataset
+
+    built, from_config = [], train_module.ContextEncoder.from_config
+
+    def remembered(*args, **options):
+        encoder = from_config(*args, **options)
+        built.append(weakref.ref(encoder))
+        return encoder
+
+    monkeypatch.setattr(train_module.ContextEncoder, "from_config", remembered)
+    with parallel.StopRequest() as stop:
+        run = train_module.setup(config, stop)
+    gc.collect()
+    assert len(built) == 1 and built[0]() is None  # nothing holds the encoder any more
+    lazily = ClipDataset.from_corpus(
+        run.corpus, "val", run.assets.subjects, context_encoder=from_config(config)
+    )
+    for dataset in (run.train_set, run.val_set):
+        assert dataset.context_encoder is None
+    for index in range(len(lazily.clips)):
+        np.testing.assert_array_equal(
+            run.val_set.example(index)["context"], lazily.example(index)["context"]
+        )
+
+
 def test_sigterm_during_corpus_scanning_stops_before_anything_is_written(
     config, tmp_path, monkeypatch
 ):

@@ -44,6 +44,7 @@ class ClipDataset:
 
     def __post_init__(self):
         self._audio_cache: dict[str, tuple[np.ndarray, ...]] = {}
+        self._has_context = self.context_encoder is not None
 
     @classmethod
     def from_corpus(
@@ -75,9 +76,27 @@ class ClipDataset:
         """One-hot identity index, or -1 for a speaker unseen in training (test-B)."""
         return self.identity_subjects.index(subject) if subject in self.identity_subjects else -1
 
+    def compute_audio_features(self, between_clips=None, progress: bool = False) -> None:
+        """Computes every clip's audio features now (through the encoder's on-disk cache, where it
+        has them) and lets go of the context encoder, which nothing asks for again: otherwise
+        training would hold its weights throughout (wav2vec2-base: 380 MB). `between_clips()` is
+        called after each clip (a check for a stop request)."""
+        from tqdm import tqdm
+
+        for clip in tqdm(self.clips, desc="audio features", unit="clip", disable=not progress):
+            self._audio_features(clip)
+            if between_clips is not None:
+                between_clips()
+        self.context_encoder = None
+
     def _audio_features(self, clip: biwi.Clip) -> tuple[np.ndarray, ...]:
         """(waveform, mel[, context]) of a clip, computed once."""
         if clip.name not in self._audio_cache:
+            if self._has_context and self.context_encoder is None:
+                raise RuntimeError(
+                    f"{clip.name}: its features were not computed before the "
+                    "context encoder was let go"
+                )
             span = clip.num_frames * self.samples_per_frame
             waveform = audio.load_audio(clip.audio_path, allow_silence=True)
             waveform = batching.pad_along_time(waveform, span)
