@@ -14,26 +14,22 @@ run loads the steps from that cache instead of compiling them.
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
 
 import jax
 import numpy as np
-from train_step import fake_batch, resident_gib
+from train_step import fake_batch, settled_resident_gib
 
 from sdetalk_jax import optim
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.models import sdetalk
 from sdetalk_jax.models.networks import Networks
-from sdetalk_jax.parallel import Placement, data_mesh, release_freed_host_memory
+from sdetalk_jax.parallel import Placement, data_mesh
 from sdetalk_jax.train import compiled_train_step
 
 
 def settled_mib() -> float:
-    """Resident MiB once garbage is collected and freed memory handed back to the system."""
-    gc.collect()
-    release_freed_host_memory()
-    return 1024 * resident_gib()
+    return 1024 * settled_resident_gib()
 
 
 def main() -> None:

@@ -123,8 +123,7 @@ class RunNotes:
 
 def time_buckets(step_fn, state, placement, plans, lengths, args, notes: RunNotes):
     """Per bucket length: (compile seconds, steady seconds per step, FLOPs per step, XLA's memory
-    analysis, peak RSS during its steps); `notes` is
-    filled in on the way. jax's caches are emptied before the first bucket and again at the end
+    analysis, peak RSS during its steps); `notes` is filled in on the way. jax's caches are emptied before the first bucket and again at the end
     (`jax.clear_caches`, with the compiled steps dropped): the resident memory the second frees is
     what the buckets' compiled steps and jax's records of them held."""
     per_bucket = {}
@@ -180,12 +179,9 @@ def time_buckets(step_fn, state, placement, plans, lengths, args, notes: RunNote
         )
         notes.peak_rss_gib = max(notes.peak_rss_gib, peak_rss_gib())
     del compiled, precompiled, batch
-    release_freed_host_memory()
-    holding = resident_gib()
+    holding = settled_resident_gib()
     jax.clear_caches()
-    gc.collect()
-    release_freed_host_memory()
-    notes.compiled_steps_gib = holding - resident_gib()
+    notes.compiled_steps_gib = holding - settled_resident_gib()
     return per_bucket
 
 
@@ -214,6 +210,13 @@ def resident_gib() -> float:
     """This process's resident memory now (VmRSS; NaN where /proc is not there)."""
     resident = status_gib("VmRSS")
     return float("nan") if resident is None else resident
+
+
+def settled_resident_gib() -> float:
+    """Resident memory once garbage is collected and freed memory handed back to the system."""
+    gc.collect()
+    release_freed_host_memory()
+    return resident_gib()
 
 
 def restart_peak_rss() -> bool:

@@ -44,7 +44,6 @@ class ClipDataset:
 
     def __post_init__(self):
         self._audio_cache: dict[str, tuple[np.ndarray, ...]] = {}
-        self._has_context = self.context_encoder is not None
 
     @classmethod
     def from_corpus(
@@ -92,11 +91,6 @@ class ClipDataset:
     def _audio_features(self, clip: biwi.Clip) -> tuple[np.ndarray, ...]:
         """(waveform, mel[, context]) of a clip, computed once."""
         if clip.name not in self._audio_cache:
-            if self._has_context and self.context_encoder is None:
-                raise RuntimeError(
-                    f"{clip.name}: its features were not computed before the "
-                    "context encoder was let go"
-                )
             span = clip.num_frames * self.samples_per_frame
             waveform = audio.load_audio(clip.audio_path, allow_silence=True)
             waveform = batching.pad_along_time(waveform, span)
