@@ -57,8 +57,8 @@ def save_random_run(vertices: int, workdir: str) -> None:
     from sdetalk_jax import checkpoint, optim
     from sdetalk_jax.config_files import repository_config
     from sdetalk_jax.data import face_model
+    from sdetalk_jax.models.config import SDETalkConfig
     from sdetalk_jax.models.networks import Networks
-    from sdetalk_jax.models.sdetalk import SDETalkConfig
     from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
     from sdetalk_jax.train import write_run_metadata
 

@@ -41,7 +41,6 @@ import sys
 import time
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPOSITORY)
 
 BIWI_VERTICES = 23370
 BIWI_TRAIN_FRAMES = 384 * 4.25 * 25  # 384 training clips, 4.25 s on average, 25 fps

@@ -22,10 +22,10 @@ from train_step import fake_batch, settled_resident_gib
 
 from sdetalk_jax import optim
 from sdetalk_jax.config_files import repository_config
-from sdetalk_jax.models import sdetalk
+from sdetalk_jax.models.config import SDETalkConfig
 from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.parallel import Placement, data_mesh
-from sdetalk_jax.train import compiled_train_step
+from sdetalk_jax.train_step import compiled_train_step
 
 
 def settled_mib() -> float:
@@ -40,8 +40,8 @@ def main() -> None:
 
     config = repository_config("biwi")
     networks = Networks.build(
-        sdetalk.SDETalkConfig(
-            num_vertices=args.vertices, context_dim=768, num_subjects=6, num_emotions=12
+        SDETalkConfig.for_run(
+            config, num_vertices=args.vertices, context_dim=768, num_subjects=6, num_emotions=12
         )
     )
     placement = Placement(data_mesh())

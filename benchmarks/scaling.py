@@ -26,20 +26,20 @@ def worker(devices: int, vertices: int, batch: int, frames: int, steps: int) -> 
     from sdetalk_jax import optim
     from sdetalk_jax.config_files import repository_config
     from sdetalk_jax.data.pipeline import model_batch
-    from sdetalk_jax.models import sdetalk
+    from sdetalk_jax.models.config import SDETalkConfig
     from sdetalk_jax.models.networks import Networks
     from sdetalk_jax.parallel import Placement, data_mesh
-    from sdetalk_jax.train import compiled_train_step
+    from sdetalk_jax.train_step import compiled_train_step
 
     available = jax.devices()
     if len(available) < devices:
         return {"devices": devices, "skipped": f"only {len(available)} devices"}
     placement = Placement(data_mesh(available[:devices]))
-    model_config = sdetalk.SDETalkConfig(
-        num_vertices=vertices, context_dim=768, num_subjects=6, num_emotions=12
+    config = repository_config("biwi")
+    model_config = SDETalkConfig.for_run(
+        config, num_vertices=vertices, context_dim=768, num_subjects=6, num_emotions=12
     )
     networks = Networks.build(model_config)
-    config = repository_config("biwi")
     state = placement.replicate(optim.initial_state(networks, config, jax.random.key(0)))
     step_fn = compiled_train_step(networks, config, placement, jax.random.key(1), steps + 1)
     rng = np.random.default_rng(0)

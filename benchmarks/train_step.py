@@ -38,7 +38,7 @@ from sdetalk_jax import optim
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.data import batching
 from sdetalk_jax.data.pipeline import model_batch
-from sdetalk_jax.models import sdetalk
+from sdetalk_jax.models.config import SDETalkConfig
 from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.parallel import (
     Placement,
@@ -46,7 +46,7 @@ from sdetalk_jax.parallel import (
     release_freed_host_memory,
     request_deterministic_gpu_ops,
 )
-from sdetalk_jax.train import compiled_train_step
+from sdetalk_jax.train_step import compiled_train_step
 
 
 def fake_batch(rng, length, lengths, vertices, context_dim, emotions, subjects):
@@ -385,8 +385,12 @@ def main() -> None:
         max(lengths), min_length=config.data.bucket_min, growth=config.data.bucket_growth
     )
     plans = batching.epoch_plan(lengths, global_batch=args.batch, buckets=buckets, seed=0, epoch=0)
-    model_config = sdetalk.SDETalkConfig(
-        num_vertices=args.vertices, context_dim=args.context_dim, num_subjects=6, num_emotions=12
+    model_config = SDETalkConfig.for_run(
+        config,
+        num_vertices=args.vertices,
+        context_dim=args.context_dim,
+        num_subjects=6,
+        num_emotions=12,
     )
     networks = Networks.build(model_config)
     placement = Placement(data_mesh())

@@ -5,9 +5,9 @@ formula autodiff would differentiate, and prints a table.
     python benchmarks/vertex_layers.py [--frames 416] [--vertices 23370] [--repeats 5]
 
 * the expression layer, [frames, 128] -> V*3, and a squared-error loss on it: autodiff of
-  `scale * (x @ W + b)` against `models.sdetalk.scaled_affine` (written gradient);
+  `scale * (x @ W + b)` against `models.layers.scaled_affine` (written gradient);
 * Eq. 4 and a squared-error loss on the posed faces: a batch of [V, 3] x [3, 3] products
-  against `models.sdetalk.pose_faces` (coordinate rows [3, V]);
+  against `models.ops.pose_faces` (coordinate rows [3, V]);
 * L_n's per-frame squared error (the mean over the coordinates of each frame): `jnp.mean(...,
   axis=-1)` against `losses.squared_error_per_frame` (`mean_per_frame`, a product with a vector);
 * L_d's rotation distance and its gradient, over every vertex of a SynthBIWI template against the
@@ -31,7 +31,7 @@ import numpy as np
 from sdetalk_jax import losses
 from sdetalk_jax.config_files import repository_config
 from sdetalk_jax.data import face_model
-from sdetalk_jax.models import sdetalk
+from sdetalk_jax.models import layers, ops
 
 SCALE = 1e-3
 
@@ -78,7 +78,7 @@ def layer_case(frames, vertices, key):
         return squared_error(SCALE * (query @ kernel + bias), target)
 
     def written(kernel, bias, query):
-        return squared_error(sdetalk.scaled_affine(query, kernel, bias, SCALE), target)
+        return squared_error(layers.scaled_affine(query, kernel, bias, SCALE), target)
 
     return gradients_of(plain, written, (kernel, bias, query))
 
@@ -96,7 +96,7 @@ def posing_case(frames, vertices, key):
         return squared_error(posed.reshape(faces.shape), target)
 
     def written(faces, rotation, translation):
-        return squared_error(sdetalk.pose_faces(faces, rotation, translation), target)
+        return squared_error(ops.pose_faces(faces, rotation, translation), target)
 
     return gradients_of(plain, written, (faces, rotation, translation))
 

@@ -38,6 +38,8 @@ def get_config():
         "facebook/wav2vec2-base-960h"  # local folder or cached hub name
     )
     config.model.wav2vec2_random = ml_collections.ConfigDict()  # used only without a checkpoint
+    # What each field means: sdetalk_jax/models/config.py (SDETalkConfig). The values here are the
+    # paper's network: every addition of ours off.
     config.model.hidden = 128
     config.model.heads = 4
     config.model.decoder_blocks = 2
@@ -46,30 +48,14 @@ def get_config():
     config.model.frequency_bands = 32
     config.model.frequency_dim = 32
     config.model.frequency_window = 5
-    # The emotion network's temporal and frequency blocks one after the other (Sec. 2.1), both at
-    # 4 heads and width 128; "parallel" is ours (docs/paper-notes.md).
-    config.model.emotion_attention = "sequential"
+    config.model.emotion_attention = "sequential"  # temporal, then frequency attention (Sec. 2.1)
     config.model.discriminator_blocks = 2
-    # Residual dropout in the generator's attention blocks while training: the paper gives none
-    # (0.1 is PyTorch's transformer default; on SynthBIWI it made results worse, docs/training.md).
+    # the paper gives no dropout (0.1, PyTorch's default, made SynthBIWI worse: docs/training.md)
     config.model.dropout = 0.0
-    # Our addition (docs/paper-notes.md): a learned per-speaker log-mel baseline subtracted from
-    # the emotion network's input. Off: the paper's emotion network reads the mel alone.
-    config.model.speaker_baseline = False
-    # Ours (docs/paper-notes.md): "utterance" centres the emotion network's log-mel on the clip's
-    # own mean, so that emotion is heard the same way in any voice; "none", the paper's.
     config.model.mel_centring = "none"
-    # Ours (issue 15, docs/paper-notes.md): y_e is read from the clip's log-mel summary (per bin:
-    # mean, spread, frame-to-frame change) by one linear layer, a ridge of weight
-    # loss.lambda_statistics, while e's own classifier is still trained by L_cls: emotion for
-    # voices never heard. Off: y_e is the classifier on e (the paper).
     config.model.emotion_statistics = False
-    # Our addition (docs/paper-notes.md): z smoothed over time by a Gaussian of this many frames
-    # before the diversity mapping. 0: the paper's independent noise per frame.
     config.model.noise_smoothing_frames = 0.0
-    # Our addition: G's cross-attention reads e~ only within this many frames (0: all, the paper).
     config.model.cross_attention_window = 0
-    # Our addition: the head also turns by a predicted gain times three channels of the noise.
     config.model.head_noise_path = False
     config.model.head_noise = "gaussian"
     config.model.head_drift_frames = 50.0
@@ -77,18 +63,12 @@ def get_config():
     config.model.head_gain_loudness_frames = 0
     config.model.head_gain_emotion = "none"
     config.model.head_gain_detached = False
-    config.model.head_mean_detached = False
-    config.model.head_mean_smoothing_frames = 0.0
     config.model.head_mean_pose = "learned"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.vertex_scale = 1000.0  # vertices in metres, losses in millimetres
     config.loss.lambda_r = 0.001  # Eq. 5
     config.loss.lambda_t = 0.001
-    # The rotation term's units (docs/paper-notes.md): "template_mm", how far the rotation error
-    # moves the template's vertices in mm^2, the units of the vertex terms, in which the paper's
-    # weights balance; "matrix", the matrix entries (unitless: at 0.001 a 5 deg error costs ~2e-6).
-    config.loss.rotation_units = "template_mm"
     config.loss.lambda_e = 0.1  # emotional guidance: L_mi + L_cls
     config.loss.mi_weight = 1.0  # weight of L_mi inside L_e (1 in the paper; 0 ablates it)
     config.loss.lambda_d = 0.1  # diversity, Eq. 7 (subtracted)

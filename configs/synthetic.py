@@ -52,12 +52,11 @@ def get_config():
     # Our "spoken with emotion" classification (docs/paper-notes.md): without it nothing but the
     # face tells e that a neutral recording is neutral, and G added the same expression to both.
     config.loss.lambda_emotional = 10.0
-    # Emotion for any voice (issue 15, docs/training.md): the emotion network hears the log-mel
-    # centred on the clip's own mean, no speaker's level (a per-speaker baseline looked up by
-    # subject gave a voice never heard another speaker's level: on test-b the face was then
-    # hardly better than G_n and y_e worse than the mean mixture), and y_e is read from the
-    # clip's log-mel summary by a ridge-regularised linear layer, which holds for new voices.
-    config.model.speaker_baseline = False
+    # Emotion for any voice (docs/training.md): the emotion network hears the log-mel centred on
+    # the clip's own mean, no speaker's level (a per-speaker baseline looked up by subject gives a
+    # voice never heard another speaker's level: on test-b the face was then hardly better than
+    # G_n and y_e worse than the mean mixture), and y_e is read from the clip's log-mel summary
+    # by a ridge-regularised linear layer, which holds for new voices.
     config.model.mel_centring = "utterance"
     config.model.emotion_statistics = True
     config.loss.lambda_statistics = 0.1
@@ -80,7 +79,7 @@ def get_config():
     config.model.head_gain_detached = True
     # A sample's speed and its nod-vs-shake split are the gain's: every axis turns at the gain's
     # speed and the noise only picks the way; the head rests at z = 0, SynthBIWI's per-frame
-    # optimum (docs/training.md, issue 14's third step).
+    # optimum (docs/training.md).
     config.model.head_noise = "signed"
     config.model.head_mean_pose = "rest"
     # Our parallel temporal and frequency blocks; the paper's sequential order is the ablation

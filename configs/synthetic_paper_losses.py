@@ -4,7 +4,7 @@ sample's head, none of our loss additions), everything else (data, networks, sch
 configs/synthetic.py. The head-motion row of docs/training.md: does the head move at all when only
 the paper's terms drive it?
 
-    python benchmarks/seeds.py --config configs/synthetic_paper_losses.py --workdir runs/paper-losses
+    python -m studies.seeds --config configs/synthetic_paper_losses.py --workdir runs/paper-losses
 """
 
 import os

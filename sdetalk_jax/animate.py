@@ -16,6 +16,7 @@ away from the neutral face (docs/animate.md).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -24,7 +25,13 @@ import numpy as np
 
 from sdetalk_jax import audio, cli
 from sdetalk_jax.checkpoint import RunError
-from sdetalk_jax.emotion_control import INFERRED, MAX_INTENSITY, EmotionRequestError, parse_emotion
+from sdetalk_jax.emotion_control import (
+    INFERRED,
+    MAX_INTENSITY,
+    EmotionRequest,
+    EmotionRequestError,
+    parse_emotion,
+)
 from sdetalk_jax.export_gltf import DEFAULT_TOLERANCE_MM
 from sdetalk_jax.fileio import FrameFiles, write_npz
 from sdetalk_jax.inference import (
@@ -152,95 +159,167 @@ def write_sample(result, model, k, *, paths, audio_path, waveform, request, colo
     return written
 
 
-def animate(
-    workdir: str,
-    audio_path: str,
-    *,
-    subject: str,
-    out_dir: str,
-    samples: int = 1,
-    seed: int = 0,
-    video: bool = True,
-    glb: bool = False,
-    morph_tolerance_mm: float = DEFAULT_TOLERANCE_MM,
-    size: int = 512,
-    window_s: float = DEFAULT_WINDOW_S,
-    overlap_s: float = DEFAULT_OVERLAP_S,
-    head_scale: float = 1.0,
-    emotion: str = INFERRED,
-    emotion_intensity: float = 1.0,
-    checkpoint: str = "best",
-    encoder_precision: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-    model: TrainedModel | None = None,
-) -> list[str]:
-    """Writes the npz (and mp4) of each sample; returns their paths. `encoder_precision`: the
-    context encoder's matmul operands (float32 when None), or those of `model` if given."""
-    from sdetalk_jax import render
+@dataclasses.dataclass(frozen=True)
+class AnimationOptions:
+    """What `animate` makes and where it writes it: the command's flags (`main` builds one from
+    them). `encoder_precision`: the context encoder's matmul operands (float32 when None), or
+    those of the model handed to `animate`; `checkpoint` and it choose how a run is loaded."""
 
-    waveform = audio.load_audio(audio_path)  # raises AudioError naming the file
+    subject: str
+    out_dir: str
+    samples: int = 1
+    seed: int = 0
+    video: bool = True
+    glb: bool = False
+    morph_tolerance_mm: float = DEFAULT_TOLERANCE_MM
+    size: int = 512
+    window_s: float = DEFAULT_WINDOW_S
+    overlap_s: float = DEFAULT_OVERLAP_S
+    head_scale: float = 1.0
+    emotion: str = INFERRED
+    emotion_intensity: float = 1.0
+    checkpoint: str = "best"
+    encoder_precision: str | None = None
+    force: bool = False
+    progress: bool = True
+
+
+def checked_head_scale(head_scale: float) -> None:
+    """Refuses a head scale out of range as a RunError naming its flag."""
     try:
         check_head_scale(head_scale)
     except ValueError as error:
         raise RunError(f"--head-scale: {error}") from None
+
+
+def loaded_model(
+    workdir: str, options: AnimationOptions, model: TrainedModel | None
+) -> TrainedModel:
+    """`model`, or the run in `workdir` loaded as `options` ask; refuses an encoder precision that
+    `model` was not loaded with."""
     if model is None:
-        model = TrainedModel.load(
-            workdir, checkpoint=checkpoint, encoder_precision=encoder_precision or "float32"
+        precision = options.encoder_precision or "float32"
+        return TrainedModel.load(
+            workdir, checkpoint=options.checkpoint, encoder_precision=precision
         )
-    elif encoder_precision not in (None, model.encoder.matmul_operands):
+    if options.encoder_precision not in (None, model.encoder.matmul_operands):
         raise RunError(
-            f"encoder precision '{encoder_precision}' asked of a model loaded with "
+            f"encoder precision '{options.encoder_precision}' asked of a model loaded with "
             f"'{model.encoder.matmul_operands}': load it with TrainedModel.load(..., "
             "encoder_precision=...)"
         )
-    model.subject_index(subject)  # unknown subject: fail before any work
-    num_frames = model.frame_count(waveform)  # too short: likewise
-    request = checked_emotion(model, emotion, emotion_intensity, progress)
-    stem = os.path.splitext(os.path.basename(audio_path))[0]
-    paths = output_paths(out_dir, stem, samples, video, glb)
+    return model
+
+
+def refuse_to_overwrite(paths: list[str], force: bool) -> None:
+    """Refuses to replace any of `paths` that exists, unless `force`."""
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not force:
         raise RunError(
             f"{existing[0]} already exists ({len(existing)} outputs would be replaced); "
             "choose another --out or pass --force"
         )
-    os.makedirs(out_dir, exist_ok=True)
-    assets = model.assets
-    colors = render.vertex_colors(assets.templates[subject].shape[0], assets.lip_vertices)
-    written = []
-    for k in range(samples):
-        key = jax.random.fold_in(jax.random.key(seed), k)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Animation:
+    """What every sample of one `animate` call shares."""
+
+    model: TrainedModel
+    options: AnimationOptions
+    audio_path: str
+    stem: str
+    waveform: np.ndarray
+    num_frames: int
+    request: EmotionRequest
+    colors: np.ndarray
+
+    def settings(self, k: int) -> dict:
+        """What `write_sample` records of sample k and how it writes its files."""
+        options = self.options
+        return {
+            "subject": options.subject, "seed": options.seed, "sample": k,
+            "head_scale": options.head_scale,
+            "encoder_precision": self.model.encoder.matmul_operands,
+            "video": options.video, "glb": options.glb, "size": options.size,
+            "morph_tolerance_mm": options.morph_tolerance_mm,
+        }  # fmt: skip
+
+    def sample(self, k: int) -> list[str]:
+        """Sample k's frames, drawn with noise from fold_in(key(seed), k), and its files; returns
+        the paths written."""
+        options = self.options
+        key = jax.random.fold_in(jax.random.key(options.seed), k)
         # The frames go to disk as they are made, so memory does not grow with the audio.
-        with FrameFiles(out_dir, num_frames) as frame_files:
-            for chunk in model.animation_chunks(
-                waveform, subject=subject, key=key, window_s=window_s, overlap_s=overlap_s,
-                head_scale=head_scale, emotion=request, progress=progress,
+        with FrameFiles(options.out_dir, self.num_frames) as frame_files:
+            for chunk in self.model.animation_chunks(
+                self.waveform, subject=options.subject, key=key, window_s=options.window_s,
+                overlap_s=options.overlap_s, head_scale=options.head_scale, emotion=self.request,
+                progress=options.progress,
             ):  # fmt: skip
                 frame_files.append(chunk)
                 del chunk  # not held while the next window is computed
-            result = frame_files.arrays()
-            written += write_sample(
-                result, model, k, paths=sample_paths(out_dir, stem, k), audio_path=audio_path,
-                waveform=waveform, request=request, colors=colors, progress=progress,
-                settings={"subject": subject, "seed": seed, "sample": k, "head_scale": head_scale,
-                          "encoder_precision": model.encoder.matmul_operands,
-                          "video": video, "glb": glb, "size": size,
-                          "morph_tolerance_mm": morph_tolerance_mm},
+            return write_sample(
+                frame_files.arrays(), self.model, k,
+                paths=sample_paths(options.out_dir, self.stem, k), audio_path=self.audio_path,
+                waveform=self.waveform, request=self.request, colors=self.colors,
+                progress=options.progress, settings=self.settings(k),
             )  # fmt: skip
-        if progress:
+
+
+def animate(
+    workdir: str,
+    audio_path: str,
+    options: AnimationOptions | None = None,
+    *,
+    model: TrainedModel | None = None,
+    **fields,
+) -> list[str]:
+    """Writes the npz (and mp4, glb) of each sample; returns their paths. What to make: `options`,
+    or `AnimationOptions`'s fields as keywords, which replace those of `options` if both are given
+    (`animate(workdir, "in.wav", subject="F2", out_dir="out", samples=3)`). `model`: the run,
+    already loaded (otherwise it is loaded from `workdir`)."""
+    from sdetalk_jax import render
+
+    if options is None:
+        options = AnimationOptions(**fields)
+    elif fields:
+        options = dataclasses.replace(options, **fields)
+    waveform = audio.load_audio(audio_path)  # raises AudioError naming the file
+    checked_head_scale(options.head_scale)
+    model = loaded_model(workdir, options, model)
+    model.subject_index(options.subject)  # unknown subject: fail before any work
+    num_frames = model.frame_count(waveform)  # too short: likewise
+    request = checked_emotion(model, options.emotion, options.emotion_intensity, options.progress)
+    stem = os.path.splitext(os.path.basename(audio_path))[0]
+    out_dir = options.out_dir
+    refuse_to_overwrite(
+        output_paths(out_dir, stem, options.samples, options.video, options.glb), options.force
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    assets = model.assets
+    colors = render.vertex_colors(assets.templates[options.subject].shape[0], assets.lip_vertices)
+    animation = _Animation(model, options, audio_path, stem, waveform, num_frames, request, colors)
+    written = []
+    for k in range(options.samples):
+        written += animation.sample(k)
+        if options.progress:
             print(f"sample {k}: " + ", ".join(p for p in written if f"_s{k}." in p))
     return written
 
 
-def main(argv=None) -> int:
-    parser = cli.parser("python -m sdetalk_jax.animate", __doc__)
+def add_input_arguments(parser) -> None:
+    """The run, the speech, the speaker's style, the output folder and how many samples."""
     parser.add_argument("--workdir", required=True, help="training run folder")
     parser.add_argument("--audio", required=True, help="input speech (wav, any rate and channels)")
     parser.add_argument("--subject", required=True, help="training subject whose style to speak in")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--samples", type=int, default=1, help="how many different animations")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_format_arguments(parser) -> None:
+    """What is written beside each npz, and how."""
     parser.add_argument(
         "--format", default="mp4",
         help="what to write beside each npz: mp4 (video with audio), glb (glTF 2.0 with morph "
@@ -254,6 +333,10 @@ def main(argv=None) -> int:
         help="glb: largest vertex error allowed to the morph-target basis",
     )  # fmt: skip
     parser.add_argument("--size", type=int, default=512, help="video width and height in pixels")
+
+
+def add_animation_arguments(parser) -> None:
+    """The windows long audio is cut into, the head motion and the emotion."""
     parser.add_argument(
         "--window-s", type=float, default=DEFAULT_WINDOW_S,
         help="window length for long audio (seconds; memory grows with it)",
@@ -274,6 +357,14 @@ def main(argv=None) -> int:
         "--emotion-intensity", type=float, default=1.0,
         help=f"expression away from the neutral face: 0 none, 1 the emotion's own size (up to {MAX_INTENSITY:g})",
     )  # fmt: skip
+
+
+def argument_parser():
+    """The command's parser, its flags in the order its help lists them."""
+    parser = cli.parser("python -m sdetalk_jax.animate", __doc__)
+    add_input_arguments(parser)
+    add_format_arguments(parser)
+    add_animation_arguments(parser)
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     parser.add_argument(
         "--encoder-precision", default="float32", choices=ENCODER_PRECISIONS,
@@ -281,7 +372,11 @@ def main(argv=None) -> int:
         "bfloat16 (the encoder 1.3-1.5x faster on CPUs with avx512_bf16; docs/animate.md)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def options_from_args(parser, args) -> AnimationOptions:
+    """The options the parsed flags ask for; a flag out of range is a usage error (exit 2)."""
     if args.samples < 1:
         parser.error("--samples must be at least 1")
     if args.overlap_s < 0 or args.window_s <= 2 * args.overlap_s:
@@ -296,17 +391,24 @@ def main(argv=None) -> int:
         parser.error("--morph-tolerance-mm must be positive")
     if not 0 <= args.emotion_intensity <= MAX_INTENSITY:
         parser.error(f"--emotion-intensity must be between 0 and {MAX_INTENSITY:g}")
+    return AnimationOptions(
+        subject=args.subject, out_dir=args.out, samples=args.samples, seed=args.seed,
+        video=video and not args.no_video, glb=glb, morph_tolerance_mm=args.morph_tolerance_mm,
+        size=args.size, window_s=args.window_s, overlap_s=args.overlap_s,
+        head_scale=args.head_scale, emotion=args.emotion,
+        emotion_intensity=args.emotion_intensity, checkpoint=args.checkpoint,
+        encoder_precision=args.encoder_precision, force=args.force,
+    )  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    options = options_from_args(parser, args)
     from sdetalk_jax.render import RenderError
 
     try:
-        animate(
-            args.workdir, args.audio, subject=args.subject, out_dir=args.out, samples=args.samples,
-            seed=args.seed, video=video and not args.no_video, glb=glb,
-            morph_tolerance_mm=args.morph_tolerance_mm, size=args.size, window_s=args.window_s,
-            overlap_s=args.overlap_s, head_scale=args.head_scale, emotion=args.emotion,
-            emotion_intensity=args.emotion_intensity, checkpoint=args.checkpoint,
-            encoder_precision=args.encoder_precision, force=args.force,
-        )  # fmt: skip
+        animate(args.workdir, args.audio, options)
     except (audio.AudioError, RunError, RenderError, CheckpointError) as error:
         return cli.report(error)
     return 0

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from sdetalk_jax import parallel
 from sdetalk_jax.data import biwi
 from sdetalk_jax.fileio import write_npz
+from sdetalk_jax.run_config import IncompatibleRun, upgrade_run_config
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -144,8 +145,17 @@ def load_run_config(workdir: str):
             f"{workdir}: no config.json; is this a training workdir? "
             "(python -m sdetalk_jax.train --config ... --workdir DIR writes one)"
         )
+    return ml_collections.ConfigDict(read_run_config(path))
+
+
+def read_run_config(path: str) -> dict:
+    """A run's saved config.json brought to today's fields (`run_config.upgrade_run_config`)."""
     with open(path) as handle:
-        return ml_collections.ConfigDict(json.load(handle))
+        saved = json.load(handle)
+    try:
+        return upgrade_run_config(saved, path)
+    except IncompatibleRun as error:
+        raise RunError(str(error)) from None
 
 
 def checkpoint_manager(
@@ -233,15 +243,6 @@ MAY_CHANGE_ON_RESUME = (
 )
 
 
-# Fields added after runs were saved without them, each with the value that means what those runs
-# did: a saved config without the field resumes when the field has that value.
-ADDED_LATER = {
-    "model.emotion_statistics": False,
-    "loss.lambda_statistics": 0.0,
-    "train.matmul_precision": "default",
-}
-
-
 def _flatten(tree, prefix: str = "") -> dict:
     if isinstance(tree, dict):
         flat = {}
@@ -254,13 +255,12 @@ def _flatten(tree, prefix: str = "") -> dict:
 def config_differences(saved: dict, wanted: dict) -> list[str]:
     """Fields (dotted) whose values differ between two configs as JSON, that may not change in a
     run that resumes. train.epochs may, unless the learning-rate schedule depends on the run's
-    length (warmup_cosine), which would change the past's schedule."""
+    length (warmup_cosine), which would change the past's schedule. `saved` as
+    `upgrade_run_config` leaves it."""
     old, new = _flatten(saved), _flatten(wanted)
     allowed = set(MAY_CHANGE_ON_RESUME)
-    schedule = (old.get("train.lr_schedule", "constant"), new.get("train.lr_schedule", "constant"))
-    if schedule == ("constant", "constant"):
+    if old["train.lr_schedule"] == new["train.lr_schedule"] == "constant":
         allowed.add("train.epochs")
-    old = {**{k: v for k, v in ADDED_LATER.items() if k not in old}, **old}
     differing = sorted(
         k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>")
     )
@@ -274,8 +274,7 @@ def check_resumable(workdir: str, config_json: dict) -> None:
         return
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
-        with open(path) as handle:
-            saved = json.load(handle)
+        saved = read_run_config(path)
         differing = config_differences(saved, config_json)
         if differing:
             old, new = _flatten(saved), _flatten(config_json)

@@ -17,7 +17,7 @@ first time they are asked for.
 
 A request w (weights over categories, normalised, optionally with `inferred`: the clip's own
 emotion) becomes target = sum_c w_c P_c with gain g = sum_c w_c g_c (1 for `inferred`), and G
-reads e'(t) = e(t) - (1 - w_inferred) ē + target (`models.sdetalk.steer_embedding`): the speech's
+reads e'(t) = e(t) - (1 - w_inferred) ē + target (`models.emotion.steer_embedding`): the speech's
 own frame-to-frame variation with the clip-level emotion replaced. The classifier reads e' too, so
 the animation's `emotion` is the run's own reading of the request. The intensity a and the gain
 multiply G's expression offset, f^e = f^n + a g (f^e - f^n); `none` is intensity 0 with the
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax.data.pipeline import identity_onehot, model_batch
+from sdetalk_jax.data.pipeline import model_batch
 from sdetalk_jax.fileio import write_npz
-from sdetalk_jax.models.sdetalk import masked_mean
+from sdetalk_jax.models.ops import masked_mean
 
 PROTOTYPES_DIR = "emotion_prototypes"
 INFERRED = "inferred"
@@ -115,11 +115,10 @@ def clip_embeddings(generator, params, dataset, batch_size: int = 8) -> np.ndarr
     few lengths so that a handful of shapes are compiled (padding does not change e, whose
     blocks mask it)."""
     embed = jax.jit(
-        lambda p, mel, mask, onehot: generator.apply(
-            {"params": p}, mel, mask, onehot, method=type(generator).clip_embedding
+        lambda p, mel, mask: generator.apply(
+            {"params": p}, mel, mask, method=type(generator).clip_embedding
         )
     )
-    num_subjects = generator.config.num_subjects
     by_length: dict[int, list[int]] = {}
     for index, clip in enumerate(dataset.clips):
         by_length.setdefault(padded_length(clip.num_frames), []).append(index)
@@ -129,14 +128,11 @@ def clip_embeddings(generator, params, dataset, batch_size: int = 8) -> np.ndarr
             chunk = indices[first : first + batch_size]
             mel = np.zeros((batch_size, length, generator.config.mel_bins), np.float32)
             mask = np.zeros((batch_size, length), bool)
-            subjects = np.full(batch_size, -1)
             for row, index in enumerate(chunk):
                 clip_mel = dataset.log_mel(index)
                 mel[row, : len(clip_mel)] = clip_mel
                 mask[row, : len(clip_mel)] = True
-                subjects[row] = dataset.subject_index(dataset.clips[index].subject)
-            onehot = identity_onehot(subjects, num_subjects)
-            means[chunk] = np.asarray(embed(params, mel, mask, onehot))[: len(chunk)]
+            means[chunk] = np.asarray(embed(params, mel, mask))[: len(chunk)]
     return means
 
 
@@ -240,7 +236,7 @@ def true_mean_offsets(generator, params, batch) -> jax.Array:
     """Each take's true expression offset averaged over its frames [B, V*3]: the face minus its
     neutral track, or minus G_n's neutral face f^n where the take has none."""
     noise = jnp.zeros(batch["mel"].shape[:2] + (generator.config.hidden,))
-    neutral = generator.apply({"params": params}, batch, noise)["neutral"]
+    neutral = generator.apply({"params": params}, batch, noise).neutral
     neutral = jnp.where(batch["has_neutral"][:, None, None], batch["neutral_vertices"], neutral)
     return masked_mean(batch["vertices"] - neutral, batch["frame_mask"])
 
@@ -448,7 +444,7 @@ def request_inputs(
     request: EmotionRequest, hidden: int, prototypes: EmotionPrototypes | None = None
 ) -> dict:
     """The generator's inputs for a request, for one batch row: emotion_target [hidden],
-    emotion_inferred_weight [], expression_scale [] (`models.sdetalk.steer_embedding`).
+    emotion_inferred_weight [], expression_scale [] (`models.emotion.steer_embedding`).
     `prototypes` are read only if the request names a category or is `none`
     (`EmotionRequest.needs_prototypes`)."""
     if request.needs_prototypes and prototypes is None:

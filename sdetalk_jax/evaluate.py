@@ -282,7 +282,7 @@ def sample_model(model: TrainedModel, generate, batch, n: int, clip_key, samples
             generate(
                 model.params, batch,
                 jax.random.normal(jax.random.fold_in(clip_key, k), (1, length, hidden)),
-            )["rotation"][0, :n]
+            ).rotation[0, :n]
         )
         for k in range(samples)
     ]  # fmt: skip
@@ -296,15 +296,15 @@ def method_predictions(mean, rotation_samples, example, baseline_emotion) -> dic
     still = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 3, 3))
     zero = np.zeros((n, 3), np.float32)
     if baseline_emotion is None:
-        baseline_emotion = mean["mixture"][0]
+        baseline_emotion = mean.mixture[0]
     return {
         "SDETalk": {
-            "expression": mean["expression"][0, :n], "rotation": mean["rotation"][0, :n],
-            "translation": mean["translation"][0, :n], "emotion": mean["mixture"][0],
+            "expression": mean.expression[0, :n], "rotation": mean.rotation[0, :n],
+            "translation": mean.translation[0, :n], "emotion": mean.mixture[0],
             "rotation_samples": rotation_samples,
         },
         "neutral generator alone": {
-            "expression": mean["neutral"][0, :n], "rotation": still, "translation": zero,
+            "expression": mean.neutral[0, :n], "rotation": still, "translation": zero,
             "emotion": baseline_emotion, "rotation_samples": [],
         },
         "template alone": {
@@ -329,6 +329,54 @@ class _Evaluation:
     key: jax.Array
     samples: int
     style: str
+
+    @classmethod
+    def prepare(
+        cls,
+        model: TrainedModel,
+        corpus: biwi.Corpus,
+        split: str,
+        *,
+        samples: int,
+        seed: int,
+        style: str,
+    ) -> _Evaluation:
+        """The evaluation of `split` of `corpus`; refuses an unknown split or style subject."""
+        if split not in biwi.SPLITS:
+            raise RunError(f"unknown split '{split}' (known: {', '.join(biwi.SPLITS)})")
+        dataset = ClipDataset.from_corpus(
+            corpus, split, model.assets.subjects, context_encoder=model.encoder
+        )
+        if style != "all" and style not in model.assets.subjects:
+            model.subject_index(style)  # raises with the list of subjects
+        return cls(
+            model=model, dataset=dataset, generate=model.generate_fn(),
+            buckets=batching.bucket_lengths(
+                max(dataset.lengths), min_length=model.config.data.bucket_min
+            ),
+            regions=_regions(corpus), fps=corpus.fps,
+            mean_mixture=mean_emotion_mixture(corpus.split("train")), key=jax.random.key(seed),
+            samples=samples, style=style,
+        )  # fmt: skip
+
+    def run(
+        self, split: str, corpus_units: str, plots: bool, progress: bool
+    ) -> tuple[list[ClipResult], list[tuple]]:
+        """Every clip's results, in the corpus's length unit, and with `plots` the figures'
+        inputs."""
+        from tqdm import tqdm
+
+        results, figure_inputs = [], []
+        clips = range(len(self.dataset.clips))
+        for index in tqdm(clips, desc=f"evaluate {split}", disable=not progress):
+            result, figure_input = self.clip(index)
+            result.values.update(
+                {method: in_corpus_units(result.values[method], corpus_units) for method in METHODS}
+            )
+            results.append(result)
+            if plots:
+                figure_inputs.append(figure_input)
+        return results, figure_inputs
 
     def styles_for(self, clip: biwi.Clip) -> list[str]:
         """The identities a clip is animated with: its own, or for an unseen speaker every
@@ -422,38 +470,15 @@ def evaluate(
     force: bool = False,
     encoder_precision: str = "float32",
 ) -> dict:
-    from tqdm import tqdm
-
+    """Evaluates the run in `workdir` on `split`: writes OUT_DIR/SPLIT.json (the returned report)
+    and SPLIT.md, prints the table and, with `plots`, draws the figures into OUT_DIR."""
     out_dir = out_dir or os.path.join(workdir, "eval")
     _refuse_to_overwrite(out_dir, split, plots, force)
     model = TrainedModel.load(workdir, checkpoint=checkpoint, encoder_precision=encoder_precision)
-    config = model.config
-    corpus = open_corpus(config)
-    if split not in biwi.SPLITS:
-        raise RunError(f"unknown split '{split}' (known: {', '.join(biwi.SPLITS)})")
-    dataset = ClipDataset.from_corpus(
-        corpus, split, model.assets.subjects, context_encoder=model.encoder
-    )
-    if style != "all" and style not in model.assets.subjects:
-        model.subject_index(style)  # raises with the list of subjects
-    evaluation = _Evaluation(
-        model=model, dataset=dataset, generate=model.generate_fn(),
-        buckets=batching.bucket_lengths(max(dataset.lengths), min_length=config.data.bucket_min),
-        regions=_regions(corpus), fps=corpus.fps,
-        mean_mixture=mean_emotion_mixture(corpus.split("train")), key=jax.random.key(seed),
-        samples=samples, style=style,
-    )  # fmt: skip
+    corpus = open_corpus(model.config)
+    evaluation = _Evaluation.prepare(model, corpus, split, samples=samples, seed=seed, style=style)
     corpus_units = biwi.read_units(corpus.root)
-    results, figure_inputs = [], []
-    for index in tqdm(range(len(dataset.clips)), desc=f"evaluate {split}", disable=not progress):
-        result, figure_input = evaluation.clip(index)
-        result.values.update(
-            {method: in_corpus_units(result.values[method], corpus_units) for method in METHODS}
-        )
-        results.append(result)
-        if plots:
-            figure_inputs.append(figure_input)
-
+    results, figure_inputs = evaluation.run(split, corpus_units, plots, progress)
     table = combine(results)
     split_metrics(results, table)
     truth_consistency = float(
@@ -472,21 +497,31 @@ def evaluate(
         "ground_truth_speech_head_consistency": truth_consistency,
         "per_clip": [dataclasses.asdict(r) for r in results],
     }
-    style_note = _style_note(dataset, model.assets.subjects, style)
+    style_note = _style_note(evaluation.dataset, model.assets.subjects, style)
     markdown = markdown_table(
         table, split, len(results), style_note, truth_consistency, metric_units(corpus_units)
     )
+    _write_report(out_dir, split, report, markdown)
+    if plots and figure_inputs:
+        _write_figures(out_dir, split, figure_inputs, model.assets, corpus.fps)
+    return report
+
+
+def _write_report(out_dir: str, split: str, report: dict, markdown: str) -> None:
+    """SPLIT.json and SPLIT.md into `out_dir`, and the table printed."""
     write_json(os.path.join(out_dir, f"{split}.json"), report)
     write_bytes(os.path.join(out_dir, f"{split}.md"), markdown.encode())
     print(markdown)
-    if plots and figure_inputs:
-        from sdetalk_jax import figures
 
-        for path in figures.evaluation_figures(
-            out_dir, split, figure_inputs, model.assets, corpus.fps, audio.SAMPLE_RATE
-        ):
-            print(f"wrote {path}")
-    return report
+
+def _write_figures(out_dir: str, split: str, figure_inputs: list, assets, fps: float) -> None:
+    """The paper's Fig. 5 and Fig. 6 of the split into `out_dir`, each path printed."""
+    from sdetalk_jax import figures
+
+    for path in figures.evaluation_figures(
+        out_dir, split, figure_inputs, assets, fps, audio.SAMPLE_RATE
+    ):
+        print(f"wrote {path}")
 
 
 def main(argv=None) -> int:

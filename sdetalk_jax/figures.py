@@ -44,8 +44,8 @@ def expression_figure(path: str, figure_inputs, assets) -> str:
     rows = []
     for clip, example, mean, _ in chosen:
         n = int(example["num_frames"])
-        neutral = mean["neutral"][0, :n].reshape(n, -1, 3)
-        emotional = mean["expression"][0, :n].reshape(n, -1, 3)
+        neutral = mean.neutral[0, :n].reshape(n, -1, 3)
+        emotional = mean.expression[0, :n].reshape(n, -1, 3)
         displacement = np.linalg.norm(emotional - neutral, axis=-1) * 1000.0  # mm
         frame = int(np.argmax(displacement.mean(axis=1)))
         rows.append((clip, frame, neutral[frame], emotional[frame], displacement[frame]))
@@ -104,7 +104,7 @@ def head_motion_figure(path: str, figure_inputs, fps: float, sample_rate: int) -
         curves = [
             (np.degrees(head_angular_speed(example["rotation"], fps)), "ground truth", "k"),
             (
-                np.degrees(head_angular_speed(mean["rotation"][0, :n], fps)),
+                np.degrees(head_angular_speed(mean.rotation[0, :n], fps)),
                 "generated, z = 0",
                 "C0",
             ),

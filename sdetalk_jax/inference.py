@@ -32,8 +32,9 @@ from sdetalk_jax.emotion_control import (
     gather_prototypes,
     request_inputs,
 )
+from sdetalk_jax.models.config import SDETalkConfig
 from sdetalk_jax.models.networks import Networks
-from sdetalk_jax.models.sdetalk import SDETalkConfig, pose_faces
+from sdetalk_jax.models.ops import pose_faces
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
 from sdetalk_jax.models.wav2vec2.model import MATMUL_OPERANDS, check_matmul_operands
 
@@ -86,6 +87,16 @@ def window_leads(starts: list[int], window: int, overlap: int) -> list[int]:
         max(previous + window - overlap - start, 0)
         for previous, start in itertools.pairwise(starts)
     ]
+
+
+def window_frames(
+    num_frames: int, fps: float, window_s: float, overlap_s: float
+) -> tuple[int, int]:
+    """(window, overlap) in frames for `window_s` and `overlap_s` seconds at `fps`: a window of at
+    least two frames and at most the clip, an overlap of at most half a window."""
+    window = max(int(round(window_s * fps)), 2)
+    overlap = min(int(round(overlap_s * fps)), window // 2)
+    return min(window, num_frames), overlap
 
 
 def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
@@ -334,7 +345,7 @@ class TrainedModel:
             )
         corpus = open_corpus(self.config)
         dataset = ClipDataset.from_corpus(corpus, "train", self.assets.subjects, self.encoder)
-        steps = self.config.train.get("emotion_prototype_steps", -1)
+        steps = self.config.train.emotion_prototype_steps
         steps = steps if steps >= 0 else DEFAULT_REFINE_STEPS  # -1: none at the end of training
         self._prototypes = gather_prototypes(
             self.networks.generator, self.params, dataset, self.assets.emotion_categories,
@@ -382,6 +393,20 @@ class TrainedModel:
             )
         return num_frames
 
+    def window_animation(self, batch: dict, key: jax.Array, window: int) -> dict[str, np.ndarray]:
+        """One window's frames before crossfading (the keys of `animate_waveform`, rotations
+        flattened to [window, 9]), its noise drawn from `key`."""
+        noise = jax.random.normal(key, (1, window, self.networks.config.hidden))
+        outputs = jax.device_get(self.generate_fn()(self.params, batch, noise))
+        return {
+            "vertices": outputs.posed[0],
+            "expression": outputs.expression[0],
+            "neutral": outputs.neutral[0],
+            "rotation": outputs.rotation[0].reshape(window, 9),
+            "translation": outputs.translation[0],
+            "emotion": np.broadcast_to(outputs.mixture[0], (window, outputs.mixture.shape[-1])),
+        }
+
     def animation_chunks(
         self,
         waveform: np.ndarray,
@@ -403,36 +428,20 @@ class TrainedModel:
 
         check_head_scale(head_scale)  # a bad scale fails before any work
         steering = self.emotion_inputs(emotion, progress)
-        fps = self.assets.fps
-        samples_per_frame = audio.samples_per_frame(fps)
+        samples_per_frame = audio.samples_per_frame(self.assets.fps)
         num_frames = self.frame_count(waveform)
-        window = max(int(round(window_s * fps)), 2)
-        overlap = min(int(round(overlap_s * fps)), window // 2)
-        window = min(window, num_frames)
+        window, overlap = window_frames(num_frames, self.assets.fps, window_s, overlap_s)
         starts = window_starts(num_frames, window, overlap)
         leads = window_leads(starts, window, overlap)
         subjects = np.array([self.subject_index(subject)])
         template_flat = self.template_for(subject, template)
-        generate = self.generate_fn()
-        hidden = self.networks.config.hidden
         crossfade = Crossfade()
         for index, start in enumerate(
             tqdm(starts, desc="animate", unit="window", disable=not progress)
         ):
             piece = waveform[start * samples_per_frame : (start + window) * samples_per_frame]
             batch = {**self.window_batch(piece, window, subjects, template_flat), **steering}
-            noise = jax.random.normal(jax.random.fold_in(key, index), (1, window, hidden))
-            outputs = jax.device_get(generate(self.params, batch, noise))
-            mixture = np.broadcast_to(outputs["mixture"][0], (window, outputs["mixture"].shape[-1]))
-            pieces = {
-                "vertices": outputs["posed"][0],
-                "expression": outputs["expression"][0],
-                "neutral": outputs["neutral"][0],
-                "rotation": outputs["rotation"][0].reshape(window, 9),
-                "translation": outputs["translation"][0],
-                "emotion": mixture,
-            }
-            del outputs
+            pieces = self.window_animation(batch, jax.random.fold_in(key, index), window)
             last = index == len(starts) - 1
             weights = crossfade_weights(window, overlap, index == 0, last, leads[index])
             crossfade.add(start, pieces, weights)

@@ -7,17 +7,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sdetalk_jax.models.sdetalk import (
-    MI_PAIRS,
+from sdetalk_jax.models.ops import (
     coordinate_rows,
     gaussian_log_likelihood,
     gaussian_smooth,
-    head_noise_mean_abs,
     masked_mean,
 )
-
-# E|n| of a unit Gaussian: the head noise path's n unless model.head_noise says otherwise.
-GAUSSIAN_MEAN_ABS = head_noise_mean_abs("gaussian")
+from sdetalk_jax.models.vclub import MI_PAIRS
 
 
 def _frame_weights(batch, flag: str | None = None):
@@ -48,18 +44,10 @@ def squared_error_per_frame(prediction, target, scale: float = 1.0):
 
 
 def rotation_error_per_frame(rotation, target, template, config):
-    """The rotation term's per-frame error, in the units `loss.rotation_units` chooses:
-
-    * "template_mm": the mean squared distance that the difference between the two rotations moves
-      the subject's template vertices, in (vertex_scale * unit)^2 (mm^2 for data in metres): the
-      units of L_n and L_exp, so that Eq. 5's weights balance (docs/paper-notes.md);
-    * "matrix": the mean squared difference of the matrix entries (unitless; earlier runs).
-
-    rotation, target [B, N, 3, 3]; template [B, V*3]."""
-    if config.rotation_units == "matrix":
-        return squared_error_per_frame(rotation, target)
-    if config.rotation_units != "template_mm":
-        raise ValueError(f"unknown loss.rotation_units '{config.rotation_units}'")
+    """The rotation term's per-frame error: the mean squared distance that the difference between
+    the two rotations moves the subject's template vertices, per vertex (summed over x, y, z), in
+    (vertex_scale * unit)^2 (mm^2 for data in metres), so that Eq. 5's weights balance it against
+    the vertex terms (docs/paper-notes.md). rotation, target [B, N, 3, 3]; template [B, V*3]."""
     vertices = template.reshape(template.shape[0], -1, 3) * config.vertex_scale
     # mean_v |v D|^2 = trace(D^T M D) with M the template's second moment [3, 3]: the cost does
     # not grow with the vertex count.
@@ -72,32 +60,29 @@ def reconstruction_losses(outputs, batch, config):
     """L_n, L_exp, L_r, L_t and L_rec (Eq. 5). The paper calls the expression term L_e; we call it
     L_exp to tell it apart from the emotional guidance loss L_e. L_r and L_t are taken on the
     sample's head (`loss.head_reconstruction = "sample"`, the paper) or on the head at z = 0
-    ("mean", ours: docs/paper-notes.md), where `outputs` has it."""
+    ("mean", ours: docs/paper-notes.md), where `outputs` has it (evaluation's outputs are at z = 0
+    already)."""
     scale = config.vertex_scale
-    head = "mean_" if config.get("head_reconstruction", "sample") == "mean" else ""
-    if head and f"{head}rotation" not in outputs:  # outputs of evaluation, at z = 0 already
-        head = ""
+    rotation, translation = outputs.rotation, outputs.translation
+    if config.head_reconstruction == "mean" and outputs.mean_rotation is not None:
+        rotation, translation = outputs.mean_rotation, outputs.mean_translation
     neutral_weights = _frame_weights(batch, "has_neutral")
     pose_weights = _frame_weights(batch, "has_head_pose")
     frame_weights = _frame_weights(batch)
     losses = {
         "neutral": masked_frame_mean(
-            squared_error_per_frame(outputs["neutral"], batch["neutral_vertices"], scale),
+            squared_error_per_frame(outputs.neutral, batch["neutral_vertices"], scale),
             neutral_weights,
         ),
         "expression": masked_frame_mean(
-            squared_error_per_frame(outputs["expression"], batch["vertices"], scale), frame_weights
+            squared_error_per_frame(outputs.expression, batch["vertices"], scale), frame_weights
         ),
         "rotation": masked_frame_mean(
-            rotation_error_per_frame(
-                outputs[f"{head}rotation"], batch["rotation"], batch["template"], config
-            ),
+            rotation_error_per_frame(rotation, batch["rotation"], batch["template"], config),
             pose_weights,
         ),
         "translation": masked_frame_mean(
-            squared_error_per_frame(
-                outputs[f"{head}translation"][..., None], batch["translation"][..., None], scale
-            ),
+            squared_error_per_frame(translation[..., None], batch["translation"][..., None], scale),
             pose_weights,
         ),
     }
@@ -156,10 +141,10 @@ def head_style_loss(rotation, target, batch, config):
     )
 
 
-def head_gain_loss(gain, target, batch, config, noise_mean_abs=GAUSSIAN_MEAN_ABS):
+def head_gain_loss(gain, target, batch, config, noise_mean_abs: float):
     """Our addition (docs/paper-notes.md), weight `loss.lambda_head_gain`: the head noise path's
     expected angular speed per axis, gain * E|n| (`noise_mean_abs`, from
-    `sdetalk.head_noise_mean_abs`; sqrt(2 / pi) for unit Gaussian noise), against the speaker's,
+    `head_motion.head_noise_mean_abs`), against the speaker's,
     both smoothed over `head_gain_width_frames`, as the relative squared error of
     `head_style_loss`. The style term judges one sample, whose speed is gain * |n|, so its gradient
     for the gain is as noisy as |n|; this term regresses the gain on how fast the speaker's head
@@ -252,14 +237,13 @@ def emotion_classification_loss(mixture, batch, neutral_clips: bool = True):
 
 
 def classification_terms(outputs, batch, neutral_clips: bool = True):
-    """L_cls of y_e (`outputs["mixture"]`) and, with `model.emotion_statistics` (y_e read from
-    the voice statistics), also of e's own classifier (`embedding_mixture`): the term by which
-    L_cls trains e in the paper, kept so that e stays emotional for G."""
-    return sum(
-        emotion_classification_loss(outputs[name], batch, neutral_clips)
-        for name in ("mixture", "embedding_mixture")
-        if name in outputs
-    )
+    """L_cls of y_e (`outputs.mixture`) and, with `model.emotion_statistics` (y_e read from the
+    voice statistics), also of e's own classifier (`outputs.embedding_mixture`): the term by
+    which L_cls trains e in the paper, kept so that e stays emotional for G."""
+    total = emotion_classification_loss(outputs.mixture, batch, neutral_clips)
+    if outputs.embedding_mixture is not None:
+        total = total + emotion_classification_loss(outputs.embedding_mixture, batch, neutral_clips)
+    return total
 
 
 def emotional_speech_loss(emotional_logit, batch):
@@ -286,27 +270,24 @@ def distance_vertices(rows, most: int):
 
 def diversity_loss(first, second, noise_first, noise_second, batch, config):
     """L_d (Eq. 7): output distance over noise distance, per frame; capped at `diversity_cap` so that
-    maximising it cannot run away (as the mode-seeking losses it follows do). With
-    `rotation_units = "template_mm"` the rotations' distance is how far apart they put the
-    template's vertices (mean absolute coordinate, mm), the units of the other two distances.
-    The head's part counts only for clips with head pose."""
+    maximising it cannot run away (as the mode-seeking losses it follows do). The rotations'
+    distance is how far apart they put the template's vertices (mean absolute coordinate, mm),
+    the units of the other two distances. The head's part counts only for clips with head pose.
+    first, second: `GeneratorOutputs` of the two noise draws."""
     scale = config.vertex_scale
 
     def distance(a, b, s=1.0):
         return mean_per_frame(jnp.abs((a - b) * s))
 
-    if config.rotation_units == "template_mm":
-        # the template as coordinate rows [3, V], as `pose_rows` poses faces (faster on a CPU)
-        template_rows = distance_vertices(
-            coordinate_rows(batch["template"] * scale), config.get("rotation_distance_vertices", 0)
-        )
-        moved = jnp.einsum("bnij,biv->bnjv", first["rotation"] - second["rotation"], template_rows)
-        rotation_distance = mean_per_frame(jnp.abs(moved))
-    else:
-        rotation_distance = distance(first["rotation"], second["rotation"])
-    head = rotation_distance + distance(first["translation"], second["translation"], scale)
+    # the template as coordinate rows [3, V], as `pose_rows` poses faces (faster on a CPU)
+    template_rows = distance_vertices(
+        coordinate_rows(batch["template"] * scale), config.rotation_distance_vertices
+    )
+    moved = jnp.einsum("bnij,biv->bnjv", first.rotation - second.rotation, template_rows)
+    rotation_distance = mean_per_frame(jnp.abs(moved))
+    head = rotation_distance + distance(first.translation, second.translation, scale)
     has_pose = batch["has_head_pose"].astype(jnp.float32)[:, None]
-    numerator = config.lambda_f * distance(first["expression"], second["expression"], scale)
+    numerator = config.lambda_f * distance(first.expression, second.expression, scale)
     numerator = numerator + has_pose * head
     denominator = distance(noise_first, noise_second) + 1e-6
     per_frame = jnp.minimum(numerator / denominator, config.diversity_cap)

@@ -13,8 +13,7 @@ import optax
 def learning_rate(train_config, total_steps: int):
     """The paper's fixed rate ('constant'), or a linear warm-up to it followed by a cosine decay to
     zero at `total_steps` ('warmup_cosine'), for short runs that must end converged."""
-    # .get: runs saved before schedules existed have no such field and used the fixed rate.
-    kind = train_config.get("lr_schedule", "constant")
+    kind = train_config.lr_schedule
     if kind == "constant":
         return train_config.learning_rate
     if kind == "warmup_cosine":

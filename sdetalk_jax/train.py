@@ -1,19 +1,16 @@
 """Training SDETalk: `python -m sdetalk_jax.train --config configs/biwi.py --workdir runs/biwi`.
 
-One jitted step alternates the three updates of Sec. 2.2: the vCLUB estimators (maximum likelihood),
-the consistency discriminator, then the generator (`losses.generator_objective`). Every random draw
-comes from `fold_in(training key, step)`, split by purpose, so a resumed run draws exactly what an
+The loop around the jitted step (`train_step`): the corpus, the networks and the keys of a run
+(`setup`), a new or restored state (`restore_or_init`), epochs with validation and checkpoints
+(`Trainer`), then the emotion prototypes of the trained run (`save_emotion_prototypes`). Every random
+draw comes from a key split by purpose (`purpose_keys`), so a resumed run draws exactly what an
 uninterrupted one would. Running the same command again resumes from the last checkpoint, data
 position included.
-
-Reading order: the step (`make_train_step` and its three updates), then the loop (`setup`,
-`restore_or_init`, `Trainer.run_epoch`, `Trainer.end_epoch`, `train`), then the command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -21,24 +18,18 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax import checkpoint, cli, emotion_control, losses, optim, parallel, validation
+from sdetalk_jax import checkpoint, cli, emotion_control, optim, parallel, validation
 from sdetalk_jax.data import batching, biwi
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
 from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
-from sdetalk_jax.models.networks import Networks, speaker_mel_baseline, statistics_standardisation
-from sdetalk_jax.models.sdetalk import (
-    SDETalkConfig,
-    coordinate_rows,
-    head_noise_mean_abs,
-    per_frame_factors,
-    pose_rows,
-)
+from sdetalk_jax.models.config import SDETalkConfig
+from sdetalk_jax.models.networks import Networks, statistics_standardisation
 from sdetalk_jax.models.wav2vec2.convert import CheckpointError
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
+from sdetalk_jax.train_step import compiled_train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,10 +44,8 @@ def purpose_seeds(train_config) -> dict[str, int]:
     """The seed of each source of randomness: train.seed unless pinned by train.<purpose>_seed."""
     seeds = {}
     for purpose in ("data", "init", "noise"):
-        pinned = train_config.get(f"{purpose}_seed", -1)
-        seeds[purpose] = (
-            int(pinned) if pinned is not None and pinned >= 0 else int(train_config.seed)
-        )
+        pinned = train_config[f"{purpose}_seed"]
+        seeds[purpose] = int(pinned) if pinned >= 0 else int(train_config.seed)
     return seeds
 
 
@@ -68,225 +57,6 @@ def purpose_keys(seeds: dict[str, int]) -> dict:
         "init": jax.random.fold_in(jax.random.key(seeds["init"]), _INIT_PURPOSE),
         "noise": jax.random.fold_in(jax.random.key(seeds["noise"]), _NOISE_PURPOSE),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# The step
-
-
-def estimator_update(networks: Networks, params, opt_state, factors, frame_weights, tx):
-    """vCLUB estimators: maximise log q(y|x) on the current (fixed) factors.
-    Returns (params, opt_state, negative log-likelihood)."""
-
-    def estimator_loss(estimator_params):
-        estimates = networks.estimators.apply({"params": estimator_params}, factors)
-        return -losses.estimator_log_likelihood(estimates, factors, frame_weights)
-
-    nll, grads = jax.value_and_grad(estimator_loss)(params)
-    params, opt_state = optim.apply_update(tx, grads, opt_state, params)
-    return params, opt_state, nll
-
-
-def faces_for_discriminator(batch, outputs=None):
-    """The faces D judges, as coordinate rows [B, N, 3, V] (`coordinate_rows`): the speaker's
-    (`outputs` None) or the generated ones, posed by Eq. 4 where the clip has head pose and
-    unposed where it has none, on both sides: a clip without pose would otherwise show D a still
-    head as real. Unposed is posed by R = I, T = 0, which leaves every value as it is."""
-    source = batch if outputs is None else outputs
-    faces = batch["vertices"] if outputs is None else outputs["expression"]
-    has_pose = batch["has_head_pose"]
-    rotation = jnp.where(has_pose[:, None, None, None], source["rotation"], jnp.eye(3))
-    translation = jnp.where(has_pose[:, None, None], source["translation"], 0.0)
-    return pose_rows(coordinate_rows(faces), rotation, translation)
-
-
-def discriminator_update(networks: Networks, params, opt_state, outputs, batch, loss_config, tx):
-    """D: real (e, f_bar) against fake (e, f), plus its identity and emotion heads on real faces.
-    Returns (params, opt_state, {total, adversarial, identity, emotion})."""
-    real = faces_for_discriminator(batch)
-    clip_weights = batch["clip_mask"].astype(jnp.float32)
-
-    def discriminator_loss(discriminator_params):
-        def apply(faces):
-            return networks.discriminator.apply(
-                {"params": discriminator_params},
-                outputs["embedding"],
-                faces,
-                batch["template"],
-                batch["frame_mask"],
-            )
-
-        real_logits, identity_logits, mixture = apply(real)
-        fake_logits, _, _ = apply(faces_for_discriminator(batch, outputs))
-        adversarial, _ = losses.adversarial_losses(
-            real_logits, fake_logits, clip_weights, loss_config.gan
-        )
-        identity, emotion = losses.auxiliary_losses(
-            identity_logits, mixture, batch, loss_config.classify_neutral_clips
-        )
-        return adversarial + identity + emotion, (adversarial, identity, emotion)
-
-    (total, (adversarial, identity, emotion)), grads = jax.value_and_grad(
-        discriminator_loss, has_aux=True
-    )(params)
-    params, opt_state = optim.apply_update(tx, grads, opt_state, params)
-    terms = {"total": total, "adversarial": adversarial, "identity": identity, "emotion": emotion}
-    return params, opt_state, terms
-
-
-def generator_terms(networks, first, second, noises, batch, others, loss_config):
-    """Every term of the generator's objective from two samples of G (noises z1, z2), with the
-    estimators and the discriminator as just updated (`others`). Returns (terms, total)."""
-    frame_weights = batch["frame_mask"].astype(jnp.float32)
-    terms = losses.reconstruction_losses(first, batch, loss_config)
-    # With the head noise path, the style term shapes that path alone: G's own rotation is the
-    # mean head's, left to L_r at z = 0, where a still-but-jittering head would pass for motion.
-    terms["head_style"] = losses.head_style_loss(
-        first.get("head_turn", first["rotation"]), batch["rotation"], batch, loss_config
-    )
-    terms["head_gain"] = (
-        losses.head_gain_loss(
-            first["head_gain"],
-            batch["rotation"],
-            batch,
-            loss_config,
-            head_noise_mean_abs(networks.config.head_noise),
-        )
-        if "head_gain" in first
-        else jnp.zeros(())
-    )
-    first_factors = per_frame_factors(first)
-    estimator_variables = {"params": others["estimators"]}
-    estimates = networks.estimators.apply(estimator_variables, first_factors)
-    speaker_estimates = networks.estimators.apply(
-        estimator_variables, first["identity_table"], method="speaker_marginal"
-    )
-    terms.update(
-        losses.vclub_upper_bound(estimates, first_factors, frame_weights, speaker_estimates)
-    )
-    terms["classification"] = losses.classification_terms(
-        first, batch, loss_config.classify_neutral_clips
-    )
-    terms["diversity"] = losses.diversity_loss(first, second, *noises, batch, loss_config)
-    fake_logits, identity_logits, mixture = networks.discriminator.apply(
-        {"params": others["discriminator"]},
-        jax.lax.stop_gradient(first["embedding"]),
-        faces_for_discriminator(batch, first),
-        batch["template"],
-        batch["frame_mask"],
-    )
-    _, terms["adversarial"] = losses.adversarial_losses(
-        jnp.zeros_like(fake_logits), fake_logits, batch["clip_mask"].astype(jnp.float32),
-        loss_config.gan,
-    )  # fmt: skip
-    aux_identity, aux_emotion = losses.auxiliary_losses(
-        identity_logits, mixture, batch, loss_config.classify_neutral_clips
-    )
-    terms["emotional_speech"] = losses.emotional_speech_loss(first["emotional_logit"], batch)
-    terms["statistics_penalty"] = first.get("statistics_penalty", jnp.zeros(()))
-    terms["guidance"], total = losses.generator_objective(
-        terms, aux_identity, aux_emotion, loss_config
-    )
-    terms["total"] = total
-    return terms, total
-
-
-def make_train_step(networks: Networks, loss_config):
-    """(state, batch, noise_key, tx) -> (state, metrics): one update of the estimators, the
-    discriminator and the generator, in that order (Sec. 2.2)."""
-
-    def step_fn(state, batch, noise_key, tx):
-        params, opt_state = state["params"], state["opt_state"]
-        step_key = jax.random.fold_in(noise_key, state["step"])  # the same draws after a resume
-        noise_key_1, noise_key_2 = jax.random.split(step_key)
-        # One dropout mask per step, the same for both noise samples: L_d then compares what the
-        # noise changes, not what dropout does.
-        dropout_rngs = {"dropout": jax.random.fold_in(step_key, 3)}
-
-        mean_head = loss_config.head_reconstruction == "mean"
-        shape = batch["frame_mask"].shape + (networks.config.hidden,)
-        noises = (jax.random.normal(noise_key_1, shape), jax.random.normal(noise_key_2, shape))
-        frame_weights = batch["frame_mask"].astype(jnp.float32)
-
-        def two_samples(generator_params):
-            variables = {"params": generator_params}
-            # G_n's face does not depend on the noise: one pass serves both samples.
-            neutral_parts = networks.generator.apply(variables, batch, method="neutral_face")
-
-            def generate(noise, with_mean_head):
-                outputs = networks.generator.apply(
-                    variables, batch, noise, deterministic=False, mean_head=with_mean_head,
-                    neutral_parts=neutral_parts, rngs=dropout_rngs,
-                )  # fmt: skip
-                del outputs["posed"]  # D poses them itself; kept, they cost a backward of zeros
-                return outputs
-
-            return generate(noises[0], mean_head), generate(noises[1], False)
-
-        # G runs forward once: its first sample feeds the estimators' and D's updates (as a
-        # constant), then the generator's terms, whose gradient goes back through the same pass.
-        (first, second), pull_back = jax.vjp(two_samples, params["generator"])
-        outputs = jax.lax.stop_gradient(first)
-        estimator_params, estimator_opt, estimator_nll = estimator_update(
-            networks, params["estimators"], opt_state["estimators"],
-            per_frame_factors(outputs), frame_weights, tx,
-        )  # fmt: skip
-        discriminator_params, discriminator_opt, d_terms = discriminator_update(
-            networks, params["discriminator"], opt_state["discriminator"], outputs, batch,
-            loss_config, tx,
-        )  # fmt: skip
-        others = {"estimators": estimator_params, "discriminator": discriminator_params}
-
-        def generator_loss(samples):
-            terms, total = generator_terms(networks, *samples, noises, batch, others, loss_config)
-            return total, terms
-
-        (_, terms), sample_grads = jax.value_and_grad(generator_loss, has_aux=True)((first, second))
-        (grads,) = pull_back(sample_grads)
-        generator_params, generator_opt = optim.apply_update(
-            tx, grads, opt_state["generator"], params["generator"]
-        )
-        new_state = {
-            "step": state["step"] + 1,
-            "params": {
-                "generator": generator_params,
-                "discriminator": discriminator_params,
-                "estimators": estimator_params,
-            },
-            "opt_state": {
-                "generator": generator_opt,
-                "discriminator": discriminator_opt,
-                "estimators": estimator_opt,
-            },
-        }
-        metrics = {
-            **terms,
-            "estimator_nll": estimator_nll,
-            "discriminator": d_terms["total"],
-            "discriminator_adversarial": d_terms["adversarial"],
-            "discriminator_identity": d_terms["identity"],
-            "discriminator_emotion": d_terms["emotion"],
-        }
-        return new_state, metrics
-
-    return step_fn
-
-
-def compiled_train_step(
-    networks, config, placement: parallel.Placement, noise_key, total_steps: int
-):
-    """The training step jitted over the mesh: state replicated, batch split along its rows.
-    (state, batch) -> (state, metrics); the state's buffers are donated. `total_steps` is the
-    length of the learning-rate schedule, if it decays."""
-    tx = optim.optimizer(config, total_steps)
-    step_fn = functools.partial(make_train_step(networks, config.loss), noise_key=noise_key, tx=tx)
-    step_fn = optim.with_matmul_precision(step_fn, config.train.matmul_precision)
-    return jax.jit(
-        step_fn,
-        in_shardings=(placement.replicated, placement.batch),
-        out_shardings=(placement.replicated, placement.replicated),
-        donate_argnums=(0,),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,13 +158,6 @@ def restore_or_init(run: Setup, config, checkpoints: Checkpoints, stop) -> tuple
     placement = run.placement
     initial = jax.device_get(optim.initial_state(run.networks, config, run.keys["init"]))
     resuming = checkpoints.latest.latest_step() is not None
-    if run.networks.config.speaker_baseline and not resuming:
-        # A pass over the training audio; a resumed run restores the learnt baseline instead.
-        baseline = initial["params"]["generator"]["emotion"]["speaker_baseline"]
-        baseline["kernel"] = speaker_mel_baseline(
-            run.train_set, run.networks.config,
-            between_clips=stop_before_training(stop, "the pass over the training audio"),
-        )  # fmt: skip
     if run.networks.config.emotion_statistics and not resuming:
         readout = initial["params"]["generator"]["statistics"]
         readout["centre"], readout["scale"] = statistics_standardisation(
@@ -613,14 +376,31 @@ class Trainer:
         return validation_metrics
 
 
+@dataclasses.dataclass
+class TrainedRun:
+    """What training ends with: the run's setup, its checkpoints and the last state."""
+
+    run: Setup
+    checkpoints: Checkpoints
+    state: dict
+    steps: int
+    validation: dict
+
+
 def train(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir` over every device of every process; returns the last
-    validation metrics. Raises Preempted after a SIGTERM or Ctrl-C, once the checkpoint is saved."""
+    """Trains (or resumes) in `workdir` over every device of every process, then fits the emotion
+    prototypes of the trained run; returns the last validation metrics. Raises Preempted after a
+    SIGTERM or Ctrl-C, once the checkpoint is saved."""
     with parallel.StopRequest() as stop:
-        return _train(config, workdir, stop)
+        trained = train_networks(config, workdir, stop)
+        if trained.steps > 0:
+            save_emotion_prototypes(config, workdir, trained)
+    return trained.validation
 
 
-def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
+def train_networks(config, workdir: str, stop: parallel.StopRequest) -> TrainedRun:
+    """The training loop: from a new run or the last checkpoint to the last epoch's (or
+    train.max_steps'), saved."""
     lead = jax.process_index() == 0
     config_json = json.loads(config.to_json_best_effort())
     checkpoint.check_resumable(workdir, config_json)  # before the long setup: the config alone
@@ -677,16 +457,15 @@ def _train(config, workdir: str, stop: parallel.StopRequest) -> dict:
     if trainer.step > 0 and checkpoints.saved_step != trainer.step:
         checkpoints.save(trainer.state, trainer.position, trainer.step)
         checkpoints.latest.wait_until_finished()
-    if trainer.step > 0:
-        save_emotion_prototypes(config, workdir, run, checkpoints, trainer.state)
-    return validation_metrics
+    return TrainedRun(run, checkpoints, trainer.state, trainer.step, validation_metrics)
 
 
-def save_emotion_prototypes(config, workdir: str, run: Setup, checkpoints, state) -> None:
+def save_emotion_prototypes(config, workdir: str, trained: TrainedRun) -> None:
     """Fits the emotion prototypes (`emotion_control`) of the best checkpoint's generator to the
     training takes and saves them with the run: `animate --emotion` then needs no corpus. Every
     process computes them on its own host (the same numbers); the first writes them."""
-    steps = config.train.get("emotion_prototype_steps", -1)
+    run, checkpoints, state = trained.run, trained.checkpoints, trained.state
+    steps = config.train.emotion_prototype_steps
     categories = run.assets.emotion_categories
     if steps < 0 or not categories:
         return

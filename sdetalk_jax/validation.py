@@ -49,7 +49,7 @@ def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixt
     # ||R1 - R2|| = 2 sqrt(2) sin(angle / 2): well conditioned for the small angles this is
     # (the arccos of the trace loses most digits near the identity).
     chord = jnp.linalg.norm(
-        (first["rotation"] - second["rotation"]).reshape(frames.shape + (9,)), axis=-1
+        (first.rotation - second.rotation).reshape(frames.shape + (9,)), axis=-1
     )
     rotation_difference = jnp.degrees(
         2 * jnp.arcsin(jnp.clip(chord / (2 * np.sqrt(2.0)), 0.0, 1.0))
@@ -57,16 +57,14 @@ def evaluation_sums(networks, loss_config, params, batch, batch_index, mean_mixt
     terms = losses.reconstruction_losses(mean, batch, loss_config)
     sums = {"frames" + kind: jnp.sum(weights) for kind, weights in kinds.items()}
     for kind in kinds:  # split by clip kind: G must add an expression to emotional speech only
-        sums["vertex_error_mm" + kind] = vertex_error_mm(mean["expression"], kind)
-        sums["neutral_vertex_error_mm" + kind] = vertex_error_mm(mean["neutral"], kind)
+        sums["vertex_error_mm" + kind] = vertex_error_mm(mean.expression, kind)
+        sums["neutral_vertex_error_mm" + kind] = vertex_error_mm(mean.neutral, kind)
     return {
         **sums,
         "clips": jnp.sum(clips),
-        "sampled_vertex_error_mm": vertex_error_mm(first["expression"]),
+        "sampled_vertex_error_mm": vertex_error_mm(first.expression),
         "template_vertex_error_mm": vertex_error_mm(template),
-        "emotion_error": jnp.sum(
-            jnp.sum(jnp.square(mean["mixture"] - batch["emotion"]), -1) * clips
-        ),
+        "emotion_error": jnp.sum(jnp.sum(jnp.square(mean.mixture - batch["emotion"]), -1) * clips),
         "mean_mixture_emotion_error": jnp.sum(
             jnp.sum(jnp.square(mean_mixture - batch["emotion"]), -1) * clips
         ),

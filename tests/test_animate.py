@@ -72,7 +72,7 @@ def test_evaluate_writes_tables_for_the_model_and_both_baselines(workdir, tmp_pa
     for name in ("test-b_expression.png", "test-b_head_motion.png"):
         assert os.path.getsize(os.path.join(out, name)) > 10_000
 
-    # Run again: the outputs are kept unless --force (issue 17, item 13).
+    # Run again: the outputs are kept unless --force.
     before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)}
     with pytest.raises(RunError, match="test-b.json already exists"):
         evaluate.evaluate(workdir, "test-b", samples=2, progress=False, out_dir=out)
@@ -114,9 +114,9 @@ def test_a_bfloat16_encoder_is_recorded_and_moves_the_face_little(workdir, model
     outputs = {}
     for precision in ("float32", "bfloat16"):
         out = os.fspath(tmp_path / precision)
-        if precision == "float32":  # the loaded model's own
-            animate.animate(workdir, path, subject="F2", out_dir=out, video=False, model=model,
-                            progress=False)  # fmt: skip
+        if precision == "float32":  # the loaded model's own; options, a keyword replacing one
+            options = animate.AnimationOptions(subject="F2", out_dir=out, video=False)
+            animate.animate(workdir, path, options, model=model, progress=False)
         else:  # the command line, which loads the run with it
             code = animate.main([
                 "--workdir", workdir, "--audio", path, "--subject", "F2", "--out", out,
@@ -195,7 +195,7 @@ def test_the_last_window_hears_a_whole_window_and_is_blended_in_over_the_overlap
     for name, ours in (("vertices", "posed"), ("expression", "expression"), ("neutral", "neutral")):
         np.testing.assert_allclose(
             result[name][last + alone :].reshape(window - alone, -1),
-            np.asarray(outputs[ours][0, alone:]),
+            np.asarray(getattr(outputs, ours)[0, alone:]),
             atol=1e-6,
             err_msg=name,
         )
@@ -208,7 +208,7 @@ def test_the_last_window_hears_a_whole_window_and_is_blended_in_over_the_overlap
     listened = slice(last - previous, last - previous + lead)
     np.testing.assert_allclose(
         result["vertices"][last : last + lead].reshape(lead, -1),
-        np.asarray(before["posed"][0, listened]),
+        np.asarray(before.posed[0, listened]),
         atol=1e-6,
     )
 
@@ -313,7 +313,7 @@ def _copy_run_with_config(workdir, tmp_path, **model_fields):
 
 
 def test_inference_refuses_another_context_encoder(workdir, tmp_path, capsys):
-    """Issue 17, item 7: the encoder's fingerprint is part of the run."""
+    """The encoder's fingerprint is part of the run."""
     with open(os.path.join(workdir, "config.json")) as handle:
         random_settings = json.load(handle)["model"]["wav2vec2_random"]
     other = _copy_run_with_config(workdir, tmp_path, wav2vec2_random={**random_settings, "seed": 1})
@@ -326,7 +326,7 @@ def test_inference_refuses_another_context_encoder(workdir, tmp_path, capsys):
 def test_a_missing_encoder_folder_is_one_line_in_evaluate_and_animate(
     workdir, speech, tmp_path, capsys
 ):
-    """Issue 17, item 14: no traceback, nothing written."""
+    """A missing encoder folder: one line of error, no traceback, nothing written."""
     missing = os.fspath(tmp_path / "no-such-encoder")
     broken = _copy_run_with_config(workdir, tmp_path, wav2vec2_checkpoint=missing)
     out = os.fspath(tmp_path / "out")

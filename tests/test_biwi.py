@@ -6,7 +6,9 @@ import soundfile
 
 from sdetalk_jax.data import biwi, writer
 from sdetalk_jax.data.__main__ import main as data_main
+from sdetalk_jax.data.labels import EMOTION_LABELS_FILE
 from sdetalk_jax.data.pipeline import ClipDataset
+from sdetalk_jax.data.problems import DataError
 from tests.conftest import CATEGORIES, NUM_VERTICES, write_small_corpus
 
 
@@ -119,7 +121,7 @@ def test_each_bad_clip_is_named_and_refused(small_corpus, capsys, kind):
 
 
 def test_emotion_rows_with_negative_or_missing_weights(small_corpus):
-    path = os.path.join(small_corpus, biwi.EMOTION_LABELS_FILE)
+    path = os.path.join(small_corpus, EMOTION_LABELS_FILE)
     with open(path) as handle:
         lines = handle.read().splitlines()
     lines[1] = lines[1].split(",")[0] + ",0.5,-0.1,0.6"
@@ -135,10 +137,10 @@ def test_emotion_rows_with_negative_or_missing_weights(small_corpus):
 
 
 def test_missing_folder_or_templates_give_a_pointer(tmp_path):
-    with pytest.raises(biwi.DataError, match="docs/data.md"):
+    with pytest.raises(DataError, match="docs/data.md"):
         biwi.scan_corpus(tmp_path / "nowhere")
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(biwi.DataError, match="synthetic"):
+    with pytest.raises(DataError, match="synthetic"):
         biwi.scan_corpus(tmp_path / "empty")
 
 
@@ -172,27 +174,8 @@ def test_example_from_44k_stereo_clip(small_corpus):
     assert bool(example["has_head_pose"]) and bool(example["has_emotion"])
 
 
-def test_speaker_mel_baseline_is_each_training_speakers_mean_scaled_mel(small_corpus):
-    from sdetalk_jax.models import sdetalk
-    from sdetalk_jax.models.networks import speaker_mel_baseline
-
-    corpus = biwi.scan_corpus(small_corpus)
-    # Identity speakers F2 and F5: M3's training clips are of an unseen speaker (left out), and
-    # F5 has no clips (no baseline).
-    dataset = ClipDataset.from_corpus(corpus, "train", ("F2", "F5"))
-    assert {c.subject for c in dataset.clips} == {"F2", "M3"}
-    config = sdetalk.SDETalkConfig(num_vertices=NUM_VERTICES, context_dim=8, num_subjects=2,
-                                   num_emotions=3)  # fmt: skip
-    baseline = speaker_mel_baseline(dataset, config)
-    assert baseline.shape == (2, 128)
-    f2 = [i for i, c in enumerate(dataset.clips) if c.subject == "F2"]
-    expected = np.concatenate([dataset.log_mel(i) for i in f2]).mean(0)
-    np.testing.assert_allclose(baseline[0], (expected + 4) / 5, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(baseline[1], 0.0)
-
-
 def test_statistics_standardisation_is_the_training_clips_mean_and_spread(small_corpus):
-    from sdetalk_jax.models import sdetalk
+    from sdetalk_jax.models import ops
     from sdetalk_jax.models.networks import statistics_standardisation
 
     dataset = ClipDataset.from_corpus(biwi.scan_corpus(small_corpus), "train", ("F2", "F5"))
@@ -201,13 +184,13 @@ def test_statistics_standardisation_is_the_training_clips_mean_and_spread(small_
     rows = []
     for index in range(len(dataset.clips)):
         mel = dataset.log_mel(index)
-        rows.append(np.asarray(sdetalk.clip_statistics(mel[None], np.ones((1, len(mel)), bool)))[0])
+        rows.append(np.asarray(ops.clip_statistics(mel[None], np.ones((1, len(mel)), bool)))[0])
     np.testing.assert_allclose(centre, np.mean(rows, 0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scale, np.std(rows, 0), rtol=1e-4, atol=1e-5)
     assert centre.shape == scale.shape == (3 * 128,)
 
 
-# Issue 17, item 9: corpus-level inputs that used to be dropped with a warning or a traceback.
+# Corpus-level inputs that are refused with a clear error rather than dropped.
 
 
 def test_a_template_with_nan_or_another_vertex_count_leaves_its_clips_out(small_corpus, capsys):
@@ -228,7 +211,7 @@ def test_a_template_with_nan_or_another_vertex_count_leaves_its_clips_out(small_
 
 
 def _rewrite_labels(root, transform):
-    path = os.path.join(root, biwi.EMOTION_LABELS_FILE)
+    path = os.path.join(root, EMOTION_LABELS_FILE)
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     with open(path, "w", encoding="utf-8") as handle:
@@ -248,7 +231,7 @@ def test_emotion_table_with_a_byte_order_mark_is_read(small_corpus):
 )
 def test_emotion_table_with_a_bad_header_is_an_error(small_corpus, header):
     path = _rewrite_labels(small_corpus, lambda text: header + text[text.index("\n") :])
-    with pytest.raises(biwi.DataError, match="header") as info:
+    with pytest.raises(DataError, match="header") as info:
         biwi.scan_corpus(small_corpus)
     assert path in str(info.value)
 
@@ -289,7 +272,7 @@ def test_corpus_json_that_cannot_be_used_is_an_error(small_corpus, content, mess
     path = os.path.join(small_corpus, "corpus.json")
     with open(path, "w") as handle:
         handle.write(content)
-    with pytest.raises(biwi.DataError, match=message) as info:
+    with pytest.raises(DataError, match=message) as info:
         biwi.scan_corpus(small_corpus)
     assert path in str(info.value)
     assert data_main(["check", "--root", small_corpus, "--quiet"]) == 1

@@ -18,7 +18,7 @@ from sdetalk_jax.emotion_control import (
 )
 from sdetalk_jax.models.networks import Networks
 from sdetalk_jax.models.sdetalk import masked_mean
-from tests.test_model import CONFIG, _perturbed, make_batch
+from tests.model_fixtures import CONFIG, _perturbed, make_batch
 
 CATEGORIES = ("anger", "sadness", "fear", "happiness", "surprise")
 
@@ -201,52 +201,51 @@ def test_the_steered_embedding_has_the_requested_clip_mean_and_the_speech_s_vari
     plain = run(batch)
     mask = batch["frame_mask"]
     # the speech's own embedding, asked for explicitly, changes nothing
-    same = run(steering(batch, masked_mean(plain["embedding"], mask), 0.0))
-    np.testing.assert_allclose(same["expression"], plain["expression"], atol=1e-5)
-    np.testing.assert_allclose(same["mixture"], plain["mixture"], atol=1e-5)
+    same = run(steering(batch, masked_mean(plain.embedding, mask), 0.0))
+    np.testing.assert_allclose(same.expression, plain.expression, atol=1e-5)
+    np.testing.assert_allclose(same.mixture, plain.mixture, atol=1e-5)
     np.testing.assert_allclose(
-        run(steering(batch, np.zeros(CONFIG.hidden), 1.0))["posed"], plain["posed"], atol=1e-5
+        run(steering(batch, np.zeros(CONFIG.hidden), 1.0)).posed, plain.posed, atol=1e-5
     )
     target = np.linspace(-1.0, 1.0, CONFIG.hidden)
     steered = run(steering(batch, target, 0.0))
     np.testing.assert_allclose(
-        masked_mean(steered["embedding"], mask), np.broadcast_to(target, (2, CONFIG.hidden)),
+        masked_mean(steered.embedding, mask), np.broadcast_to(target, (2, CONFIG.hidden)),
         atol=1e-5,
     )  # fmt: skip
-    variation = steered["embedding"] - masked_mean(steered["embedding"], mask)[:, None]
-    own = plain["embedding"] - masked_mean(plain["embedding"], mask)[:, None]
+    variation = steered.embedding - masked_mean(steered.embedding, mask)[:, None]
+    own = plain.embedding - masked_mean(plain.embedding, mask)[:, None]
     np.testing.assert_allclose(variation * mask[..., None], own * mask[..., None], atol=1e-5)
     # the classifier and G read it: another mixture and another face
-    assert np.abs(steered["mixture"] - plain["mixture"]).max() > 1e-3
-    assert np.abs(steered["expression"] - plain["expression"]).max() > 1e-5
+    assert np.abs(steered.mixture - plain.mixture).max() > 1e-3
+    assert np.abs(steered.expression - plain.expression).max() > 1e-5
     # half inferred, half target: the mean halfway between
     half = run(steering(batch, 0.5 * target, 0.5))
-    expected = 0.5 * masked_mean(plain["embedding"], mask) + 0.5 * target
-    np.testing.assert_allclose(masked_mean(half["embedding"], mask), expected, atol=1e-5)
+    expected = 0.5 * masked_mean(plain.embedding, mask) + 0.5 * target
+    np.testing.assert_allclose(masked_mean(half.embedding, mask), expected, atol=1e-5)
 
 
 def test_the_clip_embedding_method_is_what_the_classifier_pools(generator):
     module, params, batch, run = generator
     pooled = module.apply(
-        {"params": params}, batch["mel"], batch["frame_mask"], batch["subject_onehot"],
-        method=type(module).clip_embedding,
-    )  # fmt: skip
+        {"params": params}, batch["mel"], batch["frame_mask"], method=type(module).clip_embedding
+    )
     np.testing.assert_allclose(
-        pooled, masked_mean(run(batch)["embedding"], batch["frame_mask"]), atol=1e-5
+        pooled, masked_mean(run(batch).embedding, batch["frame_mask"]), atol=1e-5
     )
 
 
 def test_intensity_scales_the_expression_offset_from_the_neutral_face(generator):
     module, params, batch, run = generator
     plain = run(batch)
-    mean = masked_mean(plain["embedding"], batch["frame_mask"])
-    offset = plain["expression"] - plain["neutral"]
+    mean = masked_mean(plain.embedding, batch["frame_mask"])
+    offset = plain.expression - plain.neutral
     assert np.abs(offset).max() > 1e-4  # perturbed: G does move the face
     flat = run(steering(batch, mean, 0.0, scale=0.0))
-    np.testing.assert_allclose(flat["expression"], flat["neutral"], atol=1e-7)
-    np.testing.assert_allclose(flat["rotation"], plain["rotation"], atol=1e-5)  # the head moves on
+    np.testing.assert_allclose(flat.expression, flat.neutral, atol=1e-7)
+    np.testing.assert_allclose(flat.rotation, plain.rotation, atol=1e-5)  # the head moves on
     double = run(steering(batch, mean, 0.0, scale=2.0))
-    np.testing.assert_allclose(double["expression"] - double["neutral"], 2 * offset, atol=2e-5)
+    np.testing.assert_allclose(double.expression - double.neutral, 2 * offset, atol=2e-5)
 
 
 def test_the_mean_offset_is_the_frame_mean_of_what_g_draws(generator):
@@ -258,7 +257,7 @@ def test_the_mean_offset_is_the_frame_mean_of_what_g_draws(generator):
     target = np.linspace(-1.0, 1.0, CONFIG.hidden)
     for steered in (batch, steering(batch, target, 0.3, scale=1.7)):
         drawn = run(steered)
-        expected = masked_mean(drawn["expression"] - drawn["neutral"], batch["frame_mask"])
+        expected = masked_mean(drawn.expression - drawn.neutral, batch["frame_mask"])
         assert np.abs(expected).max() > 1e-3  # perturbed: G does move the face
         mean = module.apply(
             {"params": params}, steered, noise, method=type(module).mean_expression_offset

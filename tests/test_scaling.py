@@ -136,8 +136,8 @@ def test_four_emulated_devices_match_one_device(corpus, straight, tmp_path):
 
 def test_two_processes_from_the_local_launcher_agree(straight, tmp_path):
     """Two processes joined by launch/local.py, on a corpus that is not there yet: only process 0
-    generates it (issue 17, item 6; the other waits instead of writing into the same folder), and
-    the pair trains to the single-process run's parameters."""
+    generates it (the other waits instead of writing into the same folder), and the pair trains
+    to the single-process run's parameters."""
     pair = os.fspath(tmp_path / "pair")
     launcher = [sys.executable, os.path.join(REPO, "launch", "local.py"), "--processes", "2", "--"]
     generated = (os.fspath(tmp_path / "generated"), os.fspath(tmp_path / "cache"))
@@ -218,7 +218,7 @@ def test_kill_9_during_a_save_resumes_from_the_last_complete_checkpoint(corpus, 
 
 
 def test_ctrl_c_on_the_command_saves_and_exits_75(corpus, tmp_path):
-    """Issue 17, item 4: a stop is not a success (exit 0 would end a SLURM job as completed)."""
+    """A stop is not a success (exit 0 would end a SLURM job as completed)."""
     root, cache = corpus
     workdir = os.fspath(tmp_path / "run")
     process = subprocess.Popen(

@@ -9,7 +9,9 @@ import soundfile
 from sdetalk_jax.data import biwi, espeak, face_model
 from sdetalk_jax.data import synthetic as synth
 from sdetalk_jax.data.__main__ import main as data_main
+from sdetalk_jax.data.clip_files import load_head_pose, load_vertices
 from sdetalk_jax.data.synthetic import analysis
+from sdetalk_jax.data.synthetic.visemes import viseme_class
 
 
 def generate(root, **kwargs):
@@ -74,7 +76,7 @@ def test_espeak_gives_speech_and_ordered_phonemes():
     starts = [event.start_s for event in utterance.phonemes]
     assert starts == sorted(starts) and len(starts) >= 8
     assert starts[-1] <= len(utterance.waveform) / utterance.sample_rate
-    classes = {synth.viseme_class(event.phoneme) for event in utterance.phonemes}
+    classes = {viseme_class(event.phoneme) for event in utterance.phonemes}
     assert "bilabial" in classes  # the m of "move" and the b of "boxes"
     with pytest.raises(espeak.SpeechError, match="no voice"):
         espeak.synthesize("hello", voice="xx+nonexistent")
@@ -91,7 +93,7 @@ def test_espeak_gives_speech_and_ordered_phonemes():
     ],
 )
 def test_viseme_classes(phoneme, expected):
-    assert synth.viseme_class(phoneme) == expected
+    assert viseme_class(phoneme) == expected
 
 
 def test_preview_is_written(tmp_path):
@@ -115,12 +117,12 @@ def relation_corpus(tmp_path_factory):
     clips = {}
     for clip in corpus.clips:
         waveform, rate = soundfile.read(clip.audio_path, dtype="float32")
-        rotation, _ = biwi.load_head_pose(clip.head_pose_path)
+        rotation, _ = load_head_pose(clip.head_pose_path)
         clips[clip.name] = dict(
             clip=clip,
             waveform=waveform,
             rate=rate,
-            vertices=biwi.load_vertices(clip.vertices_path),
+            vertices=load_vertices(clip.vertices_path),
             rotation=rotation,
         )
     return corpus, topology, clips
@@ -236,8 +238,8 @@ def test_two_seeds_give_different_head_motion_for_the_same_clip(tmp_path):
     first = generate(tmp_path / "s0", subjects=1, sentences=1, seed=0)
     second = generate(tmp_path / "s1", subjects=1, sentences=1, seed=1)
     for name in ("F2_e01", "F2_01"):
-        a, _ = biwi.load_head_pose(os.path.join(first, "head_pose", f"{name}.npz"))
-        b, _ = biwi.load_head_pose(os.path.join(second, "head_pose", f"{name}.npz"))
+        a, _ = load_head_pose(os.path.join(first, "head_pose", f"{name}.npz"))
+        b, _ = load_head_pose(os.path.join(second, "head_pose", f"{name}.npz"))
         m = min(len(a), len(b))
         assert np.abs(a[:m] - b[:m]).max() > 1e-2
 

@@ -216,7 +216,7 @@ def test_missing_corpus_points_at_the_docs(config, tmp_path):
         train(config, os.fspath(tmp_path / "run"))
 
 
-# Issue 17: runs that survive misuse and damage.
+# Runs that survive misuse and damage.
 
 
 @pytest.fixture(scope="module")
@@ -246,25 +246,42 @@ def _snapshot(workdir):
     }
 
 
-def test_a_run_saved_before_a_field_existed_resumes_when_it_has_the_old_meaning(config):
-    """checkpoint.ADDED_LATER: a saved config without a field added since compares equal to one
-    with the field at the value that means what the run did, and only to that."""
-    from sdetalk_jax.checkpoint import ADDED_LATER, config_differences
+PREVIOUS_RELEASE_RUN = os.path.join(os.path.dirname(__file__), "data", "previous_release_run")
 
-    wanted = json.loads(config.to_json_best_effort())
-    wanted["model"]["emotion_statistics"] = False
-    saved = json.loads(json.dumps(wanted))
-    for dotted in ADDED_LATER:
-        section, name = dotted.split(".")
-        wanted[section][name] = ADDED_LATER[dotted]
-        saved[section].pop(name, None)
-    assert config_differences(saved, wanted) == []
-    wanted["model"]["emotion_statistics"] = True
-    wanted["train"]["matmul_precision"] = "float32"
-    assert config_differences(saved, wanted) == [
-        "model.emotion_statistics",
-        "train.matmul_precision",
-    ]
+
+def test_a_run_written_by_the_previous_release_resumes_and_animates(corpus_root, tmp_path):
+    """tests/data/previous_release_run: tests/train_driver.py --generate --epochs 2 --max-steps 4
+    (under the tests' XLA flags, which the random encoder's fingerprint depends on), trained and
+    saved by the release before the models/ re-cut (its config.json still holds the removed
+    options at their built values). It resumes to the end of its second epoch on the same corpus,
+    and the resumed run animates."""
+    import shutil
+
+    from sdetalk_jax.checkpoint import load_run_config
+    from sdetalk_jax.inference import TrainedModel
+
+    workdir = os.fspath(tmp_path / "run")
+    shutil.copytree(PREVIOUS_RELEASE_RUN, workdir)
+    with open(os.path.join(workdir, "config.json")) as handle:
+        assert "speaker_baseline" in json.load(handle)["model"]
+    config = load_run_config(workdir)
+    assert "speaker_baseline" not in config.model
+    config.data.root = corpus_root
+    config.data.feature_cache = os.fspath(tmp_path / "cache")
+    config.train.max_steps = 0  # it stopped at step 4 of its two epochs: the rest now
+    step_before, _ = final_params(workdir)
+    train(config, workdir)
+    step_after, params = final_params(workdir)
+    assert step_after > step_before
+    assert all(np.all(np.isfinite(value)) for value in params.values())
+    model = TrainedModel.load(workdir, checkpoint="latest")
+    assert model.step == step_after
+    waveform = np.asarray(
+        jax.random.normal(jax.random.key(0), (16_000,)) * 0.1 + 0.3 * np.sin(np.arange(16_000) / 9)
+    )
+    result = model.animate_waveform(waveform, subject="F2", key=jax.random.key(1))
+    assert result["vertices"].shape == (25, 120, 3)
+    assert np.all(np.isfinite(result["vertices"]))
 
 
 def test_resuming_with_another_config_is_refused_before_anything_is_written(config, tmp_path):

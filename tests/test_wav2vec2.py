@@ -193,7 +193,7 @@ def test_cli_on_44k_stereo(tmp_path):
     assert missing.returncode == 1 and "nope.wav: audio file not found" in missing.stderr
     assert not (tmp_path / "new.npy").exists()
 
-    # An existing --out is kept unless --force (issue 17, item 13).
+    # An existing --out is kept unless --force.
     out.write_bytes(b"the user's own file")
     command = [
         sys.executable, "-m", "sdetalk_jax.models.wav2vec2", "--checkpoint", os.fspath(tmp_path),

@@ -26,8 +26,8 @@ from flax import traverse_util  # noqa: E402
 
 from sdetalk_jax import checkpoint, optim, train  # noqa: E402
 from sdetalk_jax.data.corpus import open_corpus  # noqa: E402
+from sdetalk_jax.models.config import SDETalkConfig  # noqa: E402
 from sdetalk_jax.models.networks import Networks  # noqa: E402
-from sdetalk_jax.models.sdetalk import SDETalkConfig  # noqa: E402
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder  # noqa: E402
 from tests.tiny_config import get_config  # noqa: E402
 

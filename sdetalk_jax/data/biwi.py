@@ -12,12 +12,12 @@ Layout (see docs/data.md):
     ROOT/corpus.json                    optional: {"fps": 25, ...}
 
 Clip names are `F2_e01` (emotional) and `F2_01` (its neutral counterpart). Vertex count, emotion
-categories and frame rate come from the data, never from constants.
+categories and frame rate come from the data, never from constants. The emotion table is read in
+`labels.py`, each clip's files are loaded and checked in `clip_files.py`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -26,16 +26,16 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sdetalk_jax import audio
+from sdetalk_jax.data import clip_files
+
+# Still read from here by data/pipeline.py and studies/synthetic_relations.py.
+from sdetalk_jax.data.clip_files import load_head_pose, load_vertices  # noqa: F401
+from sdetalk_jax.data.labels import EMOTION_LABELS_FILE, read_emotion_labels
+from sdetalk_jax.data.problems import DataError, Problem
 from sdetalk_jax.data.safe_pickle import load_templates
 
 DEFAULT_FPS = 25.0
-EMOTION_LABELS_FILE = "emotion_labels.csv"
 _CLIP_NAME = re.compile(r"^(?P<subject>[A-Za-z]+\d+)_(?P<emotional>e?)(?P<sentence>\d+)$")
-
-
-class DataError(ValueError):
-    """The corpus cannot be used; the message says what is missing and where to read more."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,17 +111,7 @@ SPLITS = ("train", "val", "test-a", "test-b")
 
 
 # --------------------------------------------------------------------------------------------------
-# Problems and clip records
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    path: str
-    message: str
-    severity: str = "error"  # or "warning"
-
-    def __str__(self) -> str:
-        return f"{self.severity.upper()}: {self.path}: {self.message}"
+# Clip records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,179 +236,6 @@ def read_region(path: str, num_vertices: int | None) -> np.ndarray:
     return indices
 
 
-def read_emotion_labels(
-    path: str,
-) -> tuple[tuple[str, ...], dict[str, np.ndarray | None], list[Problem]]:
-    """The emotion table: header `clip,<category>...`, one row of non-negative weights per clip.
-
-    A UTF-8 byte-order mark is allowed (spreadsheets write one). A header that is not of that form
-    raises DataError: without it no weight can be read. A clip with two rows that disagree maps to
-    None (the scan leaves it out and says why); a repeated identical row is a warning."""
-    problems: list[Problem] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: not a readable CSV file ({err})") from err
-    header = [cell.strip() for cell in rows[0]] if rows else []
-    if len(header) < 2 or header[0] != "clip" or not all(header[1:]):
-        raise DataError(
-            f"{path}: header must be 'clip' followed by the emotion category names, got "
-            f"{','.join(header)!r}"
-        )
-    if len(set(header[1:])) != len(header) - 1:
-        raise DataError(f"{path}: the header names a category twice: {','.join(header)!r}")
-    categories = tuple(header[1:])
-    labels: dict[str, np.ndarray | None] = {}
-    first_line: dict[str, int] = {}
-    for line_number, row in enumerate(rows[1:], start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        where = f"{path}:{line_number}"
-        if len(row) != len(categories) + 1:
-            problems.append(
-                Problem(where, f"row has {len(row) - 1} weights, header has {len(categories)}")
-            )
-            continue
-        try:
-            weights = np.array([float(cell) for cell in row[1:]], dtype=np.float32)
-        except ValueError:
-            problems.append(Problem(where, f"non-numeric weight in row for '{row[0]}'"))
-            continue
-        if not np.all(np.isfinite(weights)):
-            problems.append(Problem(where, f"NaN/Inf weight for '{row[0]}'"))
-        elif np.any(weights < 0):
-            problems.append(Problem(where, f"negative weight for '{row[0]}'"))
-        elif weights.sum() <= 0:
-            problems.append(Problem(where, f"weights of '{row[0]}' sum to zero"))
-        else:
-            name = row[0].strip()
-            if name not in labels:
-                labels[name], first_line[name] = weights, line_number
-            elif labels[name] is not None and np.array_equal(labels[name], weights):
-                problems.append(
-                    Problem(where, f"'{name}' repeats line {first_line[name]}", "warning")
-                )
-            else:
-                problems.append(
-                    Problem(
-                        where,
-                        f"'{name}' has other weights on line {first_line[name]}; "
-                        "the clip is left out until one row is removed",
-                    )
-                )
-                labels[name] = None
-    return categories, labels, problems
-
-
-def read_vertices_header(path: str) -> tuple[int, ...]:
-    """The array shape without reading the data (memory-mapped header)."""
-    return np.load(path, mmap_mode="r", allow_pickle=False).shape
-
-
-def load_vertices(path: str) -> np.ndarray:
-    return np.load(path, allow_pickle=False).astype(np.float32, copy=False)
-
-
-def load_head_pose(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return archive["rotation"].astype(np.float32), archive["translation"].astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-clip checks
-
-
-def _check_vertices(path: str, width: int | None, problems: list[Problem]) -> int | None:
-    """Returns the frame count of a good vertex file, else records problems and returns None."""
-    try:
-        vertices = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as err:
-        problems.append(Problem(path, f"unreadable vertex array ({err})"))
-        return None
-    if vertices.dtype.kind not in "fiu":
-        problems.append(Problem(path, f"vertex array is not numeric (dtype {vertices.dtype})"))
-        return None
-    if vertices.ndim != 2:
-        problems.append(
-            Problem(path, f"vertex array has shape {vertices.shape}, expected [frames, V*3]")
-        )
-        return None
-    if vertices.shape[0] == 0:
-        problems.append(Problem(path, "vertex array has no frames"))
-        return None
-    if width is not None and vertices.shape[1] != width:
-        problems.append(
-            Problem(
-                path,
-                f"vertex width {vertices.shape[1]} does not match the template ({width} = V*3)",
-            )
-        )
-        return None
-    if not np.all(np.isfinite(vertices)):
-        problems.append(Problem(path, "vertex array contains NaN or Inf"))
-        return None
-    return int(vertices.shape[0])
-
-
-def _check_head_pose(path: str, num_frames: int, problems: list[Problem]) -> bool:
-    try:
-        rotation, translation = load_head_pose(path)
-    except Exception as err:
-        problems.append(
-            Problem(path, f"unreadable head pose (needs 'rotation' and 'translation'; {err})")
-        )
-        return False
-    ok = True
-    if rotation.shape != (num_frames, 3, 3):
-        problems.append(
-            Problem(path, f"rotation has shape {rotation.shape}, expected ({num_frames}, 3, 3)")
-        )
-        ok = False
-    if translation.shape != (num_frames, 3):
-        problems.append(
-            Problem(path, f"translation has shape {translation.shape}, expected ({num_frames}, 3)")
-        )
-        ok = False
-    if ok and not (np.all(np.isfinite(rotation)) and np.all(np.isfinite(translation))):
-        problems.append(Problem(path, "head pose contains NaN or Inf"))
-        ok = False
-    return ok
-
-
-def _check_audio(path: str, num_frames: int, fps: float, problems: list[Problem]) -> float | None:
-    try:
-        info = audio.inspect_audio(path)
-    except audio.AudioError as err:
-        problems.append(Problem(path, str(err).removeprefix(f"{path}: ")))
-        return None
-    if info.peak < audio.SILENCE_PEAK:
-        problems.append(Problem(path, f"audio is silent (peak {info.peak:.2e})", "warning"))
-    audio_frames = info.duration_s * fps
-    # One frame of slack: mesh capture and audio rarely start on the same sample.
-    if num_frames > audio_frames + 1:
-        problems.append(
-            Problem(
-                path,
-                f"audio is {info.duration_s:.2f}s ({audio_frames:.1f} frames at {fps:g} fps), "
-                f"shorter than its {num_frames}-frame mesh sequence",
-            )
-        )
-        return None
-    if audio_frames > num_frames + 1:
-        problems.append(
-            Problem(
-                path,
-                f"audio is {info.duration_s:.2f}s ({audio_frames:.1f} frames at {fps:g} fps), "
-                f"longer than its {num_frames}-frame mesh sequence by "
-                f"{audio_frames - num_frames:.1f} frames: only the first {num_frames / fps:.2f}s "
-                "are used",
-                "warning",
-            )
-        )
-    return info.duration_s
-
-
 # --------------------------------------------------------------------------------------------------
 # Whole corpus
 
@@ -532,53 +349,22 @@ class _ScanContext:
 
 def _check_clip(name: str, scan: _ScanContext, problems: list[Problem]) -> Clip | None:
     """The clip `name` if every file of it is usable; its problems are appended either way."""
-    root = scan.root
-    vertices_path = os.path.join(root, "vertices_npy", f"{name}.npy")
-    parsed = parse_clip_name(name)
-    if parsed is None:
-        problems.append(Problem(vertices_path, "clip name is not of the form F2_e01 / F2_01"))
-        return None
-    if parsed.subject not in scan.templates:
-        unusable = parsed.subject in scan.unusable_templates
-        problems.append(
-            Problem(
-                vertices_path,
-                f"{'unusable' if unusable else 'no'} template for subject '{parsed.subject}' in "
-                f"{scan.template_path}",
-            )
-        )
+    vertices_path = os.path.join(scan.root, "vertices_npy", f"{name}.npy")
+    parsed = _parse_with_template(name, vertices_path, scan)
+    if isinstance(parsed, Problem):
+        problems.append(parsed)
         return None
     if name in scan.emotion_labels and scan.emotion_labels[name] is None:
         return None  # conflicting emotion rows, reported with the table's line numbers
     width = scan.templates[parsed.subject].shape[0] * 3
     clip_problems: list[Problem] = []
-    num_frames = _check_vertices(vertices_path, width, clip_problems)
-    audio_path = os.path.join(root, "wav", f"{name}.wav")
+    num_frames = clip_files.check_vertices(vertices_path, width, clip_problems)
+    audio_path = os.path.join(scan.root, "wav", f"{name}.wav")
     audio_seconds = None
     if num_frames is not None:
-        if name not in scan.wav_names:
-            clip_problems.append(Problem(audio_path, "audio file missing for this clip"))
-        elif scan.check_audio:
-            audio_seconds = _check_audio(audio_path, num_frames, scan.fps, clip_problems)
-        else:
-            audio_seconds = num_frames / scan.fps
-
-    head_pose_path = os.path.join(root, "head_pose", f"{name}.npz")
-    if not os.path.exists(head_pose_path):
-        head_pose_path = None
-    elif num_frames is not None and not _check_head_pose(head_pose_path, num_frames, clip_problems):
-        head_pose_path = None
-
-    neutral_path = os.path.join(root, "neutral_vertices_npy", f"{name}.npy")
-    if not os.path.exists(neutral_path):
-        neutral_path = None
-    elif num_frames is not None:
-        neutral_frames = _check_vertices(neutral_path, width, clip_problems)
-        if neutral_frames is not None and neutral_frames != num_frames:
-            clip_problems.append(
-                Problem(neutral_path, f"{neutral_frames} frames, its clip has {num_frames}")
-            )
-
+        audio_seconds = _audio_seconds(name, audio_path, num_frames, scan, clip_problems)
+    head_pose_path = _head_pose_path(scan.root, name, num_frames, clip_problems)
+    neutral_path = _neutral_vertices_path(scan.root, name, width, num_frames, clip_problems)
     problems.extend(clip_problems)
     if any(p.severity == "error" for p in clip_problems) or num_frames is None:
         return None
@@ -597,6 +383,63 @@ def _check_clip(name: str, scan: _ScanContext, problems: list[Problem]) -> Clip 
         counterpart=parsed.counterpart if parsed.counterpart in scan.vertex_names else None,
         audio_seconds=float(audio_seconds),
     )
+
+
+def _parse_with_template(name: str, vertices_path: str, scan: _ScanContext) -> ClipName | Problem:
+    """The parsed clip name when its subject has a usable template, else the Problem that leaves
+    the clip out."""
+    parsed = parse_clip_name(name)
+    if parsed is None:
+        return Problem(vertices_path, "clip name is not of the form F2_e01 / F2_01")
+    if parsed.subject not in scan.templates:
+        unusable = parsed.subject in scan.unusable_templates
+        return Problem(
+            vertices_path,
+            f"{'unusable' if unusable else 'no'} template for subject '{parsed.subject}' in "
+            f"{scan.template_path}",
+        )
+    return parsed
+
+
+def _audio_seconds(
+    name: str, audio_path: str, num_frames: int, scan: _ScanContext, problems: list[Problem]
+) -> float | None:
+    """The clip's audio length in seconds (the mesh sequence's when the scan does not read audio);
+    None, with a problem recorded, when the audio is missing or unusable."""
+    if name not in scan.wav_names:
+        problems.append(Problem(audio_path, "audio file missing for this clip"))
+        return None
+    if scan.check_audio:
+        return clip_files.check_audio(audio_path, num_frames, scan.fps, problems)
+    return num_frames / scan.fps
+
+
+def _head_pose_path(
+    root: str, name: str, num_frames: int | None, problems: list[Problem]
+) -> str | None:
+    """The clip's head pose file when it has one that passes its check, else None. It is not
+    checked when the clip's vertices failed theirs (`num_frames` None): the clip is left out."""
+    path = os.path.join(root, "head_pose", f"{name}.npz")
+    if not os.path.exists(path):
+        return None
+    if num_frames is not None and not clip_files.check_head_pose(path, num_frames, problems):
+        return None
+    return path
+
+
+def _neutral_vertices_path(
+    root: str, name: str, width: int, num_frames: int | None, problems: list[Problem]
+) -> str | None:
+    """The clip's neutral track when it has one, else None; a bad track, or one whose frame count
+    is not the clip's, is recorded in `problems`."""
+    path = os.path.join(root, "neutral_vertices_npy", f"{name}.npy")
+    if not os.path.exists(path):
+        return None
+    if num_frames is not None:
+        neutral_frames = clip_files.check_vertices(path, width, problems)
+        if neutral_frames is not None and neutral_frames != num_frames:
+            problems.append(Problem(path, f"{neutral_frames} frames, its clip has {num_frames}"))
+    return path
 
 
 def scan_corpus(

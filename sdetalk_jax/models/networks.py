@@ -1,6 +1,7 @@
 """The three trained networks of a run together: the generator G (with G_n, the emotion network,
 the classifier and the diversity mapping), the consistency discriminator D and the vCLUB
-estimators, their parameters from one key, and the data-dependent start of the speaker baseline."""
+estimators, their parameters from one key, and the data-dependent start of the voice-statistics
+readout."""
 
 from __future__ import annotations
 
@@ -10,23 +11,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdetalk_jax.models import sdetalk
+from sdetalk_jax.models import ops, sdetalk, vclub
+from sdetalk_jax.models.config import SDETalkConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
-    config: sdetalk.SDETalkConfig
+    config: SDETalkConfig
     generator: sdetalk.Generator
     discriminator: sdetalk.Discriminator
-    estimators: sdetalk.MIEstimators
+    estimators: vclub.MIEstimators
 
     @classmethod
-    def build(cls, model_config: sdetalk.SDETalkConfig) -> Networks:
+    def build(cls, model_config: SDETalkConfig) -> Networks:
         return cls(
             model_config,
             sdetalk.Generator(model_config),
             sdetalk.Discriminator(model_config),
-            sdetalk.MIEstimators(model_config),
+            vclub.MIEstimators(model_config),
         )
 
     def dummy_batch(self, frames: int = 8) -> dict:
@@ -48,47 +50,23 @@ class Networks:
         outputs = self.generator.apply({"params": generator}, batch, noise)
         discriminator = self.discriminator.init(
             discriminator_key,
-            outputs["embedding"],
-            sdetalk.coordinate_rows(outputs["posed"]),
+            outputs.embedding,
+            ops.coordinate_rows(outputs.posed),
             batch["template"],
             batch["frame_mask"],
         )["params"]
-        estimators = self.estimators.init(estimator_key, sdetalk.per_frame_factors(outputs))[
-            "params"
-        ]
+        estimators = self.estimators.init(estimator_key, vclub.per_frame_factors(outputs))["params"]
         return {"generator": generator, "discriminator": discriminator, "estimators": estimators}
-
-
-def speaker_mel_baseline(
-    dataset, model_config: sdetalk.SDETalkConfig, between_clips=None
-) -> np.ndarray:
-    """Each known speaker's mean scaled log-mel over every frame of its clips in `dataset`
-    [subjects, bins]: the starting value of the emotion network's speaker baseline, so that it
-    reads deviations from the speaker's own voice from the first step. `dataset` is a
-    `data.pipeline.ClipDataset` (its clips, `subject_index` and `log_mel`); `between_clips` is
-    called before each clip and may raise to stop."""
-    sums = np.zeros((model_config.num_subjects, model_config.mel_bins), np.float64)
-    counts = np.zeros((model_config.num_subjects, 1), np.float64)
-    for index, clip in enumerate(dataset.clips):
-        if between_clips is not None:
-            between_clips()
-        subject = dataset.subject_index(clip.subject)
-        if subject < 0:
-            continue
-        mel = np.asarray(sdetalk.scaled_mel(dataset.log_mel(index)), np.float64)
-        sums[subject] += mel.sum(0)
-        counts[subject] += len(mel)
-    return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
 def statistics_standardisation(dataset, between_clips=None) -> tuple[np.ndarray, np.ndarray]:
     """(centre, scale) [3 bins]: the mean and standard deviation over the clips of `dataset` of
-    each of `sdetalk.clip_statistics`, what `model.emotion_statistics` standardises by (so that
+    each of `ops.clip_statistics`, what `model.emotion_statistics` standardises by (so that
     its ridge penalty weighs every statistic alike, as a ridge on standardised features does).
-    `between_clips` as in `speaker_mel_baseline`."""
+    `between_clips` is called before each clip and may raise to stop."""
     # Every clip padded to the longest: one compilation, and padding changes nothing.
     frames = max(dataset.lengths)
-    statistics = jax.jit(sdetalk.clip_statistics)
+    statistics = jax.jit(ops.clip_statistics)
     rows = []
     for index in range(len(dataset.clips)):
         if between_clips is not None:

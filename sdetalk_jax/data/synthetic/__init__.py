@@ -31,6 +31,7 @@ from sdetalk_jax.data.corpus import SYNTHETIC_FORMAT_VERSION as FORMAT_VERSION
 from sdetalk_jax.data.corpus import SYNTHETIC_GENERATOR as GENERATOR
 from sdetalk_jax.data.corpus import existing_synthetic_parameters as existing_parameters
 from sdetalk_jax.data.corpus import synthetic_parameters as corpus_parameters
+from sdetalk_jax.data.synthetic.visemes import lip_track
 
 FPS = 25
 
@@ -162,69 +163,9 @@ EXPRESSION_GAIN = 1.5
 HEAD_LAG_S = 0.12  # the head moves just after the stressed syllable
 DIRICHLET_CONCENTRATION = 0.3  # mostly 1-3 dominant emotions per clip, as in BIWI's Fig. 1
 
-# Mouth shape per phoneme class: jaw_open, lip_round, lip_spread, lip_close.
-_VISEMES = {
-    "rest": (0.0, 0.0, 0.0, 0.0),
-    "bilabial": (0.05, 0.0, 0.0, 1.0),
-    "labiodental": (0.15, 0.0, 0.1, 0.6),
-    "dental": (0.25, 0.0, 0.1, 0.0),
-    "alveolar": (0.2, 0.0, 0.2, 0.0),
-    "postalveolar": (0.2, 0.6, 0.0, 0.0),
-    "velar": (0.3, 0.0, 0.0, 0.0),
-    "r": (0.25, 0.4, 0.0, 0.0),
-    "w": (0.15, 1.0, 0.0, 0.0),
-    "j": (0.15, 0.0, 0.5, 0.0),
-    "h": (0.35, 0.0, 0.0, 0.0),
-    "open": (1.0, 0.0, 0.1, 0.0),
-    "mid": (0.55, 0.0, 0.2, 0.0),
-    "close_front": (0.25, 0.0, 0.8, 0.0),
-    "rounded": (0.5, 0.9, 0.0, 0.0),
-}
-_CONSONANTS = {
-    "p": "bilabial", "b": "bilabial", "m": "bilabial",
-    "f": "labiodental", "v": "labiodental",
-    "T": "dental", "D": "dental",
-    "t": "alveolar", "d": "alveolar", "n": "alveolar", "l": "alveolar", "s": "alveolar", "z": "alveolar",
-    "S": "postalveolar", "Z": "postalveolar", "tS": "postalveolar", "dZ": "postalveolar",
-    "k": "velar", "g": "velar", "N": "velar", "x": "velar",
-    "r": "r", "w": "w", "j": "j", "h": "h",
-}  # fmt: skip
-
-
-def viseme_class(phoneme: str) -> str:
-    """Maps an eSpeak phoneme mnemonic (e.g. `'aU`, `dZ`, `_:`) to a mouth-shape class."""
-    core = phoneme.lstrip("',%=")
-    if not core or core.startswith("_"):
-        return "rest"
-    for length in (2, 1):
-        if core[:length] in _CONSONANTS:
-            return _CONSONANTS[core[:length]]
-    if core[0] in "aA0VO" or core.startswith("aI") or core.startswith("aU"):
-        return "open"
-    if core[0] in "uUo" or core.startswith("O"):
-        return "rounded"
-    if core[0] in "iI" or core.startswith("eI"):
-        return "close_front"
-    return "mid"
-
 
 # --------------------------------------------------------------------------------------------------
 # Per-clip signals
-
-
-def lip_track(phonemes, duration_s: float, num_frames: int, fps: float) -> np.ndarray:
-    """Viseme weights [N, 4] from phoneme events: piecewise targets at 100 Hz, smoothed with a
-    30 ms Gaussian (coarticulation: a mouth shape starts before and lingers after its phoneme)."""
-    rate = 100
-    steps = int(np.ceil(duration_s * rate)) + 1
-    targets = np.zeros((steps, 4))
-    starts = [event.start_s for event in phonemes] + [duration_s]
-    for event, end in zip(phonemes, starts[1:], strict=True):
-        first, last = int(round(event.start_s * rate)), int(round(end * rate))
-        targets[first : max(last, first + 1)] = _VISEMES[viseme_class(event.phoneme)]
-    smoothed = ndimage.gaussian_filter1d(targets, sigma=3.0, axis=0, mode="nearest")
-    frame_times = np.arange(num_frames) / fps
-    return np.stack([np.interp(frame_times, np.arange(steps) / rate, c) for c in smoothed.T], -1)
 
 
 def speech_envelope(
@@ -384,7 +325,7 @@ def category_expression_offsets(num_vertices: int) -> np.ndarray:
     """The generator's own expression per emotion category [12, V*3] (metres): its blendshape
     weights for the category times the expression basis, the offset a pure take of that emotion
     adds to the neutral face at full intensity (before easing in and breathing with the speech).
-    The truth that emotion control is measured against (benchmarks/emotion_control.py)."""
+    The truth that emotion control is measured against (studies/emotion_control.py)."""
     _, _, expression_basis = _face(num_vertices)
     return EXPRESSION_GAIN * _EMOTION_EXPRESSION @ expression_basis
 
@@ -489,64 +430,86 @@ def generate_corpus(
         raise ValueError(f"--sentences must be 1..{len(SENTENCES)}, got {sentences}")
     parameters = corpus_parameters(subjects, sentences, vertices, seed)
     root = os.path.abspath(root)
-    if os.path.exists(root):
-        previous = existing_parameters(root)
-        if previous == _recorded(parameters) and not force:
-            print(
-                f"{root}: SynthBIWI corpus with these parameters already exists; kept",
-                file=sys.stderr,
-            )
-            return root
-        if previous is None and (not os.path.isdir(root) or os.listdir(root)):
-            raise FileExistsError(
-                f"{root} exists and is not a SynthBIWI corpus; choose another --out (nothing was written)"
-            )
-        if previous is not None and not force:
-            raise FileExistsError(
-                f"{root} holds a SynthBIWI corpus with other parameters {previous}; pass --force to "
-                "replace it, or choose another --out"
-            )
-
+    if _keep_existing(root, parameters, force):
+        return root
     staging = f"{root}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
         subject_list = make_subjects(subjects, seed)
-        topology, templates, labels, jobs = _jobs(
-            staging, subject_list, sentences, vertices, seed, FPS
-        )
-        writer.write_templates(staging, templates)
-        writer.write_npy(os.path.join(staging, "mesh", "faces.npy"), topology.faces)
-        writer.write_region(staging, "lve", topology.lip_vertices)
-        writer.write_region(staging, "fdd", topology.upper_face_vertices)
-        writer.write_emotion_labels(staging, EMOTIONS, labels)
+        jobs = _write_shared_files(staging, subject_list, sentences, vertices, seed)
         summaries = _run_jobs(jobs, workers, progress)
-        writer.write_corpus_info(
-            staging,
-            {
-                "fps": FPS,
-                "generator": GENERATOR,
-                "format_version": FORMAT_VERSION,
-                "parameters": parameters,
-                "faces": "mesh/faces.npy",
-                "subjects": {
-                    s.name: {"voice": s.voice, "base_pitch": s.base_pitch} for s in subject_list
-                },
-                "clips": len(summaries),
-                "frames": int(sum(s["frames"] for s in summaries)),
-            },
-        )
-        if os.path.exists(root):
-            retired = f"{root}.old-{os.getpid()}"
-            os.rename(root, retired)
-            os.rename(staging, root)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, root)
+        writer.write_corpus_info(staging, _corpus_info(parameters, subject_list, summaries))
+        _move_into_place(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root
+
+
+def _keep_existing(root: str, parameters: dict, force: bool) -> bool:
+    """Whether `root` already holds a SynthBIWI corpus with these parameters, to be kept as it is
+    (never with `force`). Raises FileExistsError when `root` holds something the generator must
+    not replace: not a SynthBIWI corpus, or one with other parameters and no `force`."""
+    if not os.path.exists(root):
+        return False
+    previous = existing_parameters(root)
+    if previous == _recorded(parameters) and not force:
+        print(
+            f"{root}: SynthBIWI corpus with these parameters already exists; kept",
+            file=sys.stderr,
+        )
+        return True
+    if previous is None and (not os.path.isdir(root) or os.listdir(root)):
+        raise FileExistsError(
+            f"{root} exists and is not a SynthBIWI corpus; choose another --out (nothing was written)"
+        )
+    if previous is not None and not force:
+        raise FileExistsError(
+            f"{root} holds a SynthBIWI corpus with other parameters {previous}; pass --force to "
+            "replace it, or choose another --out"
+        )
+    return False
+
+
+def _write_shared_files(
+    staging: str, subjects: list[Subject], sentences: int, vertices: int, seed: int
+) -> list[ClipJob]:
+    """Writes what the clips share (templates, mesh faces, regions, emotion labels) into
+    `staging`; returns the jobs that write the clips themselves."""
+    topology, templates, labels, jobs = _jobs(staging, subjects, sentences, vertices, seed, FPS)
+    writer.write_templates(staging, templates)
+    writer.write_npy(os.path.join(staging, "mesh", "faces.npy"), topology.faces)
+    writer.write_region(staging, "lve", topology.lip_vertices)
+    writer.write_region(staging, "fdd", topology.upper_face_vertices)
+    writer.write_emotion_labels(staging, EMOTIONS, labels)
+    return jobs
+
+
+def _corpus_info(parameters: dict, subjects: list[Subject], summaries: list[dict]) -> dict:
+    """The corpus's `corpus.json`: frame rate, what generated it and how, and its size."""
+    return {
+        "fps": FPS,
+        "generator": GENERATOR,
+        "format_version": FORMAT_VERSION,
+        "parameters": parameters,
+        "faces": "mesh/faces.npy",
+        "subjects": {s.name: {"voice": s.voice, "base_pitch": s.base_pitch} for s in subjects},
+        "clips": len(summaries),
+        "frames": int(sum(s["frames"] for s in summaries)),
+    }
+
+
+def _move_into_place(staging: str, root: str) -> None:
+    """Renames the finished `staging` folder to `root`. A corpus already at `root` is moved aside
+    first and removed only once the new one is in place."""
+    if os.path.exists(root):
+        retired = f"{root}.old-{os.getpid()}"
+        os.rename(root, retired)
+        os.rename(staging, root)
+        shutil.rmtree(retired)
+    else:
+        os.rename(staging, root)
 
 
 def _run_jobs(jobs, workers, progress):

@@ -1,7 +1,7 @@
 """The figures of a `make demo` run, exactly: record them, or compare them with a record.
 
-    python benchmarks/demo_figures.py --run runs/synthetic --record docs/demo-figures.json
-    python benchmarks/demo_figures.py --run runs/synthetic --compare docs/demo-figures.json
+    python -m studies.demo_figures --run runs/synthetic --record docs/demo-figures.json
+    python -m studies.demo_figures --run runs/synthetic --compare docs/demo-figures.json
 
 What it reads of the run: every validation record of metrics.jsonl (all epochs, every value), a
 digest of every training record (all steps, every loss), the test-a evaluation (the table of every

@@ -1,6 +1,6 @@
 """What a trained run's head noise path has learnt: its gain against the speech and the speaker.
 
-    python benchmarks/head_gain_probe.py --workdir runs/synthetic [--split test-a]
+    python -m studies.head_gain_probe --workdir runs/synthetic [--split test-a]
 
 For each clip of the split (in its own speaker's style, noise seed = clip index) it reads the gain
 [N, 3] of the head noise path (`model.head_noise_path`) and prints, averaged over clips: the
@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sdetalk_jax import audio, losses, metrics  # noqa: E402
-from sdetalk_jax import evaluate as evaluation  # noqa: E402
-from sdetalk_jax.data import batching  # noqa: E402
-from sdetalk_jax.inference import TrainedModel  # noqa: E402
-from sdetalk_jax.models.networks import Networks  # noqa: E402
-from sdetalk_jax.models.sdetalk import HEAD_NOISE_KINDS  # noqa: E402
+from sdetalk_jax import audio, losses, metrics
+from sdetalk_jax import evaluate as evaluation
+from sdetalk_jax.data import batching
+from sdetalk_jax.inference import TrainedModel
+from sdetalk_jax.models.config import HEAD_NOISE_KINDS
+from sdetalk_jax.models.networks import Networks
 
 LAG_FRAMES = 3
 KEYS = 4
@@ -67,7 +63,7 @@ def main() -> None:
         noise = jax.random.normal(
             jax.random.key(index), batch["frame_mask"].shape + (model.networks.config.hidden,)
         )
-        gain = np.asarray(generate(model.params, batch, noise)["head_gain"][0, :n])
+        gain = np.asarray(generate(model.params, batch, noise).head_gain[0, :n])
         envelope = metrics.frame_envelope(example["audio"], audio.SAMPLE_RATE, n, corpus.fps)
         total = gain.sum(-1)
         with_envelope.append(np.corrcoef(envelope[:-LAG_FRAMES], total[LAG_FRAMES:])[0, 1])
@@ -125,7 +121,7 @@ def noise_table(model, inputs, gain_shares, fps) -> None:
     for kind in HEAD_NOISE_KINDS:
         config = dataclasses.replace(model.networks.config, head_noise=kind)
         generator = Networks.build(config).generator
-        generate = jax.jit(lambda p, b, z, g=generator: g.apply({"params": p}, b, z)["rotation"])
+        generate = jax.jit(lambda p, b, z, g=generator: g.apply({"params": p}, b, z).rotation)
         shares, consistency = np.zeros((KEYS, len(inputs))), np.zeros((KEYS, len(inputs)))
         for row, (index, batch, example) in enumerate(inputs):
             n = int(example["num_frames"])

@@ -1,6 +1,6 @@
 """Measures the relations SynthBIWI builds into its data and prints a table.
 
-    python benchmarks/synthetic_relations.py [--subjects 6] [--sentences 20] [--vertices 400]
+    python -m studies.synthetic_relations [--subjects 6] [--sentences 20] [--vertices 400]
 
 Generates a corpus in a temporary folder, then: per-clip correlation of mouth opening with audio RMS
 energy; head angular speed against the Hilbert envelope over lags (and against another clip's

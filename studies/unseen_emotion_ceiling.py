@@ -1,6 +1,6 @@
 """How well can emotion be told from one clip of a voice never heard? A ceiling for test-b.
 
-    python benchmarks/unseen_emotion_ceiling.py [--config configs/synthetic.py] [--prosody]
+    python -m studies.unseen_emotion_ceiling [--config configs/synthetic.py] [--prosody]
 
 Probes, not SDETalk: a ridge regression from one clip's audio summary to its emotion mixture,
 fitted on the training split's clips (the six training speakers) and scored on test-a (those
@@ -12,7 +12,7 @@ the choice itself is made for voices the fit has not heard.
 
 The audio summary is the model's own input, the 128-bin log-mel spectrogram: per bin, the clip's
 mean over frames, its standard deviation and the mean absolute frame-to-frame change (and, with
-`--prosody`, benchmarks/synthetic_relations.py's duration, log-f0 median and spread, loudness).
+`--prosody`, studies/synthetic_relations.py's duration, log-f0 median and spread, loudness).
 Each row normalises it another way:
 
 * `raw`: as it is; a speaker's own level (pitch, loudness, timbre) is mixed into every feature;
@@ -21,11 +21,11 @@ Each row normalises it another way:
   clip itself and so holds for any voice;
 * `per speaker (oracle)`: each speaker's mean over all of its clips in its split removed, test-b's
   speakers' included: what a perfect speaker baseline would give. An unseen speaker's mean is not
-  known from one clip; this row bounds what a lookup by speaker (today's `model.speaker_baseline`)
-  could do if the speaker were known.
+  known from one clip; this row bounds what a lookup by speaker (a per-speaker baseline of the
+  emotion network's input) could do if the speaker were known.
 
 A last row is the model's own readout (`model.emotion_statistics`, docs/training.md): the same
-summary computed as the model computes it (`models.sdetalk.clip_statistics` on the frame-aligned
+summary computed as the model computes it (`models.ops.clip_statistics` on the frame-aligned
 log-mel), standardised, a softmax of one linear layer trained as a run trains it (L_cls's squared
 error plus `loss.lambda_statistics` ||W||^2, Adam at the config's rate, schedule, batch and epochs),
 for each penalty weight of READOUT_GRID, with its leave-one-speaker-out error on the training
@@ -38,17 +38,14 @@ mean mixture (positive: better than always answering the training mean).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sdetalk_jax import audio  # noqa: E402
-from sdetalk_jax.config_files import load_module  # noqa: E402
-from sdetalk_jax.data.corpus import open_corpus  # noqa: E402
-from sdetalk_jax.data.pipeline import mean_emotion_mixture  # noqa: E402
+from sdetalk_jax import audio
+from sdetalk_jax.config_files import load_module
+from sdetalk_jax.data.corpus import open_corpus
+from sdetalk_jax.data.pipeline import mean_emotion_mixture
 
 SPLITS = ("train", "test-a", "test-b")
 RIDGE_GRID = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
@@ -134,7 +131,7 @@ def model_statistics(corpus, split: str, progress: bool = True) -> np.ndarray:
     from tqdm import tqdm
 
     from sdetalk_jax.data.pipeline import ClipDataset
-    from sdetalk_jax.models import sdetalk
+    from sdetalk_jax.models import ops
 
     dataset = ClipDataset.from_corpus(corpus, split, ())
     rows = []
@@ -142,7 +139,7 @@ def model_statistics(corpus, split: str, progress: bool = True) -> np.ndarray:
         if dataset.clips[index].emotion is None:
             continue
         mel = dataset.log_mel(index)[None]
-        rows.append(np.asarray(sdetalk.clip_statistics(mel, np.ones(mel.shape[:2], bool)))[0])
+        rows.append(np.asarray(ops.clip_statistics(mel, np.ones(mel.shape[:2], bool)))[0])
     return np.array(rows)
 
 

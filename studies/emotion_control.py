@@ -1,6 +1,6 @@
 """Does a requested emotion give that emotion's face? Measured against SynthBIWI's own truth.
 
-    python benchmarks/emotion_control.py --workdir runs/synthetic [--workdir ...] [--clips 6]
+    python -m studies.emotion_control --workdir runs/synthetic [--workdir ...] [--clips 6]
 
 For each run and each of the run's 12 categories, the neutral takes of test-a (held-out
 sentences, the speakers' own style) are animated with `--emotion CATEGORY=1` (`emotion_control`),
@@ -30,20 +30,17 @@ first run's produced and true displacement maps per category.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sdetalk_jax import audio, metrics  # noqa: E402
-from sdetalk_jax.data import synthetic  # noqa: E402
-from sdetalk_jax.data.corpus import open_corpus  # noqa: E402
-from sdetalk_jax.data.pipeline import ClipDataset  # noqa: E402
-from sdetalk_jax.emotion_control import EmotionRequest, gather_prototypes, parse_emotion  # noqa: E402
-from sdetalk_jax.inference import TrainedModel  # noqa: E402
+from sdetalk_jax import audio, metrics
+from sdetalk_jax.data import synthetic
+from sdetalk_jax.data.corpus import open_corpus
+from sdetalk_jax.data.pipeline import ClipDataset
+from sdetalk_jax.emotion_control import EmotionRequest, gather_prototypes, parse_emotion
+from sdetalk_jax.inference import TrainedModel
 
 
 def neutral_takes(model: TrainedModel, count: int):

@@ -1,6 +1,6 @@
 """SDETalk over several seeds: every metric of the evaluation, mean and spread, beside references.
 
-    python benchmarks/seeds.py --seeds 0 1 2 [--config configs/synthetic.py] [--workdir runs/seeds]
+    python -m studies.seeds --seeds 0 1 2 [--config configs/synthetic.py] [--workdir runs/seeds]
         [--splits test-a test-b] [--reference docs/seeds-reference.json] [--record FILE]
         [-- --config.loss.lambda_r=1 ...]
 
@@ -28,7 +28,6 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 ORACLE = "SynthBIWI oracle"
 ORACLE_DRAWS = 4
