@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from sdetalk_jax import parallel
 from sdetalk_jax.data import biwi
-from sdetalk_jax.fileio import write_npz
+from sdetalk_jax.fileio import write_json, write_npz
 from sdetalk_jax.run_config import IncompatibleRun, upgrade_run_config
 
 CHECKPOINTS = "checkpoints"
@@ -156,6 +156,23 @@ def read_run_config(path: str) -> dict:
         return upgrade_run_config(saved, path)
     except IncompatibleRun as error:
         raise RunError(str(error)) from None
+
+
+NOTES = "notes.json"
+
+
+def save_run_notes(workdir: str, notes) -> None:
+    """What the training data left out (`train.supervision_notes`), for evaluate to repeat."""
+    write_json(os.path.join(workdir, NOTES), {"notes": list(notes)})
+
+
+def load_run_notes(workdir: str) -> list[str]:
+    """The run's notes; none for a run saved before they were written."""
+    path = os.path.join(workdir, NOTES)
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return list(json.load(handle)["notes"])
 
 
 def checkpoint_manager(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdetalk_jax import audio, cli, metrics
-from sdetalk_jax.checkpoint import RunError
+from sdetalk_jax.checkpoint import RunError, load_run_notes
 from sdetalk_jax.data import batching, biwi
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
@@ -235,14 +235,16 @@ def in_corpus_units(values: dict[str, float], corpus_units: str) -> dict[str, fl
 
 
 def markdown_table(
-    table: dict, split: str, clips: int, style_note: str, truth_consistency, units=None
+    table: dict, split: str, clips: int, style_note: str, truth_consistency, units=None, notes=()
 ) -> str:
+    """The report as markdown; `notes` (what the training data left out) come first, so that a
+    table of figures from a run that never saw head pose or emotion labels says so."""
     units = {**(units or metric_units("m")), **{name: unit for name, unit, _ in SPLIT_METRICS}}
     names = [name for name, _, _ in METRICS] + [name for name, _, _ in SPLIT_METRICS]
     header = "| method | " + " | ".join(f"{name} ({units[name]})" for name in names) + " |"
-    lines = [
-        f"### {split}: {clips} clips",
-        "",
+    lines = [f"### {split}: {clips} clips", ""]
+    lines += [f"**{note}**\n" for note in notes]
+    lines += [
         header,
         "|---|" + "---:|" * len(names),
     ]
@@ -496,11 +498,13 @@ def evaluate(
         "methods": table,
         "ground_truth_speech_head_consistency": truth_consistency,
         "per_clip": [dataclasses.asdict(r) for r in results],
+        "training_notes": load_run_notes(workdir),
     }
     style_note = _style_note(evaluation.dataset, model.assets.subjects, style)
     markdown = markdown_table(
-        table, split, len(results), style_note, truth_consistency, metric_units(corpus_units)
-    )
+        table, split, len(results), style_note, truth_consistency, metric_units(corpus_units),
+        report["training_notes"],
+    )  # fmt: skip
     _write_report(out_dir, split, report, markdown)
     if plots and figure_inputs:
         _write_figures(out_dir, split, figure_inputs, model.assets, corpus.fps)

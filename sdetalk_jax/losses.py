@@ -46,8 +46,9 @@ def squared_error_per_frame(prediction, target, scale: float = 1.0):
 def rotation_error_per_frame(rotation, target, template, config):
     """The rotation term's per-frame error: the mean squared distance that the difference between
     the two rotations moves the subject's template vertices, per vertex (summed over x, y, z), in
-    (vertex_scale * unit)^2 (mm^2 for data in metres), so that Eq. 5's weights balance it against
-    the vertex terms (docs/paper-notes.md). rotation, target [B, N, 3, 3]; template [B, V*3]."""
+    (vertex_scale * unit)^2 (mm^2 for data in metres): 3 times the per-coordinate mean of L_n and
+    L_exp for the same displacement (docs/paper-notes.md). rotation, target [B, N, 3, 3];
+    template [B, V*3]."""
     vertices = template.reshape(template.shape[0], -1, 3) * config.vertex_scale
     # mean_v |v D|^2 = trace(D^T M D) with M the template's second moment [3, 3]: the cost does
     # not grow with the vertex count.

@@ -23,6 +23,7 @@ import numpy as np
 from sdetalk_jax import checkpoint, cli, emotion_control, optim, parallel, validation
 from sdetalk_jax.data import batching, biwi
 from sdetalk_jax.data.corpus import open_corpus
+from sdetalk_jax.data.labels import EMOTION_LABELS_FILE
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
 from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
 from sdetalk_jax.models.config import SDETalkConfig
@@ -77,6 +78,7 @@ class Setup:
     mean_mixture: jax.Array
     seeds: dict[str, int]
     keys: dict
+    notes: list[str]  # `supervision_notes` of the training clips
 
 
 def stop_before_training(stop: parallel.StopRequest, during: str):
@@ -104,6 +106,22 @@ def head_pose_note(clips) -> str | None:
     )
 
 
+def emotion_labels_note(clips) -> str | None:
+    """What to tell the user when no training clip has an emotion label (None when some have)."""
+    if any(clip.emotion is not None for clip in clips):
+        return None
+    return (
+        f"note: no training clip has an emotion label ({EMOTION_LABELS_FILE}): L_cls and the "
+        "discriminator's emotion head are off (zero), so the emotion mixture y_e is not learned"
+    )
+
+
+def supervision_notes(clips) -> list[str]:
+    """Every part of the objective that the training clips leave without a target: said at the
+    start of training, saved with the run (`checkpoint.save_run_notes`) and repeated by evaluate."""
+    return [note for note in (head_pose_note(clips), emotion_labels_note(clips)) if note]
+
+
 def setup(config, stop: parallel.StopRequest) -> Setup:
     """Opens the corpus, the frozen encoder and the datasets, and builds the networks."""
     lead = jax.process_index() == 0
@@ -123,8 +141,8 @@ def setup(config, stop: parallel.StopRequest) -> Setup:
             stop_before_training(stop, "the audio features"),
             progress=config.train.progress and lead,
         )
-    note = head_pose_note(train_set.clips)
-    if note:
+    notes = supervision_notes(train_set.clips)
+    for note in notes:
         _log(note)
     model_config = SDETalkConfig.for_run(
         config, context_dim=encoder.hidden_size, **assets.dimensions
@@ -141,16 +159,19 @@ def setup(config, stop: parallel.StopRequest) -> Setup:
         placement=placement, corpus=corpus, assets=assets, train_set=train_set, val_set=val_set,
         networks=Networks.build(model_config), buckets=buckets,
         mean_mixture=placement.replicate(mean_mixture.astype(np.float32)), seeds=seeds,
-        keys=purpose_keys(seeds),
+        keys=purpose_keys(seeds), notes=notes,
     )  # fmt: skip
 
 
-def write_run_metadata(config, workdir: str, assets: checkpoint.Assets) -> None:
-    """The run's config, its software environment, and what `animate` needs to run without the
-    corpus (templates, mesh, regions, subject order)."""
+def write_run_metadata(
+    config, workdir: str, assets: checkpoint.Assets, notes: list[str] = ()
+) -> None:
+    """The run's config, its software environment, what `animate` needs to run without the corpus
+    (templates, mesh, regions, subject order) and what the training data left out (`notes`)."""
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     write_json(os.path.join(workdir, "environment.json"), environment_record())
     assets.save(os.path.join(workdir, checkpoint.ASSETS))
+    checkpoint.save_run_notes(workdir, notes)
 
 
 def restore_or_init(run: Setup, config, checkpoints: Checkpoints, stop) -> tuple[dict, dict]:
@@ -409,7 +430,7 @@ def train_networks(config, workdir: str, stop: parallel.StopRequest) -> TrainedR
     # Nothing is written before this point: a run that cannot start leaves no folder behind.
     os.makedirs(workdir, exist_ok=True)
     if lead:
-        write_run_metadata(config, workdir, run.assets)
+        write_run_metadata(config, workdir, run.assets, run.notes)
     checkpoints = Checkpoints(workdir, config.train.keep_checkpoints)
     state, position = restore_or_init(run, config, checkpoints, stop)
     plans_per_epoch = len(
