@@ -4,7 +4,7 @@
 
 Each device count runs in its own process (XLA fixes the number of emulated CPU devices at start;
 on a GPU machine the real devices are used and counts above the available ones are skipped). The
-step is the real one (`sdetalk_jax.train.compiled_train_step`) on the paper's model sizes, with the
+step is the real one (`sdetalk_jax.train_step.compiled_train_step`) on the paper's model sizes, with the
 global batch split over the devices. On a 2-core CPU little speed-up is expected: the point is that
 every count runs and agrees. Prints a Markdown table.
 """

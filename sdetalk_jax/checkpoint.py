@@ -151,9 +151,19 @@ def load_run_config(workdir: str):
 def read_run_config(path: str) -> dict:
     """A run's saved config.json brought to today's fields (`run_config.upgrade_run_config`)."""
     with open(path) as handle:
-        saved = json.load(handle)
+        return _upgraded(json.load(handle), path)
+
+
+def training_config_json(config) -> dict:
+    """The config a run trains with, as JSON, through the same upgrade as a saved one: what is
+    compared with a saved run's and written to config.json. A config file that still sets a
+    removed option is refused unless it sets the value today's code builds."""
+    return _upgraded(json.loads(config.to_json_best_effort()), "the training config")
+
+
+def _upgraded(config_json: dict, source: str) -> dict:
     try:
-        return upgrade_run_config(saved, path)
+        return upgrade_run_config(config_json, source)
     except IncompatibleRun as error:
         raise RunError(str(error)) from None
 

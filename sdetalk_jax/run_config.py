@@ -35,7 +35,7 @@ REMOVED = {
     "loss.rotation_units": "template_mm",
 }
 
-# values of a kept option that were removed
+# values of a kept option of the head noise path that were removed
 REMOVED_CHOICES = {
     "model.head_noise": ("direction", "balanced"),
     "model.head_gain_emotion": ("mixture",),
@@ -64,9 +64,11 @@ def upgrade_run_config(saved: dict, source: str = "config.json") -> dict:
                     f"{source}: {dotted} is no longer an option (only {value!r} is built); this "
                     "run cannot be rebuilt by this version"
                 )
+    head_path = config.get("model", {}).get("head_noise_path", False)
     for dotted, choices in REMOVED_CHOICES.items():
         section, name = _section(config, dotted)
-        if section is not None and section.get(name) in choices:
+        # without the head noise path its kinds build nothing
+        if head_path and section is not None and section.get(name) in choices:
             raise IncompatibleRun(
                 f"{source}: {dotted} = {section[name]!r} is no longer an option; this run cannot "
                 "be rebuilt by this version"

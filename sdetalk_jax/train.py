@@ -11,7 +11,6 @@ position included.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -168,7 +167,7 @@ def write_run_metadata(
 ) -> None:
     """The run's config, its software environment, what `animate` needs to run without the corpus
     (templates, mesh, regions, subject order) and what the training data left out (`notes`)."""
-    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    write_json(os.path.join(workdir, "config.json"), checkpoint.training_config_json(config))
     write_json(os.path.join(workdir, "environment.json"), environment_record())
     assets.save(os.path.join(workdir, checkpoint.ASSETS))
     checkpoint.save_run_notes(workdir, notes)
@@ -423,7 +422,7 @@ def train_networks(config, workdir: str, stop: parallel.StopRequest) -> TrainedR
     """The training loop: from a new run or the last checkpoint to the last epoch's (or
     train.max_steps'), saved."""
     lead = jax.process_index() == 0
-    config_json = json.loads(config.to_json_best_effort())
+    config_json = checkpoint.training_config_json(config)
     checkpoint.check_resumable(workdir, config_json)  # before the long setup: the config alone
     run = setup(config, stop)
     checkpoint.check_same_data(workdir, run.assets)

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 import soundfile
 
-from sdetalk_jax.data import biwi, face_model, synthetic
+from sdetalk_jax.data import biwi, clip_files, face_model, synthetic
 from sdetalk_jax.data.synthetic import analysis
 
 
@@ -98,8 +98,8 @@ def main() -> None:
         lags = list(range(-5, 10))
         for clip in corpus.clips:
             waveform, rate = soundfile.read(clip.audio_path, dtype="float32")
-            vertices = biwi.load_vertices(clip.vertices_path)
-            rotation, _ = biwi.load_head_pose(clip.head_pose_path)
+            vertices = clip_files.load_vertices(clip.vertices_path)
+            rotation, _ = clip_files.load_head_pose(clip.head_pose_path)
             n = vertices.shape[0]
             opening = analysis.mouth_opening(
                 vertices, topology.upper_lip_vertex, topology.lower_lip_vertex

@@ -226,3 +226,18 @@ def test_a_mean_head_at_rest_stands_still_at_z0_and_moves_in_samples():
     ):
         with pytest.raises(ValueError, match=message):
             dataclasses.replace(CONFIG, **changes)
+
+
+def test_terms_on_a_samples_head_reach_the_mean_head_and_the_turn():
+    """With the mean head learned, a sample's head is the turn of G's head at z = 0: a loss on it
+    trains both G's rotation and translation layers and the gain (whether or not G's features
+    reach the gain)."""
+
+    def sample_head(out):
+        return jnp.sum(out.rotation * jnp.arange(9.0).reshape(3, 3)) + out.translation.sum()
+
+    for detached, face in gradients_with_and_without(
+        "head_gain_detached", sample_head, jax.random.key(7)
+    ).items():
+        for name in ("rotation", "translation", "head_gain"):
+            assert float(jnp.abs(face[name]["kernel"]).max()) > 0, (detached, name)

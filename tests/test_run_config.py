@@ -76,3 +76,24 @@ def test_a_run_saved_before_the_options_is_rebuilt_as_trained_or_refused():
         upgrade_run_config(saved)
     saved["model"]["head_gain_log_scale"] = 10.0
     assert upgrade_run_config(saved)["model"]["head_noise_path"]
+
+
+def test_a_training_config_goes_through_the_same_upgrade_as_a_saved_one():
+    """A config file that still sets a removed option resumes its own run when it sets the value
+    today's code builds (the field is dropped on both sides), and is refused when it asks for
+    another one, rather than training without it."""
+    from sdetalk_jax.checkpoint import RunError, training_config_json
+
+    config = repository_config("synthetic")
+    config.model.speaker_baseline = False
+    config.loss.rotation_units = "template_mm"
+    upgraded = training_config_json(config)
+    assert "speaker_baseline" not in upgraded["model"]
+    assert config_differences(upgrade_run_config(todays_config()), upgraded) == []
+    config.model.speaker_baseline = True
+    with pytest.raises(RunError, match="the training config: model.speaker_baseline"):
+        training_config_json(config)
+    # a kind of the head noise path's noise builds nothing without the path
+    paper = repository_config("biwi")
+    paper.model.head_noise = "direction"
+    training_config_json(paper)

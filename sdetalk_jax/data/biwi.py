@@ -27,9 +27,6 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from sdetalk_jax.data import clip_files
-
-# Still read from here by data/pipeline.py and studies/synthetic_relations.py.
-from sdetalk_jax.data.clip_files import load_head_pose, load_vertices  # noqa: F401
 from sdetalk_jax.data.labels import EMOTION_LABELS_FILE, read_emotion_labels
 from sdetalk_jax.data.problems import DataError, Problem
 from sdetalk_jax.data.safe_pickle import load_templates

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from sdetalk_jax import audio
-from sdetalk_jax.data import batching, biwi
+from sdetalk_jax.data import batching, biwi, clip_files
 
 
 class ContextFeatures(Protocol):
@@ -110,10 +110,10 @@ class ClipDataset:
     def example(self, index: int) -> dict[str, np.ndarray]:
         clip = self.clips[index]
         n = clip.num_frames
-        vertices = biwi.load_vertices(clip.vertices_path)
+        vertices = clip_files.load_vertices(clip.vertices_path)
         waveform, mel, *context = self._audio_features(clip)
         if clip.head_pose_path is not None:
-            rotation, translation = biwi.load_head_pose(clip.head_pose_path)
+            rotation, translation = clip_files.load_head_pose(clip.head_pose_path)
         else:
             rotation = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 3, 3)).copy()
             translation = np.zeros((n, 3), np.float32)
@@ -123,7 +123,7 @@ class ClipDataset:
         else:
             emotion = np.full((num_categories,), 1.0 / num_categories, np.float32)
         if clip.neutral_vertices_path is not None:
-            neutral = biwi.load_vertices(clip.neutral_vertices_path)
+            neutral = clip_files.load_vertices(clip.neutral_vertices_path)
         else:
             neutral = vertices
         example = {
