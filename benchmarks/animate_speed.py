@@ -62,7 +62,8 @@ def save_random_run(vertices: int, workdir: str) -> None:
     from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder
     from sdetalk_jax.train import write_run_metadata
 
-    config = repository_config("biwi")
+    config = repository_config("biwi")  # the configuration users train
+    config.loss.vertex_scale = 1000.0  # its losses in mm of these vertices in metres
     config.model.wav2vec2_checkpoint = os.path.join(workdir, "wav2vec2-base-random")
     save_random_encoder(config.model.wav2vec2_checkpoint)
     config.data.feature_cache = os.path.join(workdir, "cache")

@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[72, 104, 144])
     args = parser.parse_args()
 
-    config = repository_config("biwi")
+    config = repository_config("biwi")  # the configuration users train
+    config.loss.vertex_scale = 1000.0  # its losses in mm of these vertices in metres
     networks = Networks.build(
         SDETalkConfig.for_run(
             config, num_vertices=args.vertices, context_dim=768, num_subjects=6, num_emotions=12

@@ -35,7 +35,8 @@ def worker(devices: int, vertices: int, batch: int, frames: int, steps: int) -> 
     if len(available) < devices:
         return {"devices": devices, "skipped": f"only {len(available)} devices"}
     placement = Placement(data_mesh(available[:devices]))
-    config = repository_config("biwi")
+    config = repository_config("biwi")  # the configuration users train
+    config.loss.vertex_scale = 1000.0  # its losses in mm of these vertices in metres
     model_config = SDETalkConfig.for_run(
         config, num_vertices=vertices, context_dim=768, num_subjects=6, num_emotions=12
     )

@@ -1,4 +1,4 @@
-"""configs/synthetic.py with the paper's loss weights: every `loss` field as configs/biwi.py sets it
+"""configs/synthetic.py with the paper's loss weights: every `loss` field as configs/biwi_paper.py sets it
 (lambda_r = lambda_t = 0.001, lambda_e = lambda_d = lambda_g = 0.1, the non-saturating GAN, L2 on the
 sample's head, none of our loss additions), everything else (data, networks, schedule) as
 configs/synthetic.py. The head-motion row of docs/training.md: does the head move at all when only
@@ -12,11 +12,11 @@ import os
 from sdetalk_jax.config_files import load_module
 
 _here = os.path.dirname(__file__)
-biwi = load_module(os.path.join(_here, "biwi.py"))
+paper = load_module(os.path.join(_here, "biwi_paper.py"))
 synthetic = load_module(os.path.join(_here, "synthetic.py"))
 
 
 def get_config():
     config = synthetic.get_config()
-    config.loss = biwi.get_config().loss
+    config.loss = paper.get_config().loss
     return config

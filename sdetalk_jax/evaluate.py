@@ -42,6 +42,7 @@ METRICS = (
     ("head_rotation_error", "deg", "frames"),
     ("head_translation_error", "mm", "frames"),
     ("head_diversity", "deg", "clips"),
+    ("expression_diversity", "mm", "clips"),
     ("speech_head_consistency", "r", "clips"),
     ("emotion_error", "L2^2", "clips"),
     # Head motion judged as the paper's Fig. 6 does, by size, speed and style, for the mean
@@ -70,6 +71,7 @@ DESCRIPTIONS = {
     "head_rotation_error": "geodesic angle between predicted and true head rotation",
     "head_translation_error": "L2 distance between predicted and true head translation",
     "head_diversity": "mean pairwise angle between the head rotations of K noise samples",
+    "expression_diversity": "mean pairwise vertex distance between the unposed faces of K noise samples",
     "speech_head_consistency": "correlation of the audio's Hilbert envelope with head angular speed (best lag 0-0.4 s)",
     "emotion_error": "squared L2 between predicted and labelled emotion mixture (baselines: the training mean)",
     "head_rotation_error_sampled": "head rotation error of the first noise sample (z = 0 above)",
@@ -106,7 +108,8 @@ def clip_metrics(
     prediction: dict, example: dict, corpus_regions: dict, fps: float, sample_rate: int
 ) -> dict[str, float]:
     """All metrics of one method on one clip. prediction: expression [N, V*3], rotation [N, 3, 3],
-    translation [N, 3], emotion [C], rotation_samples list of [N, 3, 3] (may be empty)."""
+    translation [N, 3], emotion [C], rotation_samples list of [N, 3, 3] and expression_samples
+    list of [N, V*3] (may be empty)."""
     truth = example["vertices"]
     values = {
         "mean_vertex_error": metrics.mean_vertex_error_mm(prediction["expression"], truth),
@@ -128,6 +131,11 @@ def clip_metrics(
         "head_diversity": (
             metrics.head_motion_diversity_deg(prediction["rotation_samples"])
             if len(prediction["rotation_samples"]) >= 2
+            else 0.0
+        ),
+        "expression_diversity": (
+            metrics.expression_diversity_mm(prediction["expression_samples"])
+            if len(prediction["expression_samples"]) >= 2
             else 0.0
         ),
         "speech_head_consistency": metrics.speech_head_consistency(
@@ -159,7 +167,7 @@ def head_style_metrics(prediction: dict, example: dict, fps: float) -> dict[str,
     values = {}
     if not example["has_head_pose"]:
         names = [name for name, _, _ in METRICS if name.startswith(("head_", "nod_share"))]
-        return {name: float("nan") for name in names if name not in ("head_diversity",)}
+        return {name: float("nan") for name in names if name != "head_diversity"}
     true_speed = metrics.mean_head_speed_deg(truth, fps)
     true_angle = metrics.rms_head_angle_deg(truth)
     for suffix, rotation in (("", prediction["rotation"]), ("_sampled", sampled)):
@@ -275,23 +283,20 @@ def _regions(corpus: biwi.Corpus) -> dict[str, np.ndarray]:
 
 
 def sample_model(model: TrainedModel, generate, batch, n: int, clip_key, samples: int):
-    """(outputs at z = 0, the head rotations [n, 3, 3] of `samples` noise draws) for one clip."""
+    """(outputs at z = 0, [(head rotations [n, 3, 3], expression [n, V*3])] of `samples` noise
+    draws) for one clip."""
     length = batch["frame_mask"].shape[1]
     hidden = model.networks.config.hidden
     mean = jax.device_get(generate(model.params, batch, jnp.zeros((1, length, hidden))))
-    rotation_samples = [
-        np.asarray(
-            generate(
-                model.params, batch,
-                jax.random.normal(jax.random.fold_in(clip_key, k), (1, length, hidden)),
-            ).rotation[0, :n]
-        )
-        for k in range(samples)
-    ]  # fmt: skip
-    return mean, rotation_samples
+    draws = []
+    for k in range(samples):
+        noise = jax.random.normal(jax.random.fold_in(clip_key, k), (1, length, hidden))
+        outputs = generate(model.params, batch, noise)
+        draws.append((np.asarray(outputs.rotation[0, :n]), np.asarray(outputs.expression[0, :n])))
+    return mean, draws
 
 
-def method_predictions(mean, rotation_samples, example, baseline_emotion) -> dict:
+def method_predictions(mean, draws, example, baseline_emotion) -> dict:
     """What each of METHODS predicts for one clip: SDETalk at z = 0, and the two baselines with a
     still head and the baseline emotion mixture."""
     n = int(example["num_frames"])
@@ -303,16 +308,17 @@ def method_predictions(mean, rotation_samples, example, baseline_emotion) -> dic
         "SDETalk": {
             "expression": mean.expression[0, :n], "rotation": mean.rotation[0, :n],
             "translation": mean.translation[0, :n], "emotion": mean.mixture[0],
-            "rotation_samples": rotation_samples,
+            "rotation_samples": [rotation for rotation, _ in draws],
+            "expression_samples": [expression for _, expression in draws],
         },
         "neutral generator alone": {
             "expression": mean.neutral[0, :n], "rotation": still, "translation": zero,
-            "emotion": baseline_emotion, "rotation_samples": [],
+            "emotion": baseline_emotion, "rotation_samples": [], "expression_samples": [],
         },
         "template alone": {
             "expression": np.broadcast_to(example["template"], (n, example["template"].size)),
             "rotation": still, "translation": zero, "emotion": baseline_emotion,
-            "rotation_samples": [],
+            "rotation_samples": [], "expression_samples": [],
         },
     }  # fmt: skip
 
@@ -402,10 +408,10 @@ class _Evaluation:
             subject = np.array([model.assets.subjects.index(style_subject)])
             batch = model_batch(features, subject, len(model.assets.subjects), targets=False)
             clip_key = jax.random.fold_in(self.key, index)
-            mean, rotation_samples = sample_model(
+            mean, draws = sample_model(
                 model, self.generate, batch, n, clip_key, self.samples
             )
-            predictions = method_predictions(mean, rotation_samples, example, self.mean_mixture)
+            predictions = method_predictions(mean, draws, example, self.mean_mixture)
             per_style.append(
                 {
                     method: clip_metrics(p, example, self.regions, self.fps, audio.SAMPLE_RATE)

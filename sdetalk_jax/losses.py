@@ -273,7 +273,9 @@ def diversity_loss(first, second, noise_first, noise_second, batch, config):
     """L_d (Eq. 7): output distance over noise distance, per frame; capped at `diversity_cap` so that
     maximising it cannot run away (as the mode-seeking losses it follows do). The rotations'
     distance is how far apart they put the template's vertices (mean absolute coordinate, mm),
-    the units of the other two distances. The head's part counts only for clips with head pose.
+    the units of the other two distances. The head's part counts only for clips with head pose;
+    on clips without it the expression distance is weighted by `lambda_f_without_head_pose`
+    instead of lambda_f (docs/paper-notes.md).
     first, second: `GeneratorOutputs` of the two noise draws."""
     scale = config.vertex_scale
 
@@ -287,9 +289,10 @@ def diversity_loss(first, second, noise_first, noise_second, batch, config):
     moved = jnp.einsum("bnij,biv->bnjv", first.rotation - second.rotation, template_rows)
     rotation_distance = mean_per_frame(jnp.abs(moved))
     head = rotation_distance + distance(first.translation, second.translation, scale)
-    has_pose = batch["has_head_pose"].astype(jnp.float32)[:, None]
-    numerator = config.lambda_f * distance(first.expression, second.expression, scale)
-    numerator = numerator + has_pose * head
+    has_pose = batch["has_head_pose"][:, None]
+    expression_weight = jnp.where(has_pose, config.lambda_f, config.lambda_f_without_head_pose)
+    numerator = expression_weight * distance(first.expression, second.expression, scale)
+    numerator = numerator + has_pose.astype(jnp.float32) * head
     denominator = distance(noise_first, noise_second) + 1e-6
     per_frame = jnp.minimum(numerator / denominator, config.diversity_cap)
     return masked_frame_mean(per_frame, _frame_weights(batch))

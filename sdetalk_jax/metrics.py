@@ -98,6 +98,15 @@ def head_motion_diversity_deg(rotations: list[np.ndarray]) -> float:
     return float(np.mean([rotation_angles_deg(a, b).mean() for a, b in pairs]))
 
 
+def expression_diversity_mm(expressions: list[np.ndarray]) -> float:
+    """Mean pairwise mean vertex distance (mm) between K expression samples [N, V*3] of the same
+    clip (unposed faces): 0 when every sample makes the same face."""
+    if len(expressions) < 2:
+        raise ValueError("expression diversity needs at least two samples")
+    pairs = itertools.combinations(expressions, 2)
+    return float(np.mean([mean_vertex_error_mm(a, b) for a, b in pairs]))
+
+
 def speech_head_consistency(
     waveform: np.ndarray,
     sample_rate: int,

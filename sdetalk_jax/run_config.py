@@ -85,4 +85,8 @@ def upgrade_run_config(saved: dict, source: str = "config.json") -> dict:
         section, name = _section(config, dotted)
         if section is not None:
             section.setdefault(name, value)
+    loss = config.get("loss")
+    if loss is not None and "lambda_f" in loss:
+        # one weight of the expression in L_d for every clip
+        loss.setdefault("lambda_f_without_head_pose", loss["lambda_f"])
     return config

@@ -21,7 +21,7 @@ import numpy as np
 
 from sdetalk_jax import checkpoint, cli, emotion_control, optim, parallel, validation
 from sdetalk_jax.data import batching, biwi
-from sdetalk_jax.data.corpus import open_corpus
+from sdetalk_jax.data.corpus import open_corpus, with_loss_scale
 from sdetalk_jax.data.labels import EMOTION_LABELS_FILE
 from sdetalk_jax.data.pipeline import ClipDataset, mean_emotion_mixture, model_batch
 from sdetalk_jax.fileio import MetricWriter, environment_record, write_json
@@ -411,6 +411,7 @@ def train(config, workdir: str) -> dict:
     """Trains (or resumes) in `workdir` over every device of every process, then fits the emotion
     prototypes of the trained run; returns the last validation metrics. Raises Preempted after a
     SIGTERM or Ctrl-C, once the checkpoint is saved."""
+    config = with_loss_scale(config)
     with parallel.StopRequest() as stop:
         trained = train_networks(config, workdir, stop)
         if trained.steps > 0:

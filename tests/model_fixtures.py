@@ -22,7 +22,7 @@ CONFIG = SDETalkConfig(
 )  # fmt: skip
 
 
-PAPER = repository_config("biwi")
+PAPER = repository_config("biwi_paper")
 
 
 LossConfig = PAPER.loss
@@ -195,7 +195,7 @@ def loss_config(**changes):
     config = ml_collections.ConfigDict(
         dict(vertex_scale=1000.0, rotation_distance_vertices=0, head_speed_width_frames=2.0,
              head_size_width_frames=8.0,
-             lambda_f=0.1, diversity_cap=1e9)
+             lambda_f=0.1, lambda_f_without_head_pose=0.1, diversity_cap=1e9)
     )  # fmt: skip
     config.update(changes)
     return config

@@ -194,6 +194,31 @@ def test_diversity_measures_rotations_by_how_far_they_move_the_template():
     np.testing.assert_allclose(value, per_frame[0].sum() / (2 * frames), rtol=1e-4)
 
 
+def test_diversity_weights_the_expression_of_clips_without_head_pose_on_its_own():
+    """On a clip without head pose L_d sees only the expression, weighted by
+    `loss.lambda_f_without_head_pose`; a clip with head pose keeps lambda_f beside its head."""
+    frames = 4
+    rng = np.random.default_rng(8)
+    expression = rng.normal(size=(2, 2, frames, 60)).astype(np.float32) * 1e-4
+    first, second = (
+        HeadOutputs(
+            expression=jnp.asarray(faces), rotation=jnp.tile(jnp.eye(3), (2, frames, 1, 1)),
+            translation=jnp.zeros((2, frames, 3)),
+        )
+        for faces in expression
+    )  # fmt: skip
+    ones = jnp.ones((2, frames, 4))
+    batch = {
+        **pose_batch(frames, has_head_pose=(True, False)),
+        "template": jnp.asarray(rng.normal(size=(2, 60)).astype(np.float32)),
+    }
+    config = loss_config(lambda_f=0.1, lambda_f_without_head_pose=7.0)
+    value = losses.diversity_loss(first, second, ones, -ones, batch, config)
+    distance = np.abs(expression[0] - expression[1]).mean(axis=-1) * 1000.0 / 2.0  # |z1 - z2| = 2
+    expected = (0.1 * distance[0].sum() + 7.0 * distance[1].sum()) / (2 * frames)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
 def test_diversity_measures_rotations_on_the_configured_subset_of_vertices():
     """`loss.rotation_distance_vertices` (configs/biwi.py): the distance over every third
     vertex of 20 where at most 7 are asked for, and over all of them where 0 or 20 or more are."""

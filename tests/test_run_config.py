@@ -14,7 +14,10 @@ SIZES = dict(num_vertices=10, context_dim=4, num_subjects=2, num_emotions=3)
 
 
 def todays_config() -> dict:
-    return json.loads(repository_config("synthetic").to_json_best_effort())
+    """configs/synthetic.py as a run saves it: the loss scale resolved from the corpus's units."""
+    config = json.loads(repository_config("synthetic").to_json_best_effort())
+    config["loss"]["vertex_scale"] = 1000.0
+    return config
 
 
 def test_a_run_saved_before_a_field_existed_resumes_when_it_has_the_old_meaning():
@@ -33,6 +36,13 @@ def test_a_run_saved_before_a_field_existed_resumes_when_it_has_the_old_meaning(
         "model.emotion_statistics",
         "train.matmul_precision",
     ]
+
+
+def test_a_run_saved_with_one_expression_weight_in_diversity_keeps_it_for_every_clip():
+    saved = todays_config()
+    saved["loss"]["lambda_f"] = 0.3
+    saved["loss"].pop("lambda_f_without_head_pose")
+    assert upgrade_run_config(saved)["loss"]["lambda_f_without_head_pose"] == 0.3
 
 
 def test_removed_options_are_dropped_at_their_built_value_and_refused_otherwise():
@@ -85,6 +95,7 @@ def test_a_training_config_goes_through_the_same_upgrade_as_a_saved_one():
     from sdetalk_jax.checkpoint import RunError, training_config_json
 
     config = repository_config("synthetic")
+    config.loss.vertex_scale = 1000.0  # as training resolves it (data.corpus.with_loss_scale)
     config.model.speaker_baseline = False
     config.loss.rotation_units = "template_mm"
     upgraded = training_config_json(config)
@@ -94,6 +105,6 @@ def test_a_training_config_goes_through_the_same_upgrade_as_a_saved_one():
     with pytest.raises(RunError, match="the training config: model.speaker_baseline"):
         training_config_json(config)
     # a kind of the head noise path's noise builds nothing without the path
-    paper = repository_config("biwi")
+    paper = repository_config("biwi_paper")
     paper.model.head_noise = "direction"
     training_config_json(paper)

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from sdetalk_jax import checkpoint, optim, train  # noqa: E402
-from sdetalk_jax.data.corpus import open_corpus  # noqa: E402
+from sdetalk_jax.data.corpus import open_corpus, with_loss_scale  # noqa: E402
 from sdetalk_jax.models.config import SDETalkConfig  # noqa: E402
 from sdetalk_jax.models.networks import Networks  # noqa: E402
 from sdetalk_jax.models.wav2vec2.encoder import ContextEncoder  # noqa: E402
@@ -34,6 +34,7 @@ from tests.tiny_config import get_config  # noqa: E402
 
 def dump_params(config, workdir: str) -> None:
     """Restores the latest checkpoint on this process's mesh and writes its parameters."""
+    config = with_loss_scale(config)
     corpus = open_corpus(config)
     encoder = ContextEncoder.from_config(config)
     assets = checkpoint.Assets.from_corpus(corpus, config.data.splits.train_subjects)

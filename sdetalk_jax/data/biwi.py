@@ -208,6 +208,25 @@ def read_units(root: str) -> str:
     return units
 
 
+MM_PER_METRE = 1000.0
+
+
+def read_mm_per_unit(root: str) -> float:
+    """Millimetres per vertex unit: 1000 for a corpus in metres (`read_units`); for a unitless one
+    (import_biwi's CodeTalker units) 1000 times the "metres_per_unit" that import_biwi records in
+    `corpus.json` beside it, a DataError naming the file where it is missing."""
+    if read_units(root) == "m":
+        return MM_PER_METRE
+    metres = read_corpus_info(root).get("metres_per_unit")
+    if isinstance(metres, bool) or not isinstance(metres, int | float) or not metres > 0:
+        raise DataError(
+            f"{os.path.join(root, 'corpus.json')}: unitless vertices without a positive "
+            "'metres_per_unit' (import the release again with import_biwi, or set "
+            "--config.loss.vertex_scale to mm per unit)"
+        )
+    return MM_PER_METRE * metres
+
+
 def find_templates(root: str) -> str | None:
     for name in ("templates.npz", "templates.pkl"):
         path = os.path.join(root, name)

@@ -83,6 +83,24 @@ def open_corpus(
     return corpus
 
 
+def with_loss_scale(config):
+    """`config`, with `loss.vertex_scale` = 0 ("from the corpus") replaced by the corpus's
+    millimetres per vertex unit (`biwi.read_mm_per_unit`), so that the losses are in mm whether
+    the vertices are in metres or in CodeTalker's units, and the loss weights keep their balance.
+    A corpus still to be generated is SynthBIWI, in metres. A set scale is kept; the config
+    passed in is not changed."""
+    if config.loss.vertex_scale > 0:
+        return config
+    root = config.data.root
+    if config.data.generate_if_missing and not os.path.exists(root):
+        scale = biwi.MM_PER_METRE
+    else:
+        scale = biwi.read_mm_per_unit(root)
+    resolved = config.copy_and_resolve_references()
+    resolved.loss.vertex_scale = scale
+    return resolved
+
+
 def warn_if_other_synthetic(root: str, parameters: dict) -> None:
     """A SynthBIWI corpus left by an older version (or other parameters) is used as it is, never
     replaced behind the user's back; but they are told, since its results will differ."""

@@ -250,6 +250,16 @@ class Transform:
         origin = (centre @ ROTATE_X_PI).mean(axis=0)
         return (rotated - origin) * self.metres_per_unit
 
+    def metres_per_corpus_unit(self, templates: dict[str, np.ndarray]) -> float:
+        """What one corpus unit is in metres, on average over the speakers' templates (release
+        coordinates): 1 for metric frames, the square root of a face's area for CodeTalker's.
+        Recorded in corpus.json, so that training can keep its losses in mm
+        (`biwi.read_mm_per_unit`)."""
+        if self.units != "codetalker":
+            return 1.0
+        roots = [np.sqrt(surface_area(t, self.triangles)) for t in templates.values()]
+        return float(np.mean(roots)) * self.metres_per_unit
+
     def describe(self) -> str:
         if self.units == "codetalker":
             return (
@@ -455,6 +465,7 @@ def import_release(
         "fps": FPS,
         "generator": IMPORTER,
         "units": "m" if units == "metres" else "unitless",
+        "metres_per_unit": transform.metres_per_corpus_unit(templates),
         "source_unit": unit,
         "transform": transform.describe(),
         "head_pose": "not imported: the release's per-sequence .tgz is not documented publicly",

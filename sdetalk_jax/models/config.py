@@ -97,6 +97,11 @@ class SDETalkConfig:
         """The networks of a run: `run_config.model` (as `run_config.upgrade_run_config` leaves
         a saved one) with the sizes its data gives (the trainer reads them from the corpus,
         inference from the run's saved assets)."""
+        if not run_config.loss.vertex_scale > 0:
+            raise ValueError(
+                "loss.vertex_scale is 0 (from the corpus): resolve it first "
+                "(data.corpus.with_loss_scale), as training does"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in dict(run_config.model).items() if k in fields}
         return cls(
