@@ -408,9 +408,7 @@ class _Evaluation:
             subject = np.array([model.assets.subjects.index(style_subject)])
             batch = model_batch(features, subject, len(model.assets.subjects), targets=False)
             clip_key = jax.random.fold_in(self.key, index)
-            mean, draws = sample_model(
-                model, self.generate, batch, n, clip_key, self.samples
-            )
+            mean, draws = sample_model(model, self.generate, batch, n, clip_key, self.samples)
             predictions = method_predictions(mean, draws, example, self.mean_mixture)
             per_style.append(
                 {
@@ -419,7 +417,7 @@ class _Evaluation:
                 }
             )
             if figure_input is None:
-                figure_input = (clip, example, mean, rotation_samples)
+                figure_input = (clip, example, mean, [rotation for rotation, _ in draws])
         values = {
             method: {
                 name: float(np.mean([s[method][name] for s in per_style])) for name, _, _ in METRICS

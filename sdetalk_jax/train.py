@@ -101,7 +101,8 @@ def head_pose_note(clips) -> str | None:
     return (
         "note: no training clip has head pose (head_pose/): the head's rotation and translation "
         "terms and its part of the adversarial and diversity terms are off, so head motion is "
-        "not learned and the generated head stays where it starts"
+        "not learned; the diversity term holds samples apart by their expression alone "
+        "(loss.lambda_f_without_head_pose)"
     )
 
 

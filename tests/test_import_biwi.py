@@ -264,6 +264,47 @@ def test_codetalker_units_are_centred_and_of_unit_area(imported, tmp_path):
     assert evaluate.in_corpus_units(in_mm, "m") == in_mm
 
 
+def template_alone_expression_loss(root) -> float:
+    """L_exp of the template alone over every clip, in the loss units that training gives the
+    corpus (`loss.vertex_scale` = 0 in configs/biwi.py: read from corpus.json), on each frame's
+    shape about its own centre (CodeTalker's units drop the frame's translation)."""
+    from sdetalk_jax.config_files import repository_config
+    from sdetalk_jax.data.corpus import with_loss_scale
+
+    config = repository_config("biwi")
+    config.data.root = os.fspath(root)
+    scale = with_loss_scale(config).loss.vertex_scale
+    templates = biwi.load_templates(os.fspath(root / "templates.npz"))
+    errors = []
+    for path in sorted((root / "vertices_npy").iterdir()):
+        frames = np.load(path).reshape(-1, ROWS * COLUMNS, 3)
+        template = templates[path.name.split("_")[0]].reshape(1, -1, 3)
+        shapes = (frames - frames.mean(1, keepdims=True)) - (template - template.mean(1))
+        errors.append(np.square(shapes * scale).ravel())
+    return float(np.concatenate(errors).mean())
+
+
+def test_metres_and_codetalker_units_give_the_losses_one_scale(imported, tmp_path):
+    """The same release imported in metres and in CodeTalker's unitless frames: training reads
+    each corpus's unit from its corpus.json, so that the quadratic terms, and with them the
+    balance of the loss weights, agree (they would differ by the square of the unit)."""
+    base, _, metric, _ = imported
+    unitless = tmp_path / "unitless"
+    assert run_import(base / "release", unitless, "--units", "codetalker") == 0
+    in_metres = template_alone_expression_loss(metric)
+    in_codetalker_units = template_alone_expression_loss(unitless)
+    assert in_codetalker_units == pytest.approx(in_metres, rel=0.05)
+
+
+def test_a_unitless_corpus_without_its_metres_is_refused_by_name(tmp_path):
+    (tmp_path / "corpus.json").write_text('{"fps": 25, "units": "unitless"}')
+    with pytest.raises(biwi.DataError, match="corpus.json: unitless vertices without"):
+        biwi.read_mm_per_unit(os.fspath(tmp_path))
+    (tmp_path / "corpus.json").write_text('{"fps": 25, "units": "feet"}')
+    with pytest.raises(biwi.DataError, match="'units' must be 'm' or 'unitless'"):
+        biwi.read_mm_per_unit(os.fspath(tmp_path))
+
+
 def test_bad_archives_are_named_and_the_rest_imported(tmp_path, capsys):
     build_release(tmp_path / "release", damaged=True)
     out = tmp_path / "corpus"

@@ -88,6 +88,17 @@ def test_head_motion_diversity_zero_for_identical_samples_and_known_for_spread()
         metrics.head_motion_diversity_deg([still])
 
 
+def test_expression_diversity_zero_for_identical_faces_and_known_for_spread():
+    rng = np.random.default_rng(0)
+    face = rng.normal(size=(4, 10 * 3)) * 0.01
+    assert metrics.expression_diversity_mm([face, face]) == 0.0
+    moved = face + np.tile([0.0, 0.003, 0.004], 10)  # every vertex 5 mm away
+    # pairs: (face, face) 0, (face, moved) 5, (face, moved) 5 -> mean 10/3 mm
+    assert metrics.expression_diversity_mm([face, face, moved]) == pytest.approx(10 / 3)
+    with pytest.raises(ValueError):
+        metrics.expression_diversity_mm([face])
+
+
 def test_speech_head_consistency_high_when_the_head_follows_the_envelope():
     fps, rate, n = 25.0, 16000, 100
     t = np.arange(n * rate // int(fps)) / rate
