@@ -343,8 +343,9 @@ def test_the_main_job_trains_on_the_imported_corpus(imported, tmp_path):
             sys.executable, "-m", "sdetalk_jax.train", "--config", "configs/biwi.py",
             "--workdir", os.fspath(workdir), f"--config.data.root={out}",
             f"--config.model.wav2vec2_checkpoint={encoder}",
-            f"--config.data.feature_cache={tmp_path / 'cache'}", "--config.train.epochs=1",
+            f"--config.data.feature_cache={tmp_path / 'cache'}", "--config.train.epochs=3",
             "--config.train.max_steps=3", "--config.train.progress=False",
+            "--config.train.global_batch=4",  # the import's 8 training clips: 2 steps an epoch
             "--config.train.emotion_prototype_steps=20",  # the fit runs; its length is not tested
         ],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -366,7 +366,7 @@ def test_setup_computes_the_features_and_lets_go_of_the_context_encoder(config, 
 
     monkeypatch.setattr(train_module.ContextEncoder, "from_config", remembered)
     with parallel.StopRequest() as stop:
-        run = train_module.setup(config, stop)
+        run = train_module.setup(train_module.with_loss_scale(config), stop)
     gc.collect()
     assert len(built) == 1 and built[0]() is None  # nothing holds the encoder any more
     lazily = ClipDataset.from_corpus(
