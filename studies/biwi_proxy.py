@@ -31,6 +31,7 @@ import sys
 import numpy as np
 
 from benchmarks.biwi_rehearsal import save_random_encoder
+from sdetalk_jax.fileio import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("test-a", "test-b")
@@ -167,9 +168,7 @@ def main() -> int:
                 )
             record[f"{split}, head pose {pose}"] = columns
     if args.record:
-        with open(args.record, "w") as handle:
-            json.dump(record, handle, indent=1, sort_keys=True)
-            handle.write("\n")
+        write_json(args.record, record)
         print(f"\nwrote {args.record}")
     return 0
 
