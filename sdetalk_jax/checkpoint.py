@@ -48,9 +48,14 @@ class Assets:
     # refuses another encoder, whose features would silently change the animation. Empty for runs
     # saved before it was recorded.
     encoder_fingerprint: str = ""
+    # Whether the training clips had head pose (`SDETalkConfig.head_motion`); None for runs saved
+    # before it was recorded, whose head moves as it was trained.
+    head_pose: bool | None = None
 
     @classmethod
-    def from_corpus(cls, corpus: biwi.Corpus, subjects, encoder_fingerprint: str = "") -> Assets:
+    def from_corpus(
+        cls, corpus: biwi.Corpus, subjects, encoder_fingerprint: str = "", head_pose=None
+    ) -> Assets:
         faces_path = os.path.join(corpus.root, "mesh", "faces.npy")
         faces = (
             np.load(faces_path, allow_pickle=False)
@@ -69,15 +74,18 @@ class Assets:
             fps=float(corpus.fps),
             emotion_categories=tuple(corpus.emotion_categories),
             encoder_fingerprint=encoder_fingerprint,
+            head_pose=head_pose,
         )
 
     @property
-    def dimensions(self) -> dict[str, int]:
-        """The sizes the networks take from the data (`SDETalkConfig.for_run`)."""
+    def dimensions(self) -> dict[str, int | bool]:
+        """What the networks take from the data (`SDETalkConfig.for_run`): sizes, and whether
+        the head was taught to move."""
         return {
             "num_vertices": next(iter(self.templates.values())).shape[0],
             "num_subjects": len(self.subjects),
             "num_emotions": len(self.emotion_categories),
+            "head_motion": self.head_pose is not False,
         }
 
     def differences(self, other: Assets) -> list[str]:
@@ -87,6 +95,8 @@ class Assets:
             mine, theirs = getattr(self, field.name), getattr(other, field.name)
             if field.name == "encoder_fingerprint" and not (mine and theirs):
                 continue  # a run saved before fingerprints were recorded: unknown, not different
+            if field.name == "head_pose" and None in (mine, theirs):
+                continue  # the same for a run saved before head pose was recorded
             if isinstance(mine, dict):
                 same = mine.keys() == theirs.keys() and all(
                     np.array_equal(mine[k], theirs[k]) for k in mine
@@ -110,6 +120,8 @@ class Assets:
             emotion_categories=np.array(self.emotion_categories, dtype=np.str_),
             encoder_fingerprint=np.array(self.encoder_fingerprint, dtype=np.str_),
         )
+        if self.head_pose is not None:
+            arrays["head_pose"] = np.bool_(self.head_pose)
         write_npz(path, **arrays)
 
     @classmethod
@@ -133,6 +145,7 @@ class Assets:
                     if "encoder_fingerprint" in archive.files
                     else ""
                 ),
+                head_pose=bool(archive["head_pose"]) if "head_pose" in archive.files else None,
             )
 
 

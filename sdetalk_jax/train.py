@@ -94,15 +94,20 @@ def stop_before_training(stop: parallel.StopRequest, during: str):
     return check
 
 
+def has_head_pose(clips) -> bool:
+    """Whether any of the clips has head pose (head_pose/)."""
+    return any(clip.head_pose_path is not None for clip in clips)
+
+
 def head_pose_note(clips) -> str | None:
     """What to tell the user when no training clip has head pose (None when some have)."""
-    if any(clip.head_pose_path is not None for clip in clips):
+    if has_head_pose(clips):
         return None
     return (
         "note: no training clip has head pose (head_pose/): the head's rotation and translation "
         "terms and its part of the adversarial and diversity terms are off, so head motion is "
-        "not learned; the diversity term holds samples apart by their expression alone "
-        "(loss.lambda_f_without_head_pose)"
+        "not learned and the head is held at the rest pose in every sample; the diversity term "
+        "holds samples apart by their expression alone (loss.lambda_f_without_head_pose)"
     )
 
 
@@ -135,7 +140,9 @@ def setup(config, stop: parallel.StopRequest) -> Setup:
     train_subjects = tuple(config.data.splits.train_subjects)
     train_set = ClipDataset.from_corpus(corpus, "train", train_subjects, context_encoder=encoder)
     val_set = ClipDataset.from_corpus(corpus, "val", train_subjects, context_encoder=encoder)
-    assets = checkpoint.Assets.from_corpus(corpus, train_subjects, encoder.fingerprint)
+    assets = checkpoint.Assets.from_corpus(
+        corpus, train_subjects, encoder.fingerprint, head_pose=has_head_pose(train_set.clips)
+    )
     for dataset in (train_set, val_set):  # all now, so that the encoder is not kept in training
         dataset.compute_audio_features(
             stop_before_training(stop, "the audio features"),

@@ -16,7 +16,8 @@ number of epochs (`--epochs`; the schedule is the config's, over those epochs) a
 are left to the first `animate --emotion`). Each run is evaluated on test-a and test-b (noise seed
 0, 4 samples) and the tables give, per split and case, each figure of SDETalk under each config
 beside the same runs' neutral generator alone (G_n, Eq. 2) and the template alone, as mean +- standard
-deviation over the seeds. A finished run or evaluation is reused.
+deviation over the seeds. A finished run or evaluation is reused. With `--record`, the columns
+of the configs and cases studied replace theirs in an existing record and the others are kept.
 """
 
 from __future__ import annotations
@@ -168,9 +169,28 @@ def main() -> int:
                 )
             record[f"{split}, head pose {pose}"] = columns
     if args.record:
-        write_json(args.record, record)
+        write_json(args.record, merged_record(args.record, record))
         print(f"\nwrote {args.record}")
     return 0
+
+
+def merged_record(path: str, record: dict) -> dict:
+    """`record` over the one already at `path` (if any): a study of some configs or cases
+    replaces their columns and keeps the others', at the same seeds, vertices and epochs."""
+    if not os.path.exists(path):
+        return record
+    with open(path) as handle:
+        earlier = json.load(handle)
+    for key in ("seeds", "vertices", "epochs"):
+        if earlier.get(key) != record[key]:
+            raise SystemExit(
+                f"{path} holds a study at {key} = {earlier.get(key)}, this one is at "
+                f"{record[key]}: write it to another --record"
+            )
+    for case, columns in record.items():
+        if isinstance(columns, dict):
+            earlier.setdefault(case, {}).update(columns)
+    return earlier
 
 
 if __name__ == "__main__":

@@ -46,6 +46,24 @@ def test_the_head_noise_path_turns_the_head_by_gain_times_noise():
     assert "head_gain" not in paper["generator"]["face"]
 
 
+def test_a_head_never_taught_to_move_stands_still_in_every_sample():
+    """Trained without head pose (`head_motion` False), the head noise path's gain and G's head
+    layers have had no gradient: the same parameters, away from initialisation, turn the head
+    with head motion on and hold it at the rest pose with it off, while the face is unchanged."""
+    changes = dict(head_noise_path=True, head_noise="signed", head_mean_pose="learned")
+    _, moving, _, _ = sample_and_centre(**changes)
+    _, still, _, _ = sample_and_centre(head_motion=False, **changes)
+    eye = np.broadcast_to(np.eye(3), still.rotation.shape)
+    assert np.abs(np.asarray(moving.rotation) - eye).max() > 1e-3
+    assert np.abs(np.asarray(moving.translation)).max() > 1e-6
+    for rotation in (still.rotation, still.mean_rotation, still.head_turn):
+        np.testing.assert_array_equal(rotation, eye)
+    for zero in (still.translation, still.mean_translation, still.head_gain):
+        np.testing.assert_array_equal(zero, 0.0)
+    np.testing.assert_array_equal(still.expression, moving.expression)
+    np.testing.assert_allclose(still.posed, still.expression, atol=1e-6)
+
+
 def test_the_gain_can_read_the_loudness_of_the_frames_before_it():
     """The loudness path: louder than the clip's usual level just before a frame moves that frame's
     gain, and what comes after it does not; padding changes nothing."""

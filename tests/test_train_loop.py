@@ -57,3 +57,21 @@ def test_a_run_without_head_pose_or_labels_says_so_at_start_in_its_folder_and_in
     table = markdown_table({}, "test-a", 0, "", 0.5, notes=notes)
     assert all(note in table for note in notes)
     assert load_run_notes(os.fspath(tmp_path)) == []  # a run saved before notes were written
+
+    # The head was never taught to move: every sample holds it at the rest pose, though the
+    # head noise path's gain is where it started.
+    import jax
+    import numpy as np
+
+    from sdetalk_jax.inference import TrainedModel
+
+    model = TrainedModel.load(workdir)
+    assert model.networks.config.head_noise_path and not model.networks.config.head_motion
+    waveform = np.sin(np.linspace(0, 400, 16000)).astype(np.float32) * 0.3
+    frames = model.animate_waveform(
+        waveform, subject=model.assets.subjects[0], key=jax.random.key(3)
+    )
+    np.testing.assert_allclose(
+        frames["rotation"], np.broadcast_to(np.eye(3), frames["rotation"].shape)
+    )
+    np.testing.assert_array_equal(frames["translation"], 0.0)

@@ -77,6 +77,10 @@ class SDETalkConfig:
     # With the head noise path, the head a sample's turn is applied to: "learned", G's pose at
     # z = 0; "rest", the rest pose (the head stands still at z = 0).
     head_mean_pose: str = "learned"
+    # Whether the training clips had head pose, as the data gives it (not a setting): False
+    # holds the head at the rest pose (R = I, T = 0) in every sample, since no term taught it to
+    # move and the head noise path's gain would turn it at its initial speed.
+    head_motion: bool = True
     # Metres per network output unit for vertex and translation outputs (1 / loss.vertex_scale):
     # the heads predict millimetres, so an optimiser step of lr moves a vertex by about lr mm.
     motion_unit: float = 1e-3
@@ -93,6 +97,7 @@ class SDETalkConfig:
         context_dim: int,
         num_subjects: int,
         num_emotions: int,
+        head_motion: bool = True,
     ) -> SDETalkConfig:
         """The networks of a run: `run_config.model` (as `run_config.upgrade_run_config` leaves
         a saved one) with the sizes its data gives (the trainer reads them from the corpus,
@@ -110,6 +115,7 @@ class SDETalkConfig:
             context_dim=context_dim,
             num_subjects=num_subjects,
             num_emotions=max(num_emotions, 1),
+            head_motion=head_motion,
             motion_unit=1.0 / run_config.loss.vertex_scale,
         )
 

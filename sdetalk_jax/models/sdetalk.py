@@ -275,6 +275,8 @@ class Generator(nn.Module):
                 mean_rotation=mean_rotation, mean_translation=mean_translation, head_turn=turn,
                 head_gain=gain,
             )  # fmt: skip
+        if not self.config.head_motion:
+            rotation, translation, head = head_at_rest(rotation, translation, head)
         return GeneratorOutputs(
             identity=identity,
             identity_table=self.identity(jnp.eye(self.config.num_subjects)),
@@ -291,6 +293,24 @@ class Generator(nn.Module):
             statistics_penalty=penalty,
             **head,
         )
+
+
+def head_at_rest(rotation, translation, head: dict):
+    """(R, T, the head fields) of a head held at the rest pose: I and 0 in place of every rotation
+    and translation, a gain of 0 (`SDETalkConfig.head_motion` False)."""
+    rest = {
+        "rotation": jnp.broadcast_to(jnp.eye(3), rotation.shape),
+        "translation": jnp.zeros_like(translation),
+    }
+    held = {}
+    for name, value in head.items():
+        if value is None:
+            held[name] = None
+        elif name == "head_gain":
+            held[name] = jnp.zeros_like(value)
+        else:
+            held[name] = rest["translation" if name.endswith("translation") else "rotation"]
+    return rest["rotation"], rest["translation"], held
 
 
 class Discriminator(nn.Module):
