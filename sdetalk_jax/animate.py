@@ -298,7 +298,9 @@ def animate(
     )
     os.makedirs(out_dir, exist_ok=True)
     assets = model.assets
-    colors = render.vertex_colors(assets.templates[options.subject].shape[0], assets.lip_vertices)
+    colors = render.vertex_colors(
+        assets.templates[options.subject].shape[0], assets.lip_vertices, assets.vertex_colors
+    )
     animation = _Animation(model, options, audio_path, stem, waveform, num_frames, request, colors)
     written = []
     for k in range(options.samples):

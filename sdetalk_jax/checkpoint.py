@@ -51,6 +51,10 @@ class Assets:
     # Whether the training clips had head pose (`SDETalkConfig.head_motion`); None for runs saved
     # before it was recorded, whose head moves as it was trained.
     head_pose: bool | None = None
+    # [V, 3] RGB the corpus paints its mesh with (mesh/vertex_colors.npy); [0, 3] when it has none
+    vertex_colors: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, 3), np.float32)
+    )
 
     @classmethod
     def from_corpus(
@@ -64,6 +68,7 @@ class Assets:
         )
         empty = np.zeros((0,), np.int64)
         return cls(
+            vertex_colors=corpus_vertex_colors(corpus),
             subjects=tuple(subjects),
             templates={k: np.asarray(v, np.float32) for k, v in corpus.templates.items()},
             faces=faces.astype(np.int32),
@@ -113,6 +118,7 @@ class Assets:
         arrays = {f"template/{k}": v for k, v in self.templates.items()}
         arrays.update(
             faces=self.faces,
+            vertex_colors=self.vertex_colors,
             lip_vertices=self.lip_vertices,
             upper_face_vertices=self.upper_face_vertices,
             fps=np.float64(self.fps),
@@ -146,7 +152,28 @@ class Assets:
                     else ""
                 ),
                 head_pose=bool(archive["head_pose"]) if "head_pose" in archive.files else None,
+                vertex_colors=(
+                    archive["vertex_colors"]
+                    if "vertex_colors" in archive.files
+                    else np.zeros((0, 3), np.float32)
+                ),
             )
+
+
+def corpus_vertex_colors(corpus: biwi.Corpus) -> np.ndarray:
+    """The corpus's mesh/vertex_colors.npy [V, 3] in [0, 1] (SynthBIWI paints lips, eyes, teeth
+    and the inside of the mouth), or [0, 3] when it has none (BIWI)."""
+    path = os.path.join(corpus.root, "mesh", "vertex_colors.npy")
+    if not os.path.exists(path):
+        return np.zeros((0, 3), np.float32)
+    colors = np.load(path, allow_pickle=False)
+    num_vertices = next(iter(corpus.templates.values())).shape[0]
+    if colors.shape != (num_vertices, 3) or not np.all(np.isfinite(colors)):
+        raise biwi.DataError(
+            f"{path}: expected finite RGB colours of shape ({num_vertices}, 3), one a vertex of "
+            f"the templates, not {colors.shape}"
+        )
+    return np.clip(colors, 0, 1).astype(np.float32)
 
 
 def load_run_config(workdir: str):

@@ -39,7 +39,9 @@ def expression_figure(path: str, figure_inputs, assets) -> str:
 
     chosen = _pick_clips(figure_inputs)
     skin = render.vertex_colors(
-        assets.templates[next(iter(assets.templates))].shape[0], assets.lip_vertices
+        assets.templates[next(iter(assets.templates))].shape[0],
+        assets.lip_vertices,
+        assets.vertex_colors,
     )
     rows = []
     for clip, example, mean, _ in chosen:

@@ -57,8 +57,12 @@ class RenderError(RuntimeError):
     """No OpenGL context could be made, or ffmpeg failed; the message says which and why."""
 
 
-def vertex_colors(num_vertices: int, lip_vertices=()) -> np.ndarray:
-    """[V, 3] RGB: skin, with the lip region marked so the mouth is easy to read."""
+def vertex_colors(num_vertices: int, lip_vertices=(), corpus_colors=None) -> np.ndarray:
+    """[V, 3] RGB: the corpus's own colours of its mesh when it has them (`corpus_colors`,
+    `checkpoint.Assets.vertex_colors`), else skin with the lip region marked so that the mouth
+    is easy to read."""
+    if corpus_colors is not None and len(corpus_colors) == num_vertices:
+        return np.asarray(corpus_colors, np.float32)
     colors = np.tile(np.asarray(SKIN, np.float32), (num_vertices, 1))
     colors[np.asarray(lip_vertices, int)] = LIPS
     return colors

@@ -177,7 +177,7 @@ def draw_figure(path: str, result: dict) -> None:
     template = assets.templates[assets.subjects[0]]
     renderer = render.MeshRenderer(
         assets.faces,
-        render.vertex_colors(len(template), assets.lip_vertices),
+        render.vertex_colors(len(template), assets.lip_vertices, assets.vertex_colors),
         size=160,
         reference=template,
     )

@@ -4,7 +4,8 @@
 
 Every relation a model should learn is really in the data (docs/data.md, "SynthBIWI"):
   * speech is eSpeak NG speaking distinct sentences with distinct voices (variant, base pitch);
-  * lips follow the synthesiser's own phoneme events (visemes with coarticulation smoothing);
+  * lips follow the synthesiser's own phoneme events (visemes with coarticulation smoothing) on a
+    head whose lips part and whose jaw turns (`face_model`); the eyes blink as each pause begins;
   * an emotional clip has a mixture over 12 emotions that shifts the prosody (rate, pitch level and
     range, loudness), the expression blendshapes and the head-motion style (amplitude, nod vs shake);
   * head motion is driven by the speech envelope with a lag, plus a random component from the seed;
@@ -180,6 +181,24 @@ def speech_envelope(
     return usable / scale if scale > 0 else usable
 
 
+def blink_track(envelope: np.ndarray, fps: float) -> np.ndarray:
+    """[N] how far the eyes are closed (0 open, 1 shut): a 0.24 s blink as each pause begins
+    (the envelope falling below 0.1 after speech), at most one per 1.5 s, so that blinks follow
+    the speech as they tend to at phrase boundaries."""
+    speaking = envelope > 0.1
+    onsets = np.nonzero(speaking[:-1] & ~speaking[1:])[0] + 1
+    track = np.zeros(envelope.shape[0])
+    half = 0.12 * fps
+    last = -np.inf
+    frames = np.arange(envelope.shape[0])
+    for onset in onsets:
+        if onset - last < 1.5 * fps or not speaking[max(0, onset - int(0.5 * fps)) : onset].all():
+            continue
+        track = np.maximum(track, np.clip(1 - np.abs(frames - onset - half) / half, 0, 1))
+        last = onset
+    return track * track * (3 - 2 * track)
+
+
 def head_motion(
     envelope: np.ndarray, fps: float, *, amplitude: float, nod: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,7 +337,7 @@ def _face(num_vertices: int):
     shapes = face_model.blendshapes(topology)
     visemes = np.stack([shapes[k].reshape(-1) for k in face_model.VISEME_SHAPES])
     expressions = np.stack([shapes[k].reshape(-1) for k in face_model.EXPRESSION_SHAPES])
-    return topology, visemes, expressions
+    return topology, visemes, expressions, shapes["blink"].reshape(-1)
 
 
 def category_expression_offsets(num_vertices: int) -> np.ndarray:
@@ -326,7 +345,7 @@ def category_expression_offsets(num_vertices: int) -> np.ndarray:
     weights for the category times the expression basis, the offset a pure take of that emotion
     adds to the neutral face at full intensity (before easing in and breathing with the speech).
     The truth that emotion control is measured against (studies/emotion_control.py)."""
-    _, _, expression_basis = _face(num_vertices)
+    _, _, expression_basis, _ = _face(num_vertices)
     return EXPRESSION_GAIN * _EMOTION_EXPRESSION @ expression_basis
 
 
@@ -344,7 +363,7 @@ def render_clip(job: ClipJob) -> dict:
     duration = waveform.shape[0] / rate
     n = int(np.floor(duration * job.fps))
     rng = np.random.default_rng(job.seed)
-    _, viseme_basis, expression_basis = _face(job.num_vertices)
+    _, viseme_basis, expression_basis, blink = _face(job.num_vertices)
     envelope = speech_envelope(waveform, rate, n, job.fps)
     lips = lip_track(utterance.phonemes, duration, n, job.fps)
     # Louder speech opens the jaw wider, as in real speech; closures (p, b, m) stay closed.
@@ -354,6 +373,7 @@ def render_clip(job: ClipJob) -> dict:
         envelope, job.fps, amplitude=amplitude, nod=nod, rng=rng
     )
     neutral = job.template.reshape(1, -1) + lips @ viseme_basis
+    neutral += blink_track(envelope, job.fps)[:, None] * blink[None]
     if job.mixture is not None:
         vertices = neutral + expression_track(job.mixture, envelope, job.fps) @ expression_basis
     else:
@@ -480,6 +500,10 @@ def _write_shared_files(
     topology, templates, labels, jobs = _jobs(staging, subjects, sentences, vertices, seed, FPS)
     writer.write_templates(staging, templates)
     writer.write_npy(os.path.join(staging, "mesh", "faces.npy"), topology.faces)
+    writer.write_npy(
+        os.path.join(staging, "mesh", "vertex_colors.npy"),
+        face_model.vertex_colors(topology).astype(np.float32),
+    )
     writer.write_region(staging, "lve", topology.lip_vertices)
     writer.write_region(staging, "fdd", topology.upper_face_vertices)
     writer.write_emotion_labels(staging, EMOTIONS, labels)
