@@ -277,3 +277,19 @@ def test_a_generation_that_fails_midway_leaves_the_old_corpus_and_no_staging(tmp
     assert started == [2]  # the corpus and its staging folder, side by side
     assert sorted(os.listdir(tmp_path)) == ["corpus"]  # no staging folder left
     assert os.stat(os.path.join(root, "corpus.json")).st_mtime_ns == stamp  # untouched
+
+
+def test_the_eyes_blink_as_a_pause_begins_and_not_more_often_than_every_1_5_s():
+    from sdetalk_jax.data.synthetic import blink_track
+
+    fps = 25
+    envelope = np.zeros(5 * fps)
+    envelope[: fps] = 0.8  # speech, then a pause at 1.0 s
+    envelope[int(1.5 * fps) : 2 * fps] = 0.8  # a pause again at 2.0 s: too soon after the first
+    envelope[int(2.5 * fps) : int(4.0 * fps)] = 0.8  # and at 4.0 s
+    envelope[int(3.0 * fps)] = 0.05  # a dip within speech that is not a pause of 0.5 s of speech
+    track = blink_track(envelope, fps)
+    shut = np.nonzero(track > 0.99)[0] / fps
+    assert track.min() == 0 and track.max() == pytest.approx(1.0)
+    assert np.allclose(shut, [1.12, 4.12], atol=0.05), shut
+    assert np.all(track[: fps] == 0)

@@ -183,16 +183,18 @@ def speech_envelope(
 
 def blink_track(envelope: np.ndarray, fps: float) -> np.ndarray:
     """[N] how far the eyes are closed (0 open, 1 shut): a 0.24 s blink as each pause begins
-    (the envelope falling below 0.1 after speech), at most one per 1.5 s, so that blinks follow
-    the speech as they tend to at phrase boundaries."""
+    (the envelope below 0.1 for 0.2 s after 0.5 s above it), at most one per 1.5 s, so that
+    blinks follow the speech as they tend to at phrase boundaries."""
     speaking = envelope > 0.1
     onsets = np.nonzero(speaking[:-1] & ~speaking[1:])[0] + 1
     track = np.zeros(envelope.shape[0])
-    half = 0.12 * fps
+    half, before, pause = 0.12 * fps, int(0.5 * fps), int(0.2 * fps)
     last = -np.inf
     frames = np.arange(envelope.shape[0])
     for onset in onsets:
-        if onset - last < 1.5 * fps or not speaking[max(0, onset - int(0.5 * fps)) : onset].all():
+        spoken = onset >= before and speaking[onset - before : onset].all()
+        paused = not speaking[onset : onset + pause].any()
+        if onset - last < 1.5 * fps or not (spoken and paused):
             continue
         track = np.maximum(track, np.clip(1 - np.abs(frames - onset - half) / half, 0, 1))
         last = onset
