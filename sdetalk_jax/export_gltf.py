@@ -1,16 +1,19 @@
 """An animation as a glTF 2.0 binary (.glb) that Blender, three.js and game engines open.
 
     mesh      the subject's template (metres; the corpus's axes: SynthBIWI is +Y up, facing +Z, as
-              glTF expects), its triangles wound counter-clockwise seen from +Z, one material
+              glTF expects), its triangles wound counter-clockwise seen from +Z, its vertex
+              normals (smooth shading), the corpus's vertex colours, one material
     targets   the expression as K morph targets: a per-clip basis of the unposed face's offsets
               from the template (an SVD), K the smallest that reconstructs every vertex of every
               frame within `tolerance_mm`; target k is named `expression_k`, ordered by how much
-              of the motion it carries
+              of the motion it carries, and carries the change of the normals at its weight 1
+              (the shading of a mouth that opens)
     animation per-frame morph weights, and the head pose as the node's rotation and translation
               (Eq. 4, f = f^e R + T: glTF's column vectors take R^T), keyframed at the clip's fps
               with LINEAR interpolation, starting at 0 s in step with the audio
-    extras    fps, frame count, subject, the audio file saved beside it, the morph tolerance and
-              the reconstruction error reached (`asset.extras`)
+    extras    fps, frame count, the frame range (first and last keyframe, from 0) and duration in
+              seconds, subject, the audio file saved beside it, the morph tolerance and the
+              reconstruction error reached (`asset.extras`)
 
 The writing is pygltflib's; this module decides the content. `python -m sdetalk_jax.animate
 --format glb` calls `write_glb`; docs/animate.md shows how to open the file.
@@ -84,6 +87,23 @@ def front_facing(faces: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     return faces[:, ::-1].copy() if normals.sum(axis=0)[2] < 0 else faces
 
 
+class MeshNormals:
+    """Unit vertex normals [V, 3] float32 of frames of one mesh: the area-weighted mean of the
+    normals of the triangles around each vertex (as the videos shade)."""
+
+    def __init__(self, faces: np.ndarray, num_vertices: int):
+        from sdetalk_jax.render import vertex_normal_operator
+
+        self.faces = np.asarray(faces, np.int64)
+        self.incidence = vertex_normal_operator(self.faces, num_vertices)
+
+    def __call__(self, vertices: np.ndarray) -> np.ndarray:
+        from sdetalk_jax.render import vertex_normals
+
+        normals = vertex_normals(np.asarray(vertices, np.float64), self.faces, self.incidence)
+        return normals.astype(np.float32)
+
+
 def head_quaternions(rotation: np.ndarray) -> np.ndarray:
     """[N, 3, 3] rotations applied to row vectors (f R) -> glTF quaternions [N, 4] (x, y, z, w)
     of the same turn for column vectors (R^T), sign-continuous so LINEAR interpolation takes the
@@ -142,12 +162,21 @@ def _add_mesh(gltf, buffer: _Buffer, template, faces, basis: MorphBasis, colors)
         attributes.COLOR_0 = buffer.add(
             np.clip(colors, 0, 1).astype(np.float32), gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER
         )
+    faces = front_facing(faces, template)
     indices = buffer.add(
-        front_facing(faces, template).astype(np.uint32).reshape(-1), gl.SCALAR, gl.UNSIGNED_INT,
+        faces.astype(np.uint32).reshape(-1), gl.SCALAR, gl.UNSIGNED_INT,
         target=gl.ELEMENT_ARRAY_BUFFER,
     )  # fmt: skip
+    normals = MeshNormals(faces, len(template))
+    rest = normals(template)
+    attributes.NORMAL = buffer.add(rest, gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER)
     targets = [
-        {"POSITION": buffer.add(t, gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER)}
+        {
+            "POSITION": buffer.add(t, gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER),
+            "NORMAL": buffer.add(
+                normals(template + t) - rest, gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER
+            ),
+        }
         for t in basis.targets
     ]
     skin = [1.0, 1.0, 1.0, 1.0] if colors is not None else [0.86, 0.68, 0.58, 1.0]
@@ -222,7 +251,9 @@ def build_gltf(
     _add_mesh(gltf, buffer, template, faces, basis, colors)
     _add_animation(gltf, buffer, basis, rotation, translation, fps)
     gltf.asset.extras = {
-        "fps": float(fps), "frames": len(expression), "morph_targets": basis.count,
+        "fps": float(fps), "frames": len(expression),
+        "frame_range": [0, len(expression) - 1], "duration_s": len(expression) / float(fps),
+        "morph_targets": basis.count,
         "morph_tolerance_mm": tolerance_mm, "morph_max_error_mm": basis.max_error_mm,
         **(extras or {}),
     }  # fmt: skip

@@ -144,6 +144,24 @@ def test_the_file_reads_back_as_the_animation(tmp_path):
     assert extras["morph_max_error_mm"] <= extras["morph_tolerance_mm"] == 1e-3
 
 
+def test_the_mesh_carries_smooth_normals_and_each_target_its_change_of_them(tmp_path):
+    """NORMAL is the unit vertex normal of the template, pointing out of the head; a target's
+    NORMAL is how far weight 1 of it turns them: the template's plus it is the normal of the
+    template plus the target's offsets."""
+    path, template, faces, _, _, _, basis = make_export(tmp_path)
+    gltf = pygltflib.GLTF2().load(path)
+    primitive = gltf.meshes[0].primitives[0]
+    rest = accessor_array(gltf, primitive.attributes.NORMAL)
+    np.testing.assert_allclose(np.linalg.norm(rest, axis=1), 1.0, atol=1e-5)
+    skin = face_model.build_topology(len(template)).part == face_model.SKIN
+    assert (np.einsum("vi,vi->v", rest[skin], template[skin]) > 0).mean() > 0.95
+    normals = export_gltf.MeshNormals(faces, len(template))
+    for k, target in enumerate(primitive.targets):
+        moved = rest + accessor_array(gltf, target["NORMAL"])
+        np.testing.assert_allclose(moved, normals(template + basis.targets[k]), atol=1e-5)
+        assert np.abs(moved - rest).max() > 1e-3  # the offsets do turn the normals
+
+
 def node_tools_missing() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed (make viewer-setup)"
