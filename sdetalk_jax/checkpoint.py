@@ -10,6 +10,7 @@ What training writes and inference reads, so that neither imports the other:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -247,7 +248,29 @@ def checkpoint_manager(
         # cross-process barriers need distinct names.
         multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
     )
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, name)), options=options)
+    directory = os.path.abspath(os.path.join(workdir, name))
+    if not read_only:
+        return ocp.CheckpointManager(directory, options=options)
+    # Orbax warns "Given directory is read only" for every manager opened to restore, though
+    # nothing is wrong with the folder; inference opens one at every call.
+    with _without_absl_warning("Given directory is read only"):
+        return ocp.CheckpointManager(directory, options=options)
+
+
+@contextlib.contextmanager
+def _without_absl_warning(prefix: str):
+    """Drops absl's log records that start with `prefix` while inside (others pass)."""
+    import logging
+
+    def keep(record) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(keep)
 
 
 def save_checkpoint(manager, state: dict, position: dict, metrics: dict | None = None) -> None:

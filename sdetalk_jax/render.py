@@ -8,10 +8,17 @@ ffmpeg that imageio-ffmpeg ships, which also muxes the audio in.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from scipy import sparse
 
 from sdetalk_jax.fileio import atomic_path
+
+# imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (so that Ctrl-C does not reach it),
+# which makes Python fork the whole process: unsafe beside JAX's threads, and JAX warns of it.
+# Without it ffmpeg is spawned; a Ctrl-C then stops ffmpeg too, and the video is not written.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 SKIN = (0.87, 0.72, 0.62)
 LIPS = (0.72, 0.30, 0.30)
@@ -206,7 +213,9 @@ def write_video(
     total: int | None = None,
 ) -> None:
     """Writes RGB frames (an iterable of [size, size, 3] uint8) to an H.264 mp4, with the audio of
-    `audio_path` muxed in as AAC. The file appears only when complete."""
+    `audio_path` muxed in as AAC, whole: the frames cover whole frame periods of it, so the video
+    may end up to a frame before the audio (players hold the last frame). The file appears only
+    when complete."""
     import imageio_ffmpeg
     from tqdm import tqdm
 
@@ -221,7 +230,6 @@ def write_video(
             macro_block_size=16,
             audio_path=audio_path,
             audio_codec="aac" if audio_path else None,
-            output_params=["-shortest"] if audio_path else None,
             ffmpeg_log_level="error",
         )
         try:
@@ -298,7 +306,8 @@ def render_animation(
 
 
 def probe_video(path: str) -> dict:
-    """Frame count, size, fps and whether an audio stream is present, read back with ffmpeg."""
+    """Frame count, size, fps, whether an audio stream is present and how many seconds of sound
+    it decodes to, read back with ffmpeg."""
     import subprocess
 
     import imageio_ffmpeg
@@ -318,4 +327,18 @@ def probe_video(path: str) -> dict:
         "size": tuple(meta["size"]),
         "fps": meta["fps"],
         "has_audio": "Audio:" in info,
+        "audio_seconds": _decoded_audio_seconds(path) if "Audio:" in info else 0.0,
     }
+
+
+def _decoded_audio_seconds(path: str, rate: int = 16000) -> float:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    decoded = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", path, "-vn", "-ac", "1",
+         "-ar", str(rate), "-f", "s16le", "-"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    return len(decoded.stdout) / 2 / rate

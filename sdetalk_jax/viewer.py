@@ -73,9 +73,12 @@ def serve(folder: str, port: int = 0, viewer_dir: str = VIEWER_DIR):
     return server
 
 
-def page_url(server, glb_name: str) -> str:
+def page_url(server, glb_name: str, **query) -> str:
+    """The viewer page of `glb_name`; `query` adds its other parameters (t=SECONDS, autoplay=1)."""
+    from urllib.parse import urlencode
+
     host, port = server.server_address[:2]
-    return f"http://{host}:{port}/index.html?model=files/{glb_name}"
+    return f"http://{host}:{port}/index.html?" + urlencode({"model": f"files/{glb_name}", **query})
 
 
 def main(argv=None) -> int:

@@ -106,6 +106,8 @@ def test_animate_writes_npz_and_video_with_audio(workdir, model, speech, tmp_pat
     assert video["frames"] == frames
     assert video["size"] == (128, 128)
     assert video["has_audio"]
+    # the whole wav is in it (AAC may add a few ms of padding), though the frames end before it
+    assert seconds - 0.002 <= video["audio_seconds"] <= seconds + 0.03
     assert not [f for f in os.listdir(out) if f.startswith(".partial")]
 
 
@@ -626,3 +628,13 @@ def test_animate_writes_a_glb_with_its_audio_that_the_validator_accepts(
         animate.main([*args, "--format", "fbx"])
     assert exit_info.value.code == 2
     assert "--format: unknown format 'fbx': choose from npz, mp4, glb" in capsys.readouterr().err
+
+
+def test_loading_a_run_logs_no_read_only_warning(workdir, caplog):
+    """Orbax's "Given directory is read only" for the managers that restore is not shown: nothing
+    is wrong with the folder."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    TrainedModel.load(workdir)
+    assert not [r for r in caplog.records if "read only" in r.getMessage()]

@@ -203,11 +203,13 @@ def chromium_missing() -> str | None:
     return None
 
 
-def view_in_chromium(folder: str, name: str, times=(0.1, 0.9), screenshot=None) -> dict:
+def view_in_chromium(folder: str, name: str, times=(0.1, 0.9), screenshot=None, **query) -> dict:
+    """check.mjs's reading of the viewer page of `name` (a time of None: the page as it opened)."""
     server = viewer.serve(folder)
+    times = ["-" if t is None else t for t in times]
     try:
         output = subprocess.run(
-            ["node", os.path.join(VIEWER, "check.mjs"), viewer.page_url(server, name),
+            ["node", os.path.join(VIEWER, "check.mjs"), viewer.page_url(server, name, **query),
              screenshot or os.path.join(folder, "screenshot.png"), *map(str, times)],
             check=True, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
@@ -236,6 +238,28 @@ def test_the_viewer_plays_the_export_in_headless_chromium(tmp_path):
     assert ends["differing"] > 0.002 * ends["pixels"]
     missing = view_in_chromium(os.fspath(tmp_path), "nothing.glb")
     assert not missing["ready"] and missing["errors"]  # the page reports what went wrong
+
+
+@pytest.mark.node
+@pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
+def test_the_viewer_opens_at_a_given_time_and_plays_by_itself(tmp_path):
+    """?t=SECONDS opens the page at that moment, the same picture as seeking there; ?autoplay=1
+    plays from there without a click (the clock moves); a time that is not one is reported."""
+    path, *_ = make_export(tmp_path)
+    import soundfile
+
+    soundfile.write(os.fspath(tmp_path / "clip.wav"), np.zeros(16000 * 30 // 25, np.float32), 16000)
+    folder = os.fspath(tmp_path)
+    at = view_in_chromium(folder, "clip.glb", times=(None, 0.9), t=0.9)
+    assert at["ready"] and at["errors"] == [] and at["opened_at"] == pytest.approx(0.9)
+    assert at["differing"] == 0 and not at["playing"]
+    elsewhere = view_in_chromium(folder, "clip.glb", times=(None, 0.9), t=0.1)
+    assert elsewhere["differing"] > 0.002 * elsewhere["pixels"]
+    playing = view_in_chromium(folder, "clip.glb", times=(0.5, 0.5), t=0.2, autoplay=1)
+    assert playing["ready"] and playing["errors"] == [] and playing["playing"]
+    assert playing["time_later"] > playing["opened_at"] + 0.2
+    bad = view_in_chromium(folder, "clip.glb", t="soon")
+    assert not bad["ready"] and "not a time" in " ".join(bad["errors"])
 
 
 def test_the_viewer_server_serves_only_inside_the_export_folder(tmp_path):

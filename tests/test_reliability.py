@@ -83,10 +83,20 @@ def test_video_when_ffmpeg_dies_is_an_error_and_leaves_nothing(tmp_path, monkeyp
     assert os.listdir(tmp_path) == []
 
 
-def test_a_complete_video_is_written(tmp_path):
+def test_a_complete_video_is_written_without_forking_beside_jax(tmp_path):
+    """ffmpeg is spawned, not forked from a process whose JAX runs threads (JAX warns of a
+    fork: "os.fork() was called ... JAX is multithreaded")."""
+    import warnings
+
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()  # JAX's threads are running
     target = tmp_path / "clip.mp4"
-    render.write_video(os.fspath(target), _frames(10), fps=25, size=64)
-    assert render.probe_video(os.fspath(target))["frames"] == 10
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        render.write_video(os.fspath(target), _frames(10), fps=25, size=64)
+        assert render.probe_video(os.fspath(target))["frames"] == 10
+    assert not [w for w in caught if "fork" in str(w.message)]
 
 
 def test_train_without_its_encoder_says_so_in_one_line_and_creates_nothing(

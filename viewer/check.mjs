@@ -1,6 +1,8 @@
 // node check.mjs URL SCREENSHOT.png T1 T2: opens the viewer page in headless Chromium (Debian's, via
-// playwright-core), waits until the export is loaded, renders it at times T1 and T2 and prints JSON:
-// the page's errors, the animation's duration, and how many pixels differ between the two times.
+// playwright-core), waits until the export is loaded, reads where it opened and whether it plays
+// (its time 0.5 s later), renders it at times T1 and T2 and prints JSON: the page's errors, the
+// animation's duration, the times, and how many pixels differ between the two times. With T1 "-",
+// the first picture is the page as it opened (at ?t=...), not seeked.
 import { chromium } from "playwright-core";
 
 const [url, screenshot, first, second] = process.argv.slice(2);
@@ -19,10 +21,13 @@ try {
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
   await page.goto(url);
   await page.waitForFunction(() => window.viewer && (window.viewer.ready || window.viewer.errors.length), null, { timeout: 60000 });
+  const opened = await page.evaluate(() => ({ time: window.viewer.time, muted: window.viewer.muted }));
+  await page.waitForTimeout(500);
+  const later = await page.evaluate(() => ({ time: window.viewer.time, playing: window.viewer.playing }));
   const result = await page.evaluate(([t1, t2]) => {
     const canvas = document.getElementById("view");
     const pixels = (time) => {
-      window.viewer.seek(time);
+      if (time !== null) window.viewer.seek(time);
       const copy = document.createElement("canvas");
       copy.width = canvas.width;
       copy.height = canvas.height;
@@ -42,10 +47,13 @@ try {
       ready: window.viewer.ready, errors: window.viewer.errors, duration: window.viewer.duration,
       extras: window.viewer.extras || null, pixels: a.length / 4, differing, lit,
     };
-  }, [Number(first), Number(second)]);
+  }, [first === "-" ? null : Number(first), Number(second)]);
   await page.evaluate((t) => window.viewer.seek(t), Number(second));
   await page.screenshot({ path: screenshot });
-  process.stdout.write(JSON.stringify({ ...result, console: consoleErrors }) + "\n");
+  process.stdout.write(JSON.stringify({
+    ...result, opened_at: opened.time, muted: opened.muted, time_later: later.time,
+    playing: later.playing, console: consoleErrors,
+  }) + "\n");
 } finally {
   await browser.close();
 }

@@ -1,7 +1,9 @@
 // The sdetalk-jax glTF viewer: loads ?model=FILE.glb (and ?audio=FILE.wav, else the audio named in
 // the file's extras), plays the animation in step with the audio: every frame the animation time is
-// the audio's clock, so the face cannot drift from the speech. window.viewer exposes what the
-// headless check reads: ready, errors, duration, seek(t).
+// the audio's clock, so the face cannot drift from the speech. ?t=SECONDS opens it at that moment
+// (a link or a screenshot of one frame); ?autoplay=1 starts playing at once, muted where the
+// browser refuses sound without a click (the play button then unmutes). window.viewer exposes what
+// the headless check reads: ready, errors, duration, time, playing, muted, seek(t).
 import * as THREE from "three";
 import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
 
@@ -24,7 +26,7 @@ key.position.set(0.3, 0.5, 1.0);
 scene.add(key);
 const camera = new THREE.PerspectiveCamera(25, 1, 0.01, 100);
 
-const viewer = { ready: false, errors, duration: 0, time: 0 };
+const viewer = { ready: false, errors, duration: 0, time: 0, playing: false, muted: false };
 window.viewer = viewer;
 const params = new URLSearchParams(window.location.search);
 const modelUrl = params.get("model");
@@ -64,8 +66,29 @@ viewer.seek = (time) => {
 };
 
 function loop() {
+  viewer.playing = !audio.paused;
   if (!audio.paused) draw(audio.currentTime);
   requestAnimationFrame(loop);
+}
+
+async function autoplay() {
+  // Browsers may refuse sound before a click; muted playback is always allowed.
+  try {
+    await audio.play();
+  } catch (error) {
+    if (error.name !== "NotAllowedError") throw error;
+    audio.muted = viewer.muted = true;
+    document.getElementById("play").textContent = "unmute";
+    await audio.play();
+  }
+}
+
+function startTime() {
+  const value = params.get("t");
+  if (value === null) return 0;
+  const time = Number(value);
+  if (!Number.isFinite(time) || time < 0) throw new Error(`?t=${value}: not a time in seconds`);
+  return time;
 }
 
 async function start() {
@@ -85,14 +108,24 @@ async function start() {
   if (audioName) audio.src = new URL(audioName, new URL(modelUrl, window.location.href)).href;
   const play = document.getElementById("play");
   play.disabled = !audioName;
-  play.onclick = () => (audio.paused ? audio.play().catch(report) : audio.pause());
+  play.onclick = () => {
+    if (audio.muted) {
+      audio.muted = viewer.muted = false;
+      play.textContent = "pause";
+    } else if (audio.paused) audio.play().catch(report);
+    else audio.pause();
+  };
   audio.onplay = () => (play.textContent = "pause");
   audio.onpause = () => (play.textContent = "play");
   document.getElementById("time").oninput = (event) =>
     viewer.seek(Number(event.target.value) * viewer.duration);
   resize();
   window.addEventListener("resize", () => { resize(); draw(viewer.time); });
-  draw(0);
+  viewer.seek(Math.min(startTime(), viewer.duration));
+  if (params.get("autoplay") === "1") {
+    if (!audioName) throw new Error("?autoplay=1 needs the audio (?audio=FILE.wav or the file's extras)");
+    await autoplay();
+  }
   viewer.ready = true;
   loop();
 }
