@@ -284,7 +284,7 @@ def test_the_eyes_blink_as_a_pause_begins_and_not_more_often_than_every_1_5_s():
 
     fps = 25
     envelope = np.zeros(5 * fps)
-    envelope[: fps] = 0.8  # speech, then a pause at 1.0 s
+    envelope[:fps] = 0.8  # speech, then a pause at 1.0 s
     envelope[int(1.5 * fps) : 2 * fps] = 0.8  # a pause again at 2.0 s: too soon after the first
     envelope[int(2.5 * fps) : int(4.0 * fps)] = 0.8  # and at 4.0 s
     envelope[int(3.0 * fps)] = 0.05  # a dip within speech that is not a pause of 0.5 s of speech
@@ -292,4 +292,4 @@ def test_the_eyes_blink_as_a_pause_begins_and_not_more_often_than_every_1_5_s():
     shut = np.nonzero(track > 0.99)[0] / fps
     assert track.min() == 0 and track.max() == pytest.approx(1.0)
     assert np.allclose(shut, [1.12, 4.12], atol=0.05), shut
-    assert np.all(track[: fps] == 0)
+    assert np.all(track[:fps] == 0)
