@@ -291,3 +291,37 @@ def test_the_viewer_server_serves_only_inside_the_export_folder(tmp_path):
         server.shutdown()
     with pytest.raises(viewer.ViewerError, match="no such folder"):
         viewer.serve(os.fspath(tmp_path / "gone"))
+
+
+def blender_missing() -> str | None:
+    if shutil.which("blender") is None:
+        return "Blender is not installed (docs/animate.md: apt-get install blender)"
+    return None
+
+
+@pytest.mark.blender
+@pytest.mark.skipif(blender_missing() is not None, reason=str(blender_missing()))
+def test_blender_imports_the_export_smooth_shaded_and_in_step_with_the_audio(tmp_path):
+    """docs/animate.md's Blender steps (viewer/blender_import.py): at the file's fps, the keys
+    from frame 0 to the last frame, whose time is within a frame of the wav's end; the face
+    smooth-shaded with the file's normals and its shape keys."""
+    import soundfile
+
+    path, template, *_, basis = make_export(tmp_path)
+    soundfile.write(os.fspath(tmp_path / "clip.wav"), np.zeros(16000 * 30 // 25, np.float32), 16000)
+    env = dict(os.environ)
+    numpy_for_blender = env.get("BLENDER_NUMPY", "/opt/blender-numpy")  # docs/animate.md
+    if os.path.isdir(numpy_for_blender):
+        env["PYTHONPATH"] = numpy_for_blender
+    output = subprocess.run(
+        ["blender", "-b", "--factory-startup", "--python-use-system-env", "--python",
+         os.path.join(VIEWER, "blender_import.py"), "--", path],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    lines = [line for line in output.stdout.splitlines() if line.startswith("BLENDER_IMPORT ")]
+    assert lines, output.stdout[-2000:] + output.stderr[-2000:]
+    report = json.loads(lines[-1].split(" ", 1)[1])
+    assert report["fps"] == 25.0 and report["frame_start"] == 0 and report["frame_end"] == 29
+    assert report["audio_s"] - 1 / 25 <= report["last_key_s"] <= report["audio_s"]
+    assert report["smooth"] and report["custom_normals"]
+    assert report["shape_keys"] == basis.count and report["vertices"] == len(template)
