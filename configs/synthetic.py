@@ -21,7 +21,7 @@ def get_config():
     config = biwi.get_config()
     config.data.root = "data/synthetic"
     config.data.generate_if_missing = True
-    config.data.synthetic = dict(subjects=14, sentences=40, vertices=1000, seed=0)
+    config.data.synthetic = dict(subjects=14, sentences=40, vertices=4000, seed=0)
     # SynthBIWI's clip lengths fill 4 buckets at this growth (each bucket is one compilation).
     config.data.bucket_growth = 1.25
 

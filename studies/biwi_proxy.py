@@ -2,6 +2,7 @@
 
     python -m studies.biwi_proxy [--workdir runs/biwi-proxy] [--seeds 0 1 2] [--vertices 1000]
         [--epochs 12] [--configs biwi biwi_paper] [--poses with without] [--record FILE]
+    python -m studies.biwi_proxy --show docs/biwi-proxy.json
 
 The proxy is SynthBIWI shaped like BIWI where the loss balance depends on it: BIWI's 14 speakers
 and 40 sentences, the splits of configs/biwi.py, vertices in metres (import_biwi's default), head
@@ -141,7 +142,12 @@ def main() -> int:
     parser.add_argument("--configs", nargs="+", default=["biwi", "biwi_paper"])
     parser.add_argument("--poses", nargs="+", choices=sorted(POSES), default=["with", "without"])
     parser.add_argument("--record", help="write the tables' means and spreads here (JSON)")
+    parser.add_argument("--show", metavar="RECORD", help="print the tables of a record, no runs")
     args = parser.parse_args()
+    if args.show:
+        with open(args.show) as handle:
+            print_record(json.load(handle))
+        return 0
     workdir = os.path.abspath(args.workdir)
     build_proxy(workdir, args.vertices)
     reports = {}
@@ -160,18 +166,36 @@ def main() -> int:
                 runs = reports[(config, pose)]
                 columns[f"G_n, {config}"] = column(runs, split, "neutral generator alone")
                 columns[f"SDETalk, {config}"] = column(runs, split, "SDETalk")
-            print_table(split, pose, columns, args.seeds)
-            for config in args.configs:
-                below = gains(columns, config)
+            record[f"{split}, head pose {pose}"] = columns
+    if args.record:
+        record = merged_record(args.record, record)
+        write_json(args.record, record)
+    print_record(record)
+    if args.record:
+        print(f"\nwrote {args.record}")
+    return 0
+
+
+def print_record(record: dict) -> None:
+    """The tables of a record, head pose present first, and each config's gains."""
+    for pose in POSES:
+        for split in SPLITS:
+            columns = record.get(f"{split}, head pose {pose}")
+            if columns is None:
+                continue
+            configs = [name.split(", ", 1)[1] for name in columns if name.startswith("SDETalk, ")]
+            configs.sort(key=lambda name: (name != "biwi", name))
+            ordered = {"template": columns["template"]}
+            for config in configs:
+                ordered[f"G_n, {config}"] = columns[f"G_n, {config}"]
+                ordered[f"SDETalk, {config}"] = columns[f"SDETalk, {config}"]
+            print_table(split, pose, ordered, record["seeds"])
+            for config in configs:
+                below = gains(ordered, config)
                 print(
                     f"{config}: mean vertex error {below['mean_vertex_error']:.1f} % below G_n, "
                     f"emotion error {below['emotion_error']:.1f} % below the mean mixture"
                 )
-            record[f"{split}, head pose {pose}"] = columns
-    if args.record:
-        write_json(args.record, merged_record(args.record, record))
-        print(f"\nwrote {args.record}")
-    return 0
 
 
 def merged_record(path: str, record: dict) -> dict:

@@ -1,6 +1,6 @@
 """SynthBIWI: a synthetic emotional audio-visual corpus in the BIWI layout.
 
-    python -m sdetalk_jax.data.synthetic --out DIR --subjects 14 --sentences 40 --vertices 1000 --seed 0
+    python -m sdetalk_jax.data.synthetic --out DIR --subjects 14 --sentences 40 --vertices 4000 --seed 0
 
 Every relation a model should learn is really in the data (docs/data.md, "SynthBIWI"):
   * speech is eSpeak NG speaking distinct sentences with distinct voices (variant, base pitch);
@@ -437,7 +437,7 @@ def generate_corpus(
     *,
     subjects: int = 14,
     sentences: int = 40,
-    vertices: int = 1000,
+    vertices: int = 4000,
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="corpus folder to create")
     parser.add_argument("--subjects", type=int, default=14, help="how many of the 14 BIWI names")
     parser.add_argument("--sentences", type=int, default=40, help="sentences per subject (<= 40)")
-    parser.add_argument("--vertices", type=int, default=1000, help="mesh vertices (BIWI has 23370)")
+    parser.add_argument("--vertices", type=int, default=4000, help="mesh vertices (BIWI has 23370)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--force", action="store_true", help="replace an existing SynthBIWI corpus")
