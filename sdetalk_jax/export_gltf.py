@@ -87,6 +87,14 @@ def front_facing(faces: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     return faces[:, ::-1].copy() if normals.sum(axis=0)[2] < 0 else faces
 
 
+def linear_rgb(colors: np.ndarray) -> np.ndarray:
+    """sRGB colours [V, 3] in [0, 1] (as the videos paint them) in linear RGB, which glTF's
+    COLOR_0 is: written as they are, viewers would show them washed out."""
+    srgb = np.clip(np.asarray(colors, np.float64), 0, 1)
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    return linear.astype(np.float32)
+
+
 class MeshNormals:
     """Unit vertex normals [V, 3] float32 of frames of one mesh: the area-weighted mean of the
     normals of the triangles around each vertex (as the videos shade)."""
@@ -158,9 +166,9 @@ def _add_mesh(gltf, buffer: _Buffer, template, faces, basis: MorphBasis, colors)
             template.astype(np.float32), gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER
         )
     )
-    if colors is not None:  # per-vertex RGB in [0, 1] (the lips marked, as in the videos)
+    if colors is not None:  # per-vertex RGB in [0, 1], as in the videos
         attributes.COLOR_0 = buffer.add(
-            np.clip(colors, 0, 1).astype(np.float32), gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER
+            linear_rgb(colors), gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER
         )
     faces = front_facing(faces, template)
     indices = buffer.add(

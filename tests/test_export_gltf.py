@@ -123,6 +123,10 @@ def test_the_file_reads_back_as_the_animation(tmp_path):
     gltf = pygltflib.GLTF2().load(path)
     primitive = gltf.meshes[0].primitives[0]
     np.testing.assert_array_equal(accessor_array(gltf, primitive.attributes.POSITION), template)
+    # COLOR_0 is linear: the videos' sRGB 0.8 is 0.6038 there
+    np.testing.assert_allclose(
+        accessor_array(gltf, primitive.attributes.COLOR_0), 0.6038, atol=1e-4
+    )
     assert len(accessor_array(gltf, primitive.indices)) == faces.size
     assert len(primitive.targets) == basis.count == 4
     assert gltf.meshes[0].extras["targetNames"] == [f"expression_{k}" for k in range(4)]

@@ -20,9 +20,9 @@ const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDraw
 renderer.setPixelRatio(window.devicePixelRatio);
 const scene = new THREE.Scene();
 scene.background = new THREE.Color(0x202226);
-scene.add(new THREE.HemisphereLight(0xffffff, 0x404050, 1.2));
-const key = new THREE.DirectionalLight(0xffffff, 2.0);
-key.position.set(0.3, 0.5, 1.0);
+scene.add(new THREE.HemisphereLight(0xffffff, 0x404050, 0.6));
+const key = new THREE.DirectionalLight(0xffffff, 2.6);
+key.position.set(0.6, 0.7, 1.0);
 scene.add(key);
 const camera = new THREE.PerspectiveCamera(25, 1, 0.01, 100);
 
