@@ -253,15 +253,26 @@ def test_a_run_written_by_the_previous_release_resumes_and_animates(corpus_root,
     """tests/data/previous_release_run: tests/train_driver.py --generate --epochs 2 --max-steps 4
     (under the tests' XLA flags, which the random encoder's fingerprint depends on), trained and
     saved by the release before the models/ re-cut (its config.json still holds the removed
-    options at their built values). It resumes to the end of its second epoch on the same corpus,
-    and the resumed run animates."""
+    options at their built values), on SynthBIWI format 3. It resumes to the end of its second
+    epoch on a corpus with that release's mesh (today's clips under its templates, triangles and
+    regions: the same assets, which resuming requires), and the resumed run animates."""
     import shutil
 
-    from sdetalk_jax.checkpoint import load_run_config
+    from sdetalk_jax.checkpoint import ASSETS, Assets, load_run_config
+    from sdetalk_jax.data import writer
     from sdetalk_jax.inference import TrainedModel
 
     workdir = os.fspath(tmp_path / "run")
     shutil.copytree(PREVIOUS_RELEASE_RUN, workdir)
+    old = Assets.load(os.path.join(workdir, ASSETS))
+    corpus_root = shutil.copytree(corpus_root, tmp_path / "corpus")
+    os.remove(corpus_root / "templates.pkl")
+    os.remove(corpus_root / "mesh" / "vertex_colors.npy")
+    writer.write_templates(corpus_root, old.templates, as_pickle=False)
+    writer.write_npy(os.fspath(corpus_root / "mesh" / "faces.npy"), old.faces)
+    writer.write_region(corpus_root, "lve", old.lip_vertices)
+    writer.write_region(corpus_root, "fdd", old.upper_face_vertices)
+    corpus_root = os.fspath(corpus_root)
     with open(os.path.join(workdir, "config.json")) as handle:
         assert "speaker_baseline" in json.load(handle)["model"]
     config = load_run_config(workdir)
