@@ -257,8 +257,6 @@ def test_the_viewer_opens_at_a_given_time_and_plays_by_itself(tmp_path):
     at = view_in_chromium(folder, "clip.glb", times=(None, 0.9), t=0.9)
     assert at["ready"] and at["errors"] == [] and at["opened_at"] == pytest.approx(0.9)
     assert at["differing"] == 0 and not at["playing"]
-    elsewhere = view_in_chromium(folder, "clip.glb", times=(None, 0.9), t=0.1)
-    assert elsewhere["differing"] > 0.002 * elsewhere["pixels"]
     playing = view_in_chromium(folder, "clip.glb", times=(0.5, 0.5), t=0.2, autoplay=1)
     assert playing["ready"] and playing["errors"] == [] and playing["playing"]
     assert playing["time_later"] > playing["opened_at"] + 0.2
