@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
-    sizes = [(14, 4, 1000), (2, 4, 23370)] if args.quick else [(14, 40, 1000), (14, 4, 23370)]
+    sizes = [(14, 4, 4000), (2, 4, 23370)] if args.quick else [(14, 40, 4000), (14, 4, 23370)]
     rows = [run(*size, args.workers) for size in sizes]
     print(f"cores: {os.cpu_count()}, workers: {args.workers or 'all cores'}")
     print("| subjects | sentences | vertices | clips | seconds | clips/s | size (MB) |")
