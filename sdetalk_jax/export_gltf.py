@@ -7,7 +7,7 @@
               from the template (an SVD), K the smallest that reconstructs every vertex of every
               frame within `tolerance_mm`; target k is named `expression_k`, ordered by how much
               of the motion it carries, and carries the change of the normals at its weight 1
-              (the shading of a mouth that opens)
+              alone (first order: the targets are signed mixtures, so this is rough)
     animation per-frame morph weights, and the head pose as the node's rotation and translation
               (Eq. 4, f = f^e R + T: glTF's column vectors take R^T), keyframed at the clip's fps
               with LINEAR interpolation, starting at 0 s in step with the audio

@@ -111,11 +111,12 @@ async function start() {
   play.onclick = () => {
     if (audio.muted) {
       audio.muted = viewer.muted = false;
-      play.textContent = "pause";
+      if (audio.paused) audio.play().catch(report);
+      else play.textContent = "pause";
     } else if (audio.paused) audio.play().catch(report);
     else audio.pause();
   };
-  audio.onplay = () => (play.textContent = "pause");
+  audio.onplay = () => (play.textContent = audio.muted ? "unmute" : "pause");
   audio.onpause = () => (play.textContent = "play");
   document.getElementById("time").oninput = (event) =>
     viewer.seek(Number(event.target.value) * viewer.duration);
