@@ -6,8 +6,8 @@
     targets   the expression as K morph targets: a per-clip basis of the unposed face's offsets
               from the template (an SVD), K the smallest that reconstructs every vertex of every
               frame within `tolerance_mm`; target k is named `expression_k`, ordered by how much
-              of the motion it carries, and carries the change of the normals at its weight 1
-              alone (first order: the targets are signed mixtures, so this is rough)
+              of the motion it carries, and carries a change of the normals, fitted over
+              the clip's frames (`morph_normal_deltas`)
     animation per-frame morph weights, and the head pose as the node's rotation and translation
               (Eq. 4, f = f^e R + T: glTF's column vectors take R^T), keyframed at the clip's fps
               with LINEAR interpolation, starting at 0 s in step with the audio
@@ -112,6 +112,22 @@ class MeshNormals:
         return normals.astype(np.float32)
 
 
+def morph_normal_deltas(
+    normals: MeshNormals, template: np.ndarray, basis: MorphBasis
+) -> np.ndarray:
+    """[K, V, 3]: each morph target's change of the normals, fitted by least squares over the
+    clip's frames, so that the rest normals plus the weighted changes are as near as a linear
+    blend gets to each frame's own normals. (A target's change at its weight 1 alone is a poor
+    fit: the targets are signed mixtures of the motion.)"""
+    if not basis.count:
+        return np.zeros((0,) + template.shape, np.float32)
+    rest = normals(template)
+    frames = template[None] + np.einsum("nk,kvc->nvc", basis.weights, basis.targets)
+    turned = np.stack([normals(frame) - rest for frame in frames]).reshape(len(frames), -1)
+    deltas, *_ = np.linalg.lstsq(basis.weights.astype(np.float64), turned, rcond=None)
+    return deltas.reshape((basis.count,) + template.shape).astype(np.float32)
+
+
 def head_quaternions(rotation: np.ndarray) -> np.ndarray:
     """[N, 3, 3] rotations applied to row vectors (f R) -> glTF quaternions [N, 4] (x, y, z, w)
     of the same turn for column vectors (R^T), sign-continuous so LINEAR interpolation takes the
@@ -181,11 +197,11 @@ def _add_mesh(gltf, buffer: _Buffer, template, faces, basis: MorphBasis, colors)
     targets = [
         {
             "POSITION": buffer.add(t, gl.VEC3, gl.FLOAT, bounds=True, target=gl.ARRAY_BUFFER),
-            "NORMAL": buffer.add(
-                normals(template + t) - rest, gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER
-            ),
+            "NORMAL": buffer.add(delta, gl.VEC3, gl.FLOAT, target=gl.ARRAY_BUFFER),
         }
-        for t in basis.targets
+        for t, delta in zip(
+            basis.targets, morph_normal_deltas(normals, template, basis), strict=True
+        )
     ]
     skin = [1.0, 1.0, 1.0, 1.0] if colors is not None else [0.86, 0.68, 0.58, 1.0]
     gltf.materials.append(
