@@ -69,7 +69,6 @@ class Assets:
         )
         empty = np.zeros((0,), np.int64)
         return cls(
-            vertex_colors=corpus_vertex_colors(corpus),
             subjects=tuple(subjects),
             templates={k: np.asarray(v, np.float32) for k, v in corpus.templates.items()},
             faces=faces.astype(np.int32),
@@ -81,6 +80,7 @@ class Assets:
             emotion_categories=tuple(corpus.emotion_categories),
             encoder_fingerprint=encoder_fingerprint,
             head_pose=head_pose,
+            vertex_colors=corpus_vertex_colors(corpus),
         )
 
     @property
@@ -103,6 +103,8 @@ class Assets:
                 continue  # a run saved before fingerprints were recorded: unknown, not different
             if field.name == "head_pose" and None in (mine, theirs):
                 continue  # the same for a run saved before head pose was recorded
+            if field.name == "vertex_colors":
+                continue  # display only: repainting the mesh changes nothing a run learnt
             if isinstance(mine, dict):
                 same = mine.keys() == theirs.keys() and all(
                     np.array_equal(mine[k], theirs[k]) for k in mine

@@ -240,3 +240,23 @@ def test_inference_restores_part_of_a_checkpoint_and_refuses_one_that_does_not_f
         checkpoint.RunError, match=r"float32\[2, 3\] in the checkpoint.*float32\[3, 3\]"
     ):
         checkpoint.restore_run_state(os.fspath(tmp_path), asking(kernel_shape=(3, 3)), "latest")
+
+
+def test_assets_that_differ_only_in_their_colours_are_the_same_run():
+    """The mesh's colours are display only: a repainted corpus is no reason to refuse a resume,
+    while other templates are."""
+    import dataclasses
+
+    import numpy as np
+
+    from sdetalk_jax.checkpoint import Assets
+
+    assets = Assets(
+        subjects=("F2",), templates={"F2": np.zeros((4, 3), np.float32)},
+        faces=np.zeros((1, 3), np.int32), lip_vertices=np.arange(2), upper_face_vertices=np.arange(1),
+        fps=25.0, emotion_categories=("anger",),
+    )  # fmt: skip
+    repainted = dataclasses.replace(assets, vertex_colors=np.full((4, 3), 0.5, np.float32))
+    assert assets.differences(repainted) == []
+    moved = dataclasses.replace(assets, templates={"F2": np.ones((4, 3), np.float32)})
+    assert assets.differences(moved) == ["templates"]
