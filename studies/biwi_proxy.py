@@ -33,6 +33,7 @@ import sys
 import numpy as np
 
 from benchmarks.biwi_rehearsal import save_random_encoder
+from sdetalk_jax.data.corpus import SYNTHETIC_FORMAT_VERSION
 from sdetalk_jax.fileio import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +158,12 @@ def main() -> int:
                 reports.setdefault((config, pose), []).append(
                     train_and_evaluate(workdir, config, pose, seed, args.epochs)
                 )
-    record = {"seeds": args.seeds, "vertices": args.vertices, "epochs": args.epochs}
+    record = {
+        "seeds": args.seeds,
+        "vertices": args.vertices,
+        "epochs": args.epochs,
+        "format_version": SYNTHETIC_FORMAT_VERSION,
+    }
     for pose in args.poses:
         for split in SPLITS:
             first = reports[(args.configs[0], pose)]
@@ -200,12 +206,13 @@ def print_record(record: dict) -> None:
 
 def merged_record(path: str, record: dict) -> dict:
     """`record` over the one already at `path` (if any): a study of some configs or cases
-    replaces their columns and keeps the others', at the same seeds, vertices and epochs."""
+    replaces their columns and keeps the others', at the same seeds, vertices and epochs, on a
+    corpus of the same SynthBIWI format."""
     if not os.path.exists(path):
         return record
     with open(path) as handle:
         earlier = json.load(handle)
-    for key in ("seeds", "vertices", "epochs"):
+    for key in ("seeds", "vertices", "epochs", "format_version"):
         if earlier.get(key) != record[key]:
             raise SystemExit(
                 f"{path} holds a study at {key} = {earlier.get(key)}, this one is at "

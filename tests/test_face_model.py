@@ -67,19 +67,47 @@ def test_the_lips_are_the_two_sides_of_a_cut_that_the_jaw_opens(head):
     assert np.abs(shapes["jaw_open"][forehead]).max() < 1e-6
 
 
+def test_closing_and_pressing_the_lips_thin_them_but_never_push_one_through_the_other(head):
+    topology, template, shapes = head
+    upper, lower = face_model.cut_edges(topology, "mouth")
+    assert len(upper) == len(lower) > 3
+    for close, press in [(1, 0), (0, 1.3), (1, 1.3)]:
+        pressed = template + close * shapes["lip_close"] + press * shapes["lip_press"]
+        gap = pressed[upper, 1] - pressed[lower, 1]
+        np.testing.assert_allclose(gap, 0, atol=1e-7)  # the edges meet, as in the template
+        # the lips thin: the upper lip's skin above its edge comes down towards the line
+        above = (
+            (topology.part == face_model.SKIN)
+            & (np.abs(topology.theta) < 0.1)
+            & (np.abs(topology.phi - face_model.MOUTH_PHI - 0.08) < 0.04)
+        )
+        assert np.all((pressed - template)[above, 1] < -1e-4)
+
+
+def test_beyond_the_mouths_corners_the_cheeks_stretch_over_the_open_jaw_without_a_crease():
+    """Along each column of the cheek the jaw's opening changes by at most a fifth of the lower
+    lip's from one row to the next: no row carries the whole step from skull to jaw."""
+    topology = face_model.build_topology(4000)
+    jaw = face_model.blendshapes(topology)["jaw_open"]
+    lower_lip = np.linalg.norm(jaw[topology.lower_lip_vertex])
+    skin = topology.part == face_model.SKIN
+    originals = skin & (np.arange(topology.num_vertices) < np.argmax(~skin))
+    for theta in np.unique(topology.theta[originals]):
+        if not 0.45 < abs(theta) < 0.9:
+            continue
+        column = np.nonzero(originals & (topology.theta == theta))[0]
+        column = column[np.argsort(-topology.phi[column])]
+        steps = np.linalg.norm(np.diff(jaw[column], axis=0), axis=1)
+        assert steps.max() < 0.2 * lower_lip, (theta, steps.max() / lower_lip)
+
+
 def test_a_blink_closes_each_eye_and_the_template_holds_it_open(head):
     topology, template, shapes = head
-    lids = np.nonzero((topology.eye_side != 0) & (topology.phi == face_model.EYE_PHI))[0]
-    upper = lids[topology.eye_side[lids] > 0]
-    lower = lids[topology.eye_side[lids] < 0]
+    upper, lower = face_model.cut_edges(topology, "eyes")
     assert len(upper) == len(lower) > 0
     open_gap = template[upper, 1].max() - template[lower, 1].min()
     assert open_gap > 0.006
     # each upper lid vertex meets the lower lid vertex under it
-    upper, lower = (
-        upper[np.argsort(topology.theta[upper])],
-        lower[np.argsort(topology.theta[lower])],
-    )
     shut = template + shapes["blink"]
     np.testing.assert_allclose(shut[upper], shut[lower], atol=1e-6)
 

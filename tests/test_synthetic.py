@@ -145,6 +145,24 @@ def test_mouth_opening_follows_speech_energy(relation_corpus):
 
 
 @pytest.mark.slow
+def test_in_every_frame_the_lips_and_the_lids_meet_but_never_pass_and_most_clips_blink(
+    relation_corpus,
+):
+    _, topology, clips = relation_corpus
+    lips, lids = face_model.cut_edges(topology, "mouth"), face_model.cut_edges(topology, "eyes")
+    blinked = []
+    for item in clips.values():
+        vertices = item["vertices"].reshape(item["vertices"].shape[0], -1, 3)
+        tolerance = 1e-6 * np.abs(vertices).max()
+        for upper, lower in (lips, lids):
+            gap = vertices[:, upper, 1] - vertices[:, lower, 1]
+            assert gap.min() > -tolerance, (item["clip"].name, gap.min())
+        lid_gap = vertices[:, lids[0], 1] - vertices[:, lids[1], 1]
+        blinked.append((lid_gap.max(axis=1) < 10 * tolerance).any())
+    assert np.mean(blinked) > 0.4  # a blink shuts both eyes in most clips
+
+
+@pytest.mark.slow
 def test_head_speed_follows_the_envelope_with_a_lag(relation_corpus):
     corpus, _, clips = relation_corpus
     names = sorted(clips)
@@ -279,17 +297,20 @@ def test_a_generation_that_fails_midway_leaves_the_old_corpus_and_no_staging(tmp
     assert os.stat(os.path.join(root, "corpus.json")).st_mtime_ns == stamp  # untouched
 
 
-def test_the_eyes_blink_as_a_pause_begins_and_not_more_often_than_every_1_5_s():
+def test_the_eyes_blink_as_a_break_between_words_begins_and_not_more_often_than_every_1_5_s():
     from sdetalk_jax.data.synthetic import blink_track
 
     fps = 25
-    envelope = np.zeros(5 * fps)
-    envelope[:fps] = 0.8  # speech, then a pause at 1.0 s
-    envelope[int(1.5 * fps) : 2 * fps] = 0.8  # a pause again at 2.0 s: too soon after the first
+    envelope = np.zeros(8 * fps)
+    envelope[:fps] = 0.8  # speech, then a break at 1.0 s
+    envelope[int(1.5 * fps) : 2 * fps] = 0.8  # a break again at 2.0 s: too soon after the first
     envelope[int(2.5 * fps) : int(4.0 * fps)] = 0.8  # and at 4.0 s
-    envelope[int(3.0 * fps)] = 0.05  # a dip within speech that is not a pause of 0.5 s of speech
+    envelope[int(3.0 * fps)] = 0.05  # a dip of one frame within speech is not a break
+    envelope[int(5.6 * fps) : int(5.8 * fps)] = 0.8  # 0.2 s of speech is too little before one
+    envelope[6 * fps : int(7.9 * fps)] = 0.8  # a break at 7.9 s leaves no time for a blink
     track = blink_track(envelope, fps)
     shut = np.nonzero(track > 0.99)[0] / fps
     assert track.min() == 0 and track.max() == pytest.approx(1.0)
     assert np.allclose(shut, [1.12, 4.12], atol=0.05), shut
     assert np.all(track[:fps] == 0)
+    assert np.all(track[int(4.5 * fps) :] == 0)  # nothing after 0.2 s of speech or at the end

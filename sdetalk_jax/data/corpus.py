@@ -19,7 +19,7 @@ from sdetalk_jax.data import biwi
 
 SYNTHETIC_GENERATOR = "sdetalk_jax.data.synthetic"
 # Bumped whenever the generator's output changes for the same parameters (docs/data.md).
-SYNTHETIC_FORMAT_VERSION = 4
+SYNTHETIC_FORMAT_VERSION = 5
 
 
 def synthetic_parameters(subjects: int, sentences: int, vertices: int, seed: int) -> dict:

@@ -33,6 +33,8 @@ EYEBALL_RADIUS = 0.012
 EYE_OPENING = (0.005, 0.003)  # how far the upper and lower lids stand off the eye's line, metres
 JAW_PIVOT = np.array([0.0, 0.0, -0.01])  # the jaw turns about the x axis through this point
 JAW_ANGLE = 0.15  # radians at jaw_open = 1: about 14 mm at the lower lip
+# eye_widen and squint at weight 1 open and close the lids by these fractions of their opening
+EYE_WIDEN_OPENING, SQUINT_CLOSING = 0.5, 0.5
 
 # `FaceTopology.part`: the skin, the eyeballs, and the mouth's inside: the upper teeth and the
 # palate, the lower teeth and the floor of the mouth, the throat behind them
@@ -275,6 +277,17 @@ def build_topology(num_vertices: int) -> FaceTopology:
     return dataclasses.replace(topology, faces=_wound_outwards(topology))
 
 
+def cut_edges(topology: FaceTopology, cut: str) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower) [K] the vertices of the `"mouth"`'s or the `"eyes"`' cut along its two
+    edges, column by column: each upper lip (lid) vertex and the lower one it meets when shut."""
+    side, line = {"mouth": (topology.mouth_side, MOUTH_PHI), "eyes": (topology.eye_side, EYE_PHI)}[
+        cut
+    ]
+    on_line = np.nonzero((side != 0) & (topology.phi == line) & (topology.part == SKIN))[0]
+    upper, lower = on_line[side[on_line] > 0], on_line[side[on_line] < 0]
+    return upper[np.argsort(topology.theta[upper])], lower[np.argsort(topology.theta[lower])]
+
+
 def _wound_outwards(topology: FaceTopology) -> np.ndarray:
     """The triangles, each wound so that its normal points away from the head's (or its
     eyeball's) centre, and towards the viewer inside the mouth, on the reference head."""
@@ -398,13 +411,25 @@ def template_shape(topology: FaceTopology, rng: np.random.Generator) -> np.ndarr
     return _head(topology, radii, individuality)
 
 
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0, 1)
+    return x * x * (3 - 2 * x)
+
+
 def _jaw_weight(topology: FaceTopology) -> np.ndarray:
     """[V] how fully a vertex follows the jaw: the lower lip, the chin and the lower teeth and
-    floor of the mouth fully, the throat not at all, the mouth's corners half, fading towards the ears and the neck."""
+    floor of the mouth fully, the upper lip, the throat and the skull not at all, fading towards
+    the ears and, under the chin, the neck. Along the lips the weight steps from 1 to 0 across
+    the cut; beyond the mouth's corners the cheeks stretch: the step widens into a smooth rise
+    over about 6 cm, so that a wide-open jaw creases no row of the cheek."""
     theta, phi, side = topology.theta, topology.phi, topology.mouth_side
     lateral = np.exp(-((theta / 0.75) ** 4))
-    neck = 1 / (1 + np.exp(-(phi + 0.85) / 0.04))
-    weight = np.where(side < 0, 1.0, np.where(side == 0, 0.5, 0.0)) * lateral * neck
+    neck = 1 / (1 + np.exp(-(phi + 0.9) / 0.06))
+    beyond_corner = _smoothstep((np.abs(theta) - (MOUTH_HALF_WIDTH - 0.04)) / 0.2)
+    stepped = np.where(side < 0, 1.0, np.where(side == 0, 0.5, 0.0))
+    half_rise = 0.02 + 0.3 * beyond_corner
+    smooth = _smoothstep((MOUTH_PHI - phi) / (2 * half_rise) + 0.5)
+    weight = ((1 - beyond_corner) * stepped + beyond_corner * smooth) * lateral * neck
     weight = np.where(np.isin(topology.part, (EYEBALL, UPPER_MOUTH, THROAT)), 0.0, weight)
     return np.where(topology.part == LOWER_MOUTH, 1.0, weight)
 
@@ -436,19 +461,22 @@ def blendshapes(topology: FaceTopology) -> dict[str, np.ndarray]:
     jaw_open += field(0, 0.002 * upper_lip, 0)
     # Rounding pushes the lips forward and gathers the corners into a small opening.
     apart = lip_side * lips * (np.abs(theta) < MOUTH_HALF_WIDTH)
+    # Closing and pressing thin the lips towards the mouth's line, which the lips' edges stay on:
+    # they meet (the generator shuts the jaw on a closure, `mouth_weights`) but never pass.
+    thinning = -0.3 * RADII[1] * (phi - MOUTH_PHI) * lips
     shapes = {
         "jaw_open": jaw_open,
         "lip_round": field(-0.008 * theta / 0.35 * lips, 0.002 * apart, 0.006 * lips),
         "lip_spread": field(0.008 * theta / 0.35 * lips, 0, -0.002 * lips),
-        "lip_close": field(0, -0.0015 * lip_side * lips, 0.001 * lips),
+        "lip_close": field(0, thinning, 0.001 * lips),
         "smile": field(0.004 * side * corners, 0.006 * corners + 0.003 * cheeks, 0.002 * cheeks),
         "frown": field(0, -0.006 * corners, 0),
         "brow_raise": field(0, 0.006 * brows, 0),
         "brow_lower": field(-0.002 * side * brows, -0.005 * brows, 0.001 * brows),
         "inner_brow_raise": field(0, 0.006 * inner_brows, 0),
-        "eye_widen": (0.5 * opening).astype(np.float32),
-        "squint": (-0.5 * opening + field(0, 0.002 * cheeks, 0)).astype(np.float32),
-        "lip_press": field(0, -0.0015 * lip_side * lips, -0.002 * lips),
+        "eye_widen": (EYE_WIDEN_OPENING * opening).astype(np.float32),
+        "squint": (-SQUINT_CLOSING * opening + field(0, 0.002 * cheeks, 0)).astype(np.float32),
+        "lip_press": field(0, thinning, -0.002 * lips),
         "nose_wrinkle": field(0, 0.003 * nose, -0.001 * nose),
         "jaw_drop": 0.6 * jaw_open,
         "blink": (-opening).astype(np.float32),
