@@ -184,10 +184,12 @@ def remove_abandoned_frame_folders(directory: str) -> list[str]:
 class FrameFiles:
     """Arrays of a known number of frames, written a chunk of frames at a time (`append`) to .npy
     files in a temporary folder beside the outputs, and read back as `StoredFrames`: how `animate`
-    keeps memory flat for audio of any length. The folder is removed on leaving the block, and the
-    folders that killed processes of this host left are removed on entering it."""
+    keeps memory flat for audio of any length. With `num_frames` None (a stream of unknown
+    length) the rows go to headerless files, given their .npy header when read back. The folder is
+    removed on leaving the block, and the folders that killed processes of this host left are
+    removed on entering it."""
 
-    def __init__(self, directory: str, num_frames: int):
+    def __init__(self, directory: str, num_frames: int | None):
         self.directory, self.num_frames = directory, num_frames
         self.folder = ""
         self.handles: dict[str, object] = {}
@@ -210,13 +212,10 @@ class FrameFiles:
         for name, value in chunk.items():
             value = np.ascontiguousarray(value)
             if name not in self.handles:
-                handle = open(os.path.join(self.folder, f"{name}.npy"), "wb")
-                header = {
-                    "descr": np.lib.format.dtype_to_descr(value.dtype),
-                    "fortran_order": False,
-                    "shape": (self.num_frames,) + value.shape[1:],
-                }
-                np.lib.format.write_array_header_1_0(handle, header)
+                suffix = "npy" if self.num_frames is not None else "rows"
+                handle = open(os.path.join(self.folder, f"{name}.{suffix}"), "wb")
+                if self.num_frames is not None:
+                    write_npy_header(handle, value.dtype, (self.num_frames,) + value.shape[1:])
                 self.handles[name], self.written[name] = handle, 0
                 self.dtypes[name], self.row_shapes[name] = value.dtype, value.shape[1:]
             if value.dtype != self.dtypes[name] or value.shape[1:] != self.row_shapes[name]:
@@ -224,19 +223,40 @@ class FrameFiles:
                     f"{name}: a chunk of {value.dtype} {value.shape[1:]} after chunks of "
                     f"{self.dtypes[name]} {self.row_shapes[name]}"
                 )
-            if self.written[name] + len(value) > self.num_frames:
+            if self.num_frames is not None and self.written[name] + len(value) > self.num_frames:
                 raise ValueError(f"{name}: more than the {self.num_frames} frames announced")
             value.tofile(self.handles[name])
             self.written[name] += len(value)
 
     def arrays(self) -> dict[str, StoredFrames]:
-        """Every array, once all its frames are written."""
-        short = {name: count for name, count in self.written.items() if count != self.num_frames}
+        """Every array, once all its frames are written (of a stream: as many as were written,
+        the same for every array)."""
+        expected = self.num_frames
+        if expected is None:
+            expected = max(self.written.values(), default=0)
+        short = {name: count for name, count in self.written.items() if count != expected}
         if short:
-            raise ValueError(f"frames missing (of {self.num_frames}): {short}")
+            raise ValueError(f"frames missing (of {expected}): {short}")
         for handle in self.handles.values():
             handle.flush()
-        return {name: StoredFrames(handle.name) for name, handle in self.handles.items()}
+        if self.num_frames is not None:
+            return {name: StoredFrames(handle.name) for name, handle in self.handles.items()}
+        return {name: self._with_header(name, handle.name) for name, handle in self.handles.items()}
+
+    def _with_header(self, name: str, rows_path: str) -> StoredFrames:
+        """The headerless rows of `name` as a .npy file (copied a piece at a time)."""
+        path = os.path.join(self.folder, f"{name}.npy")
+        with open(path, "wb") as target, open(rows_path, "rb") as rows:
+            write_npy_header(
+                target, self.dtypes[name], (self.written[name],) + self.row_shapes[name]
+            )
+            shutil.copyfileobj(rows, target, 1 << 22)
+        return StoredFrames(path)
+
+
+def write_npy_header(handle, dtype: np.dtype, shape: tuple) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(handle, header)
 
 
 def truncate_records(path: str, step: int, *, keep_validation_at_step: bool = True) -> int:

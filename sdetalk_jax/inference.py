@@ -23,6 +23,7 @@ import numpy as np
 
 from sdetalk_jax import audio
 from sdetalk_jax.checkpoint import ASSETS, Assets, RunError, load_run_config, restore_run_state
+from sdetalk_jax.data.batching import pad_along_time
 from sdetalk_jax.data.corpus import open_corpus
 from sdetalk_jax.data.pipeline import ClipDataset, model_batch
 from sdetalk_jax.emotion_control import (
@@ -363,14 +364,19 @@ class TrainedModel:
         inputs = request_inputs(emotion, self.networks.config.hidden, prototypes)
         return {name: np.asarray(value)[None] for name, value in inputs.items()}
 
-    def window_batch(self, piece, window: int, subjects, template_flat) -> dict:
-        """The model batch of one window of audio (one row)."""
+    def window_batch(
+        self, piece, window: int, subjects, template_flat, padded_to: int | None = None
+    ) -> dict:
+        """The model batch of one window of audio (one row) of `window` face frames, padded with
+        masked frames to `padded_to` frames if given (one compiled shape for shorter windows)."""
+        length = window if padded_to is None else padded_to
         context = audio.interpolate_frames(self.encoder.encode(piece), window)
+        mel = audio.frame_aligned_log_mel(piece, window)
         features = {
-            "context": context[None],
-            "mel": audio.frame_aligned_log_mel(piece, window)[None],
+            "context": pad_along_time(context, length)[None],
+            "mel": pad_along_time(mel, length)[None],
             "template": template_flat[None],
-            "frame_mask": np.ones((1, window), bool),
+            "frame_mask": (np.arange(length) < window)[None],
         }
         return model_batch(features, subjects, len(self.assets.subjects), targets=False)
 
@@ -397,6 +403,11 @@ class TrainedModel:
         """One window's frames before crossfading (the keys of `animate_waveform`, rotations
         flattened to [window, 9]), its noise drawn from `key`."""
         noise = jax.random.normal(key, (1, window, self.networks.config.hidden))
+        return self.window_outputs(batch, noise)
+
+    def window_outputs(self, batch: dict, noise) -> dict[str, np.ndarray]:
+        """`window_animation`'s frames for the noise [1, window, hidden] given."""
+        window = noise.shape[1]
         outputs = jax.device_get(self.generate_fn()(self.params, batch, noise))
         return {
             "vertices": outputs.posed[0],
