@@ -122,8 +122,9 @@ def largest_turn_deg(rotation: np.ndarray) -> float:
     return float(metrics.rotation_angles_deg(rotation[1:], rotation[:-1]).max())
 
 
-def clip_quality(model, clip, subject: str, lookaheads) -> dict:
-    """One clip streamed at each look-ahead and animated offline: the figures of `quality`."""
+def clip_quality(model, clip, subject: str, template, lookaheads) -> dict:
+    """One clip streamed at each look-ahead and animated offline, on the speaker's own template
+    in `subject`'s style: the figures of `quality`."""
     import jax
 
     from sdetalk_jax import audio, metrics
@@ -133,11 +134,11 @@ def clip_quality(model, clip, subject: str, lookaheads) -> dict:
     waveform = audio.load_audio(clip.audio_path)
     truth = load_vertices(clip.vertices_path)
     key = jax.random.key(0)
-    offline = model.animate_waveform(waveform, subject=subject, key=key)
+    offline = model.animate_waveform(waveform, subject=subject, key=key, template=template)
     lips = model.assets.lip_vertices
     row = {}
     for lookahead in lookaheads:
-        stream = FaceStream(model, subject=subject, key=key,
+        stream = FaceStream(model, subject=subject, key=key, template=template,
                             settings=StreamSettings(lookahead_s=lookahead), warm_up=False)  # fmt: skip
         size = int(CHUNK_S * 16_000)
         pieces = [
@@ -182,7 +183,8 @@ def quality(run: str, lookaheads) -> str:
             subject = (
                 clip.subject if clip.subject in model.assets.subjects else model.assets.subjects[0]
             )
-            rows.append(clip_quality(model, clip, subject, lookaheads))
+            template = corpus.templates[clip.subject]
+            rows.append(clip_quality(model, clip, subject, template, lookaheads))
         lines += [
             f"#### {split} ({len(clips)} clips), SynthBIWI size: mean over clips",
             "",

@@ -65,3 +65,13 @@ def lip_track(phonemes, duration_s: float, num_frames: int, fps: float) -> np.nd
     smoothed = ndimage.gaussian_filter1d(targets, sigma=3.0, axis=0, mode="nearest")
     frame_times = np.arange(num_frames) / fps
     return np.stack([np.interp(frame_times, np.arange(steps) / rate, c) for c in smoothed.T], -1)
+
+
+def mouth_weights(lips: np.ndarray, envelope: np.ndarray) -> np.ndarray:
+    """The viseme weights [N, 4] that move the mesh, from the lip track's (`lip_track`): louder
+    speech opens the jaw wider, as in real speech, and a closure (p, b, m) shuts what the jaw
+    opened, so that the lips meet on it and never pass (the closure's own shape only thins them)."""
+    weights = lips.copy()
+    closed = np.clip(lips[:, 3], 0, 1)
+    weights[:, 0] *= (0.5 + 0.5 * np.clip(envelope, 0, 1.5)) * (1 - closed)
+    return weights
