@@ -382,14 +382,19 @@ def argument_parser():
     parser.add_argument("--emotion-intensity", type=float, default=1.0)
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--serve", type=int, metavar="PORT",
+        help="also show the face live in the three.js page on this localhost port (0: any free "
+        "one; make viewer-setup first); the stream starts when the page connects",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no summary on stderr")
     return parser
 
 
 def checked_arguments(parser, args) -> None:
     """Usage errors (exit 2) before anything is loaded."""
-    if not (args.out or args.jsonl):
-        parser.error("nothing to write: give --out, --jsonl or both")
+    if not (args.out or args.jsonl or args.serve is not None):
+        parser.error("nothing to write or show: give --out, --jsonl or --serve")
     if args.audio == "-" and not (args.raw_rate and args.raw_rate > 0):
         parser.error("--audio - (raw PCM on stdin) needs --raw-rate")
     if args.raw_channels < 1:
@@ -409,6 +414,7 @@ class StreamOutputs:
     frame_files: FrameFiles | None
     categories: tuple
     with_expression: bool
+    channel: object = None  # viewer.FrameChannel of the live page
     latencies: list = dataclasses.field(default_factory=list)
     frames: int = 0
 
@@ -421,6 +427,9 @@ class StreamOutputs:
             for record in frame_records(frames, self.categories, self.with_expression):
                 self.jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
             self.jsonl.flush()
+        if self.channel is not None:
+            for record in frame_records(frames, self.categories, with_expression=True):
+                self.channel.publish(json.dumps(record, separators=(",", ":")))
         self.frames += len(frames["frame"])
         self.latencies.append(time.perf_counter() - arrival)
 
@@ -485,11 +494,39 @@ def stream_command(args) -> None:
             jsonl = stack.enter_context(open(args.jsonl, "w"))
         outputs = StreamOutputs(jsonl, frame_files, model.assets.emotion_categories,
                                 args.jsonl_expression)  # fmt: skip
+        if args.serve is not None:
+            outputs.channel = live_page(model, args.subject, args.serve, stack)
         wall = run_stream(args, stream, chunks, outputs)
+        if outputs.channel is not None:
+            outputs.channel.close()
         if frame_files is not None:
             write_stream_npz(args, model, frame_files, request)
     if not args.quiet:
         print(summary(outputs, wall, model.assets.fps, settings), file=sys.stderr)
+
+
+def live_page(model: TrainedModel, subject: str, port: int, stack: contextlib.ExitStack):
+    """Serves the live page with the run's mesh and waits for it to connect; returns the channel
+    the frames go out on."""
+    from sdetalk_jax import render, viewer
+    from sdetalk_jax.export_gltf import linear_rgb
+
+    template = model.template_for(subject)
+    assets = model.assets
+    colors = render.vertex_colors(len(template) // 3, assets.lip_vertices, assets.vertex_colors)
+    mesh = {"faces": np.asarray(assets.faces).reshape(-1).tolist(), "fps": assets.fps,
+            "template": template.tolist(), "colors": linear_rgb(colors).reshape(-1).tolist()}  # fmt: skip
+    channel = viewer.FrameChannel()
+    try:
+        server = viewer.serve_live(mesh, channel, port)
+    except (viewer.ViewerError, OSError) as error:
+        raise StreamError(f"--serve: {error}") from None
+    stack.callback(server.shutdown)
+    host, bound = server.server_address[:2]
+    print(f"live page: http://{host}:{bound}/live.html (the stream starts when it connects)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    channel.connected.wait()
+    return channel
 
 
 def summary(outputs: StreamOutputs, wall: float, fps: float, settings: StreamSettings) -> str:

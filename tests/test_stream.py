@@ -274,3 +274,46 @@ def test_every_window_gives_a_frame_the_same_noise(model, speech, monkeypatch):
     for rows in shared:
         for other in rows[1:]:
             np.testing.assert_array_equal(other, rows[0])
+
+
+def chromium_missing() -> str | None:
+    from tests.test_export_gltf import chromium_missing as missing
+
+    return missing()
+
+
+@pytest.mark.node
+@pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
+def test_the_live_page_shows_every_frame_of_the_stream_as_it_comes(workdir, speech, tmp_path):
+    from sdetalk_jax import viewer
+
+    samples, rate = speech
+    wav = os.fspath(tmp_path / "in.wav")
+    soundfile.write(wav, samples[: int(1.5 * rate)], rate)
+    lines = os.fspath(tmp_path / "frames.jsonl")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "sdetalk_jax.stream", "--workdir", workdir, "--subject", "F2",
+         "--audio", wav, "--jsonl", lines, "--serve", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        while url is None:
+            line = command.stderr.readline()
+            assert line, "the command ended without serving the page"
+            if line.startswith("live page: "):
+                url = line.split()[2]
+        shot = os.fspath(tmp_path / "live.png")
+        check = subprocess.run(
+            ["node", os.path.join(viewer.VIEWER_DIR, "live_check.mjs"), url, shot],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stderr
+        result = json.loads(check.stdout)
+        assert command.wait(timeout=120) == 0
+    finally:
+        command.kill()
+    frames = sum(1 for _ in open(lines))
+    assert result["errors"] == [] and result["console"] == [], result
+    assert result["ended"] and result["frames"] == frames and result["last_frame"] == frames - 1
+    assert result["lit"] > 0.05 * result["pixels"]  # the face is drawn
