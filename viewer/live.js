@@ -3,44 +3,14 @@
 // (`expression`, flattened) posed by the head's rotation (for row vectors) and translation (Eq. 4).
 // window.live exposes what a headless check reads: ready, frames, lastFrame, ended, errors.
 import * as THREE from "three";
+import { errorReporter, frameSphere, makeScene } from "./scene.js";
 
 const errors = [];
 const live = { ready: false, frames: 0, lastFrame: -1, ended: false, errors };
 window.live = live;
-function report(message) {
-  errors.push(String(message));
-  document.getElementById("errors").textContent = errors.join("; ");
-}
-window.addEventListener("error", (event) => report(event.message));
-window.addEventListener("unhandledrejection", (event) => report(event.reason));
-
+const report = errorReporter(errors);
 const canvas = document.getElementById("view");
-const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
-const scene = new THREE.Scene();
-scene.background = new THREE.Color(0x202226);
-scene.add(new THREE.HemisphereLight(0xffffff, 0x404050, 0.6));
-const light = new THREE.DirectionalLight(0xffffff, 2.6);
-light.position.set(0.6, 0.7, 1.0);
-scene.add(light);
-const camera = new THREE.PerspectiveCamera(25, 1, 0.01, 100);
-
-function resize() {
-  const { clientWidth: width, clientHeight: height } = canvas;
-  renderer.setSize(width, height, false);
-  camera.aspect = width / Math.max(height, 1);
-  camera.updateProjectionMatrix();
-}
-
-function frameCamera(geometry) {
-  geometry.computeBoundingSphere();
-  const sphere = geometry.boundingSphere;
-  const distance = (sphere.radius * 1.15) / Math.tan(THREE.MathUtils.degToRad(25 / 2));
-  camera.position.copy(sphere.center).add(new THREE.Vector3(0, 0, distance));
-  camera.near = distance / 20;
-  camera.far = distance * 20;
-  camera.lookAt(sphere.center);
-  camera.updateProjectionMatrix();
-}
+const { renderer, scene, camera, resize } = makeScene(canvas);
 
 function show(mesh, frame) {
   mesh.geometry.attributes.position.array.set(frame.expression);
@@ -72,7 +42,8 @@ async function start() {
   face.matrixAutoUpdate = false;
   scene.add(face);
   resize();
-  frameCamera(geometry);
+  geometry.computeBoundingSphere();
+  frameSphere(camera, geometry.boundingSphere);
   window.addEventListener("resize", () => { resize(); renderer.render(scene, camera); });
   renderer.render(scene, camera);
   const events = new EventSource("live/events");

@@ -6,25 +6,12 @@
 // the headless check reads: ready, errors, duration, time, playing, muted, seek(t).
 import * as THREE from "three";
 import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
+import { errorReporter, frameSphere, makeScene } from "./scene.js";
 
 const errors = [];
-function report(message) {
-  errors.push(String(message));
-  document.getElementById("errors").textContent = errors.join("; ");
-}
-window.addEventListener("error", (event) => report(event.message));
-window.addEventListener("unhandledrejection", (event) => report(event.reason));
-
+const report = errorReporter(errors);
 const canvas = document.getElementById("view");
-const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
-renderer.setPixelRatio(window.devicePixelRatio);
-const scene = new THREE.Scene();
-scene.background = new THREE.Color(0x202226);
-scene.add(new THREE.HemisphereLight(0xffffff, 0x404050, 0.6));
-const key = new THREE.DirectionalLight(0xffffff, 2.6);
-key.position.set(0.6, 0.7, 1.0);
-scene.add(key);
-const camera = new THREE.PerspectiveCamera(25, 1, 0.01, 100);
+const { renderer, scene, camera, resize } = makeScene(canvas);
 
 const viewer = { ready: false, errors, duration: 0, time: 0, playing: false, muted: false };
 window.viewer = viewer;
@@ -33,22 +20,8 @@ const modelUrl = params.get("model");
 const audio = new Audio();
 let mixer = null;
 
-function resize() {
-  const { clientWidth: width, clientHeight: height } = canvas;
-  renderer.setSize(width, height, false);
-  camera.aspect = width / Math.max(height, 1);
-  camera.updateProjectionMatrix();
-}
-
 function frameCamera(object) {
-  // A fixed frontal camera on the rest pose's bounding sphere, as the project's videos use.
-  const sphere = new THREE.Box3().setFromObject(object).getBoundingSphere(new THREE.Sphere());
-  const distance = (sphere.radius * 1.15) / Math.tan(THREE.MathUtils.degToRad(25 / 2));
-  camera.position.copy(sphere.center).add(new THREE.Vector3(0, 0, distance));
-  camera.near = distance / 20;
-  camera.far = distance * 20;
-  camera.lookAt(sphere.center);
-  camera.updateProjectionMatrix();
+  frameSphere(camera, new THREE.Box3().setFromObject(object).getBoundingSphere(new THREE.Sphere()));
 }
 
 function draw(time) {
