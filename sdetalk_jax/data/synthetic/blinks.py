@@ -12,8 +12,7 @@ def blink_track(envelope: np.ndarray, fps: float) -> np.ndarray:
     """[N] how far the eyes are closed (0 open, 1 shut): a 0.24 s blink as a break between words
     begins (the envelope below 0.2 for 0.08 s after 0.4 s mostly above it), at most one per 1.5 s
     and only where the break and the blink lie inside the clip, so that blinks follow the speech
-    as they tend to at phrase boundaries (about 16 a minute on the demo corpus, as in
-    conversation)."""
+    as they tend to at phrase boundaries."""
     speaking = envelope > 0.2
     n = envelope.shape[0]
     onsets = np.nonzero(speaking[:-1] & ~speaking[1:])[0] + 1
